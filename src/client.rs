@@ -1,0 +1,349 @@
+//! The instrumented client: async-nats's `Client` API, traced.
+
+use std::sync::Arc;
+
+use async_nats::client::{FlushError, PublishError, Request, RequestError, SubscribeError};
+use async_nats::connection::State;
+use async_nats::{
+    ConnectError, ConnectOptions, HeaderMap, Message, ServerInfo, Subject, ToServerAddrs, ToSubject,
+};
+use bytes::Bytes;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{Context, KeyValue};
+
+use crate::error::error_type;
+use crate::instrumentation::{record_failure, Instrumentation};
+use crate::semconv;
+use crate::subscriber::Subscriber;
+
+/// Connects to `addrs` with default options and the default [`Instrumentation`]
+/// (global tracer, meter and propagator).
+pub async fn connect<A: ToServerAddrs>(addrs: A) -> Result<Client, ConnectError> {
+    connect_with_options(addrs, ConnectOptions::new()).await
+}
+
+/// Connects with `options` passed to async-nats unchanged (name, auth, TLS,
+/// reconnect policy …) and the default [`Instrumentation`].
+pub async fn connect_with_options<A: ToServerAddrs>(
+    addrs: A,
+    options: ConnectOptions,
+) -> Result<Client, ConnectError> {
+    Instrumentation::default().connect(addrs, options).await
+}
+
+impl Instrumentation {
+    /// Connects with `options` passed to async-nats unchanged and these settings.
+    pub async fn connect<A: ToServerAddrs>(
+        &self,
+        addrs: A,
+        options: ConnectOptions,
+    ) -> Result<Client, ConnectError> {
+        let first = addrs
+            .to_server_addrs()
+            .ok()
+            .and_then(|mut it| it.next())
+            .map(|addr| (addr.host().to_owned(), addr.port()));
+        let inner = options.connect(addrs).await?;
+        Ok(Client::build(inner, self.clone(), first))
+    }
+}
+
+/// An instrumented NATS client.
+///
+/// Same method names, argument types and error types as [`async_nats::Client`];
+/// every publish and request gets a PRODUCER span and carries its trace context in
+/// the message headers, and [`subscribe`](Self::subscribe) yields messages with a
+/// `process` span each. [`inner`](Self::inner) is the escape hatch to the
+/// untraced client. Cloning is cheap and shares the connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: async_nats::Client,
+    inst: Instrumentation,
+    common: Arc<[KeyValue]>,
+}
+
+impl Client {
+    /// Wraps an already connected client.
+    ///
+    /// `server.address`/`server.port` come from the server's INFO here; prefer
+    /// [`connect`]/[`Instrumentation::connect`], which record the address you
+    /// connected to.
+    pub fn new(inner: async_nats::Client, instrumentation: Instrumentation) -> Self {
+        Self::build(inner, instrumentation, None)
+    }
+
+    fn build(
+        inner: async_nats::Client,
+        inst: Instrumentation,
+        address: Option<(String, u16)>,
+    ) -> Self {
+        let info = inner.server_info();
+        let address = address.or_else(|| {
+            let unspecified = info.host.is_empty() || info.host == "0.0.0.0" || info.host == "::";
+            (!unspecified).then(|| (info.host.clone(), info.port))
+        });
+        let mut common = vec![KeyValue::new(
+            semconv::MESSAGING_SYSTEM,
+            semconv::MESSAGING_SYSTEM_NATS,
+        )];
+        if info.client_id != 0 {
+            common.push(KeyValue::new(
+                semconv::MESSAGING_CLIENT_ID,
+                info.client_id.to_string(),
+            ));
+        }
+        if let Some((host, port)) = address {
+            common.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
+            common.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+        }
+        Self {
+            inner,
+            inst,
+            common: common.into(),
+        }
+    }
+
+    /// The untraced async-nats client.
+    pub fn inner(&self) -> &async_nats::Client {
+        &self.inner
+    }
+
+    /// Unwraps the untraced async-nats client.
+    pub fn into_inner(self) -> async_nats::Client {
+        self.inner
+    }
+
+    /// The telemetry settings of this client.
+    pub fn instrumentation(&self) -> &Instrumentation {
+        &self.inst
+    }
+
+    /// Publishes `payload` to `subject` (a `publish <template>` span).
+    pub async fn publish<S: ToSubject>(
+        &self,
+        subject: S,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        self.send(subject.to_subject(), None, None, payload).await
+    }
+
+    /// Publishes with headers; trace context is added to them.
+    pub async fn publish_with_headers<S: ToSubject>(
+        &self,
+        subject: S,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        self.send(subject.to_subject(), None, Some(headers), payload)
+            .await
+    }
+
+    /// Publishes with a reply subject, without waiting for a response.
+    pub async fn publish_with_reply<S: ToSubject, R: ToSubject>(
+        &self,
+        subject: S,
+        reply: R,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        self.send(
+            subject.to_subject(),
+            Some(reply.to_subject()),
+            None,
+            payload,
+        )
+        .await
+    }
+
+    /// Publishes with a reply subject and headers, without waiting for a response.
+    pub async fn publish_with_reply_and_headers<S: ToSubject, R: ToSubject>(
+        &self,
+        subject: S,
+        reply: R,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        self.send(
+            subject.to_subject(),
+            Some(reply.to_subject()),
+            Some(headers),
+            payload,
+        )
+        .await
+    }
+
+    /// Sends a request and awaits its reply inside one `request <template>` span.
+    pub async fn request<S: ToSubject>(
+        &self,
+        subject: S,
+        payload: Bytes,
+    ) -> Result<Message, RequestError> {
+        self.send_request(subject, Request::new().payload(payload))
+            .await
+    }
+
+    /// Sends a request with headers; trace context is added to them.
+    pub async fn request_with_headers<S: ToSubject>(
+        &self,
+        subject: S,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Message, RequestError> {
+        self.send_request(subject, Request::new().headers(headers).payload(payload))
+            .await
+    }
+
+    /// Sends a [`Request`] (custom timeout, inbox, headers) inside one
+    /// `request <template>` span. Failures (`no_responders`, `timed_out`, …) set
+    /// `error.type` and an error status, and the original error is returned.
+    pub async fn send_request<S: ToSubject>(
+        &self,
+        subject: S,
+        mut request: Request,
+    ) -> Result<Message, RequestError> {
+        let subject = subject.to_subject();
+        if !self.inst.tracing_enabled() {
+            if let Some(cx) = self.inst.ambient_context() {
+                self.inst
+                    .inject(&cx, request.headers.get_or_insert_with(HeaderMap::new));
+            }
+            return self.inner.send_request(subject, request).await;
+        }
+        let body_size = request.payload.as_ref().map_or(0, Bytes::len);
+        let cx = self.inst.start_send(
+            semconv::operation::REQUEST,
+            subject.as_str(),
+            request.headers.as_ref(),
+            body_size,
+            &self.common,
+        );
+        let had_headers = request.headers.is_some();
+        let headers = request.headers.get_or_insert_with(HeaderMap::new);
+        self.inst.inject(&cx, headers);
+        if !had_headers && headers.is_empty() {
+            request.headers = None;
+        }
+        let result = self.inner.send_request(subject, request).await;
+        match &result {
+            Ok(reply) => cx.span().set_attribute(KeyValue::new(
+                semconv::MESSAGING_NATS_REPLY_BODY_SIZE,
+                reply.payload.len() as i64,
+            )),
+            Err(err) => record_failure(&cx, &error_type(&err.kind()), err.to_string()),
+        }
+        cx.span().end();
+        result
+    }
+
+    /// Subscribes to `subject` (wildcards allowed). The subscription pattern is the
+    /// template of every `process` span.
+    pub async fn subscribe<S: ToSubject>(&self, subject: S) -> Result<Subscriber, SubscribeError> {
+        let subject = subject.to_subject();
+        let inner = self.inner.subscribe(subject.clone()).await?;
+        Ok(Subscriber::new(
+            inner,
+            &subject,
+            None,
+            self.inst.clone(),
+            self.common.clone(),
+        ))
+    }
+
+    /// Subscribes as a member of `queue_group`; the group is recorded as
+    /// `messaging.consumer.group.name`.
+    pub async fn queue_subscribe<S: ToSubject>(
+        &self,
+        subject: S,
+        queue_group: String,
+    ) -> Result<Subscriber, SubscribeError> {
+        let subject = subject.to_subject();
+        let inner = self
+            .inner
+            .queue_subscribe(subject.clone(), queue_group.clone())
+            .await?;
+        Ok(Subscriber::new(
+            inner,
+            &subject,
+            Some(queue_group),
+            self.inst.clone(),
+            self.common.clone(),
+        ))
+    }
+
+    /// Flushes the connection's write buffer and waits for the server's PONG.
+    pub async fn flush(&self) -> Result<(), FlushError> {
+        self.inner.flush().await
+    }
+
+    /// A new unique inbox subject.
+    pub fn new_inbox(&self) -> String {
+        self.inner.new_inbox()
+    }
+
+    /// The server's INFO for the current connection.
+    pub fn server_info(&self) -> ServerInfo {
+        self.inner.server_info()
+    }
+
+    /// The state of the connection.
+    pub fn connection_state(&self) -> State {
+        self.inner.connection_state()
+    }
+
+    async fn send(
+        &self,
+        subject: Subject,
+        reply: Option<Subject>,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        if !self.inst.tracing_enabled() {
+            let headers = match self.inst.ambient_context() {
+                Some(cx) => Some(self.injected(&cx, headers)),
+                None => headers,
+            };
+            return self.raw_publish(subject, reply, headers, payload).await;
+        }
+        let cx = self.inst.start_send(
+            semconv::operation::PUBLISH,
+            subject.as_str(),
+            headers.as_ref(),
+            payload.len(),
+            &self.common,
+        );
+        let had_headers = headers.is_some();
+        let injected = self.injected(&cx, headers);
+        // A no-op tracer yields no context to inject: keep the cheaper PUB path.
+        let headers = (had_headers || !injected.is_empty()).then_some(injected);
+        let result = self.raw_publish(subject, reply, headers, payload).await;
+        if let Err(err) = &result {
+            record_failure(&cx, &error_type(&err.kind()), err.to_string());
+        }
+        cx.span().end();
+        result
+    }
+
+    fn injected(&self, cx: &Context, headers: Option<HeaderMap>) -> HeaderMap {
+        let mut headers = headers.unwrap_or_default();
+        self.inst.inject(cx, &mut headers);
+        headers
+    }
+
+    async fn raw_publish(
+        &self,
+        subject: Subject,
+        reply: Option<Subject>,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        match (reply, headers) {
+            (None, None) => self.inner.publish(subject, payload).await,
+            (None, Some(h)) => self.inner.publish_with_headers(subject, h, payload).await,
+            (Some(r), None) => self.inner.publish_with_reply(subject, r, payload).await,
+            (Some(r), Some(h)) => {
+                self.inner
+                    .publish_with_reply_and_headers(subject, r, h, payload)
+                    .await
+            }
+        }
+    }
+}

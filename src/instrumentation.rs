@@ -1,0 +1,460 @@
+//! Configuration shared by every instrumented handle: which tracer, meter and
+//! propagator to use, what to record, and how to name destinations.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use async_nats::{HeaderMap, Message};
+use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::metrics::{Meter, MeterProvider};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{
+    Link, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer, TracerProvider,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
+
+use crate::destination::{
+    is_temporary, DefaultSubjectMapper, SubjectMapper, DEFAULT_INBOX_PREFIX, TEMPORARY_DESTINATION,
+};
+use crate::propagation::{extract_context, inject_context};
+use crate::semconv;
+
+/// Hook adding attributes to `publish`/`request` spans: receives the subject and
+/// the caller's headers (before trace context is injected).
+pub type PublishHook = Arc<dyn Fn(&str, Option<&HeaderMap>, &mut Vec<KeyValue>) + Send + Sync>;
+
+/// Hook adding attributes to `process` spans: receives the delivered message.
+pub type ProcessHook = Arc<dyn Fn(&Message, &mut Vec<KeyValue>) + Send + Sync>;
+
+/// How a `process` span relates to the producer's context carried by the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessParenting {
+    /// Child of the producer's span and one link to it (the conventions' default).
+    #[default]
+    ChildAndLink,
+    /// A new root span with one link to the producer's span.
+    LinkOnly,
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .with_schema_url(semconv::SCHEMA_URL)
+        .build()
+}
+
+/// Telemetry settings for instrumented NATS handles.
+///
+/// Cheap to clone (one `Arc`). [`Instrumentation::default`] uses the global tracer
+/// provider, meter provider and text-map propagator as they are *when it is built*:
+/// install your providers (for example with [`crate::otlp::init`]) before
+/// connecting.
+#[derive(Clone)]
+pub struct Instrumentation {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tracer: BoxedTracer,
+    tracing: bool,
+    // Kept for the metrics layer; built once here so instruments are created once.
+    meter: Meter,
+    metrics: bool,
+    propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
+    parenting: ProcessParenting,
+    mapper: Arc<dyn SubjectMapper>,
+    inbox_prefix: String,
+    publish_hook: Option<PublishHook>,
+    process_hook: Option<ProcessHook>,
+}
+
+impl fmt::Debug for Instrumentation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instrumentation")
+            .field("tracing", &self.inner.tracing)
+            .field("metrics", &self.inner.metrics)
+            .field("propagator", &self.inner.propagator)
+            .field("parenting", &self.inner.parenting)
+            .field("inbox_prefix", &self.inner.inbox_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Instrumentation {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl Instrumentation {
+    /// Starts a builder with the defaults: global providers and propagator, tracing
+    /// and metrics on, child-and-link parenting, [`DefaultSubjectMapper`], `_INBOX`.
+    pub fn builder() -> InstrumentationBuilder {
+        InstrumentationBuilder::default()
+    }
+
+    /// Whether spans are created.
+    pub fn tracing_enabled(&self) -> bool {
+        self.inner.tracing
+    }
+
+    /// Whether metrics are recorded.
+    pub fn metrics_enabled(&self) -> bool {
+        self.inner.metrics
+    }
+
+    /// The meter instruments are created from.
+    pub fn meter(&self) -> &Meter {
+        &self.inner.meter
+    }
+
+    /// Injects `cx` into `headers` through the configured propagator.
+    pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+        match &self.inner.propagator {
+            Some(p) => inject_context(p.as_ref(), cx, headers),
+            None => global::get_text_map_propagator(|p| inject_context(p, cx, headers)),
+        }
+    }
+
+    /// Extracts the producer's context from `headers` through the configured
+    /// propagator (an empty context when there is none or it is invalid).
+    pub fn extract(&self, headers: &HeaderMap) -> Context {
+        match &self.inner.propagator {
+            Some(p) => extract_context(p.as_ref(), headers),
+            None => global::get_text_map_propagator(|p| extract_context(p, headers)),
+        }
+    }
+
+    /// The low-cardinality template for `subject`.
+    pub fn template<'a>(&self, subject: &'a str) -> Cow<'a, str> {
+        if self.is_temporary(subject) {
+            return Cow::Borrowed(TEMPORARY_DESTINATION);
+        }
+        if subject.is_empty() || subject.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            // async-nats rejects these; never let junk become a span name.
+            return Cow::Borrowed("(invalid)");
+        }
+        self.inner.mapper.template(subject)
+    }
+
+    pub(crate) fn is_temporary(&self, subject: &str) -> bool {
+        is_temporary(subject, &self.inner.inbox_prefix)
+    }
+
+    /// Starts a PRODUCER span for a send-type operation (`publish`, `request`)
+    /// under the current context and returns the context holding it.
+    pub(crate) fn start_send(
+        &self,
+        operation: &'static str,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        body_size: usize,
+        common: &[KeyValue],
+    ) -> Context {
+        let template = self.template(subject);
+        let temporary = self.is_temporary(subject);
+        let mut attributes = Vec::with_capacity(common.len() + 7);
+        attributes.extend_from_slice(common);
+        attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_TYPE,
+            semconv::operation_type::SEND,
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_NAME,
+            subject.to_owned(),
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_TEMPLATE,
+            template.to_string(),
+        ));
+        if temporary {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_TEMPORARY,
+                true,
+            ));
+        }
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_MESSAGE_BODY_SIZE,
+            body_size as i64,
+        ));
+        if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_MESSAGE_ID,
+                id.as_str().to_owned(),
+            ));
+        }
+        if let Some(hook) = &self.inner.publish_hook {
+            hook(subject, headers, &mut attributes);
+        }
+        let builder = SpanBuilder::from_name(format!("{operation} {template}"))
+            .with_kind(SpanKind::Producer)
+            .with_attributes(attributes);
+        let parent = Context::current();
+        let span = self.inner.tracer.build_with_context(builder, &parent);
+        parent.with_span(span)
+    }
+
+    /// Starts the CONSUMER `process` span for a delivered message. Returns the
+    /// process context and the producer's (extracted) context.
+    pub(crate) fn start_process(
+        &self,
+        message: &Message,
+        span_name: &str,
+        template: &str,
+        group: Option<&str>,
+        common: &[KeyValue],
+    ) -> (Context, Context) {
+        let producer = match &message.headers {
+            Some(headers) => self.extract(headers),
+            None => Context::new(),
+        };
+        if !self.inner.tracing {
+            return (producer.clone(), producer);
+        }
+        let subject = message.subject.as_str();
+        let mut attributes = Vec::with_capacity(common.len() + 8);
+        attributes.extend_from_slice(common);
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_NAME,
+            semconv::operation::PROCESS,
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_TYPE,
+            semconv::operation_type::PROCESS,
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_NAME,
+            subject.to_owned(),
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_TEMPLATE,
+            template.to_owned(),
+        ));
+        if self.is_temporary(subject) {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_TEMPORARY,
+                true,
+            ));
+        }
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_MESSAGE_BODY_SIZE,
+            message.payload.len() as i64,
+        ));
+        if let Some(group) = group {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                group.to_owned(),
+            ));
+        }
+        if let Some(id) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_MESSAGE_ID,
+                id.as_str().to_owned(),
+            ));
+        }
+        if let Some(hook) = &self.inner.process_hook {
+            hook(message, &mut attributes);
+        }
+        let producer_span = producer.span().span_context().clone();
+        let mut builder = SpanBuilder::from_name(span_name.to_owned())
+            .with_kind(SpanKind::Consumer)
+            .with_attributes(attributes);
+        if producer_span.is_valid() {
+            builder = builder.with_links(vec![Link::with_context(producer_span)]);
+        }
+        let parent = match self.inner.parenting {
+            ProcessParenting::ChildAndLink => producer.clone(),
+            // Keep baggage, drop the parent span.
+            ProcessParenting::LinkOnly => Context::new(),
+        };
+        let span = self.inner.tracer.build_with_context(builder, &parent);
+        (parent.with_span(span), producer)
+    }
+
+    /// The current context if it carries a valid span (used to keep propagating a
+    /// caller's trace while our own tracing is switched off).
+    pub(crate) fn ambient_context(&self) -> Option<Context> {
+        let cx = Context::current();
+        cx.span().span_context().is_valid().then_some(cx)
+    }
+}
+
+/// Records a failed operation on the span in `cx`: `error.type` and an error status.
+pub(crate) fn record_failure(cx: &Context, error_type: &str, message: String) {
+    let span = cx.span();
+    if !span.is_recording() {
+        return;
+    }
+    span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type.to_owned()));
+    span.set_status(Status::error(message));
+}
+
+/// Records a handler failure: `error.type`, an `exception` event and error status.
+pub(crate) fn record_exception(cx: &Context, error_type: &str, message: String) {
+    let span = cx.span();
+    if !span.is_recording() {
+        return;
+    }
+    span.add_event(
+        semconv::EXCEPTION_EVENT,
+        vec![
+            KeyValue::new(semconv::EXCEPTION_TYPE, error_type.to_owned()),
+            KeyValue::new(semconv::EXCEPTION_MESSAGE, message.clone()),
+        ],
+    );
+    span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type.to_owned()));
+    span.set_status(Status::error(message));
+}
+
+/// Builder for [`Instrumentation`].
+#[must_use]
+pub struct InstrumentationBuilder {
+    tracer: Option<BoxedTracer>,
+    tracing: bool,
+    meter: Option<Meter>,
+    metrics: bool,
+    propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
+    parenting: ProcessParenting,
+    mapper: Arc<dyn SubjectMapper>,
+    inbox_prefix: String,
+    publish_hook: Option<PublishHook>,
+    process_hook: Option<ProcessHook>,
+}
+
+impl Default for InstrumentationBuilder {
+    fn default() -> Self {
+        Self {
+            tracer: None,
+            tracing: true,
+            meter: None,
+            metrics: true,
+            propagator: None,
+            parenting: ProcessParenting::default(),
+            mapper: Arc::new(DefaultSubjectMapper),
+            inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
+            publish_hook: None,
+            process_hook: None,
+        }
+    }
+}
+
+impl fmt::Debug for InstrumentationBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstrumentationBuilder")
+            .field("tracing", &self.tracing)
+            .field("metrics", &self.metrics)
+            .field("parenting", &self.parenting)
+            .field("inbox_prefix", &self.inbox_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InstrumentationBuilder {
+    /// Uses `provider` instead of the global tracer provider.
+    pub fn with_tracer_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as Tracer>::Span: Send + Sync + 'static,
+    {
+        self.tracer = Some(BoxedTracer::new(Box::new(
+            provider.tracer_with_scope(scope()),
+        )));
+        self
+    }
+
+    /// Uses `provider` instead of the global meter provider.
+    pub fn with_meter_provider<P: MeterProvider>(mut self, provider: &P) -> Self {
+        self.meter = Some(provider.meter_with_scope(scope()));
+        self
+    }
+
+    /// Uses `propagator` instead of the global text-map propagator.
+    pub fn with_propagator<P>(mut self, propagator: P) -> Self
+    where
+        P: TextMapPropagator + Send + Sync + 'static,
+    {
+        self.propagator = Some(Arc::new(propagator));
+        self
+    }
+
+    /// Switches span creation on or off (default on). With tracing off no span is
+    /// created, but a valid context the caller already has is still propagated
+    /// and a message's context is still extracted for the handler.
+    pub fn with_tracing(mut self, enabled: bool) -> Self {
+        self.tracing = enabled;
+        self
+    }
+
+    /// Switches metrics on or off (default on), independently of tracing.
+    pub fn with_metrics(mut self, enabled: bool) -> Self {
+        self.metrics = enabled;
+        self
+    }
+
+    /// How `process` spans relate to the producer's context.
+    pub fn with_process_parenting(mut self, parenting: ProcessParenting) -> Self {
+        self.parenting = parenting;
+        self
+    }
+
+    /// Maps publish subjects to low-cardinality templates (default:
+    /// [`DefaultSubjectMapper`]).
+    pub fn with_subject_mapper<M: SubjectMapper>(mut self, mapper: M) -> Self {
+        self.mapper = Arc::new(mapper);
+        self
+    }
+
+    /// The inbox prefix whose subjects are temporary destinations (default
+    /// `_INBOX`; set it if you use `ConnectOptions::custom_inbox_prefix`).
+    pub fn with_inbox_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inbox_prefix = prefix.into();
+        self
+    }
+
+    /// Adds attributes to every `publish`/`request` span.
+    pub fn with_publish_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&str, Option<&HeaderMap>, &mut Vec<KeyValue>) + Send + Sync + 'static,
+    {
+        self.publish_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Adds attributes to every `process` span.
+    pub fn with_process_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Message, &mut Vec<KeyValue>) + Send + Sync + 'static,
+    {
+        self.process_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the settings, resolving global providers now.
+    pub fn build(self) -> Instrumentation {
+        Instrumentation {
+            inner: Arc::new(Inner {
+                tracer: self
+                    .tracer
+                    .unwrap_or_else(|| global::tracer_with_scope(scope())),
+                tracing: self.tracing,
+                meter: self
+                    .meter
+                    .unwrap_or_else(|| global::meter_with_scope(scope())),
+                metrics: self.metrics,
+                propagator: self.propagator,
+                parenting: self.parenting,
+                mapper: self.mapper,
+                inbox_prefix: self.inbox_prefix,
+                publish_hook: self.publish_hook,
+                process_hook: self.process_hook,
+            }),
+        }
+    }
+}

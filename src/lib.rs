@@ -1,0 +1,105 @@
+//! OpenTelemetry for NATS on the official `async-nats` client.
+//!
+//! A drop-in instrumented [`Client`]: the same methods, argument and error types as
+//! [`async_nats::Client`], emitting spans that follow the OpenTelemetry messaging
+//! semantic conventions and carrying W3C trace context in NATS headers, so one
+//! trace follows a message across services and languages.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), async_nats::Error> {
+//! // Install your tracer provider and propagator first (e.g. `nats_otel::otlp::init()`).
+//! let client = nats_otel::connect("nats://127.0.0.1:4222").await?;
+//! let mut orders = client.subscribe("orders.*").await?;
+//! client.publish("orders.created", "{\"id\":42}".into()).await?;
+//!
+//! if let Some(delivery) = orders.next().await {
+//!     // Runs inside the `process orders.*` span, a child of `publish orders.created`.
+//!     delivery
+//!         .process(|message| async move {
+//!             println!("got {:?}", message.payload);
+//!             Ok::<_, std::io::Error>(())
+//!         })
+//!         .await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What is traced
+//!
+//! | operation | span name | kind | `messaging.operation.type` |
+//! |---|---|---|---|
+//! | `publish*` | `publish {template}` | PRODUCER | `send` |
+//! | `request`, `request_with_headers`, `send_request` (reply awaited inside) | `request {template}` | PRODUCER | `send` |
+//! | each message a [`Subscriber`] yields | `process {template}` | CONSUMER | `process` |
+//!
+//! Every span carries `messaging.system = "nats"`, `messaging.operation.name`,
+//! `messaging.destination.name` (the real subject), `messaging.destination.template`,
+//! `messaging.message.body.size`, `messaging.client.id`, `server.address`,
+//! `server.port`; inboxes add `messaging.destination.temporary = true`, queue
+//! subscriptions `messaging.consumer.group.name`, a `Nats-Msg-Id` header
+//! `messaging.message.id`, a request's reply `messaging.nats.reply.body.size`.
+//! Failures set `error.type` (the async-nats error kind in `snake_case`, e.g.
+//! `no_responders`, `timed_out`) and an error status; a failing handler adds an
+//! `exception` event. Keys are constants in [`semconv`].
+//!
+//! A `process` span is a child of the producer's span and carries one link to it
+//! ([`ProcessParenting::LinkOnly`] makes it a root with the link). A message without
+//! a valid trace context (missing, malformed, all-zero trace id) gets a fresh root
+//! span — never the context of the previous message or of the caller. An unsampled
+//! parent (`-00`) records nothing downstream while the decision keeps propagating.
+//!
+//! # Cardinality
+//!
+//! Span names never contain a raw subject with ids. Subscriptions are named after
+//! their pattern (`process orders.*`); publishes after the template a
+//! [`SubjectMapper`] returns ([`DefaultSubjectMapper`] turns `users.8812.orders` into
+//! `users.*.orders`; [`SubjectTemplates`] matches patterns you list; any closure
+//! works). Inbox subjects become `(temporary)`.
+//!
+//! # Configuration
+//!
+//! [`Instrumentation::builder`] sets the tracer provider, meter provider and
+//! propagator (globals by default — this crate never sets globals itself, except
+//! [`otlp::init`] whose job that is), tracing on/off, metrics on/off, parenting,
+//! the subject mapper, the inbox prefix and hooks adding attributes. Propagation
+//! goes through the configured propagator, so `OTEL_PROPAGATORS=tracecontext,baggage`
+//! carries baggage and `tracecontext` alone does not.
+//!
+//! # Features
+//!
+//! * `otlp` — [`otlp::init`]: providers and propagators from `OTEL_*` variables,
+//!   OTLP over gRPC or HTTP, with a guard that flushes on drop.
+//! * `tracing` — [`tracing_interop`]: log correlation helpers for `tracing` users.
+//!   (A publish inside a `#[tracing::instrument]` span is its child with
+//!   tracing-opentelemetry installed, feature or not.)
+
+#![warn(missing_docs)]
+#![deny(unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod client;
+pub mod destination;
+mod error;
+mod instrumentation;
+#[cfg(feature = "otlp")]
+pub mod otlp;
+pub mod propagation;
+pub mod semconv;
+mod subscriber;
+#[cfg(feature = "tracing")]
+pub mod tracing_interop;
+
+pub use client::{connect, connect_with_options, Client};
+pub use destination::{DefaultSubjectMapper, SubjectMapper, SubjectTemplates};
+pub use error::error_type;
+pub use instrumentation::{
+    Instrumentation, InstrumentationBuilder, ProcessHook, ProcessParenting, PublishHook,
+};
+pub use propagation::{HeaderExtractor, HeaderInjector};
+pub use subscriber::{Delivery, Subscriber};

@@ -1,0 +1,72 @@
+//! Attribute keys and values emitted by this crate.
+//!
+//! Names follow the OpenTelemetry messaging semantic conventions
+//! ([`SCHEMA_URL`]); NATS-specific attributes live under `messaging.nats.*`.
+//! Every key this crate writes is a constant here, so dashboards and tests can
+//! refer to them without string typos.
+
+/// Schema URL of the semantic-conventions version these names follow.
+pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.37.0";
+
+/// `messaging.system`: always [`MESSAGING_SYSTEM_NATS`].
+pub const MESSAGING_SYSTEM: &str = "messaging.system";
+/// The value of `messaging.system` for NATS.
+pub const MESSAGING_SYSTEM_NATS: &str = "nats";
+/// `messaging.operation.name`: `publish`, `request`, `process`, ….
+pub const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
+/// `messaging.operation.type`: `send`, `receive`, `process`, `settle`, `create`.
+pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+/// `messaging.destination.name`: the real subject. Attributes only, never span names.
+pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+/// `messaging.destination.template`: the low-cardinality subject template.
+pub const MESSAGING_DESTINATION_TEMPLATE: &str = "messaging.destination.template";
+/// `messaging.destination.temporary`: `true` for inbox (reply) subjects.
+pub const MESSAGING_DESTINATION_TEMPORARY: &str = "messaging.destination.temporary";
+/// `messaging.consumer.group.name`: the queue group (or durable consumer).
+pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
+/// `messaging.message.id`: `Nats-Msg-Id` when present.
+pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
+/// `messaging.message.body.size`: payload size in bytes (headers excluded).
+pub const MESSAGING_MESSAGE_BODY_SIZE: &str = "messaging.message.body.size";
+/// `messaging.batch.message_count`: number of messages in a batch operation.
+pub const MESSAGING_BATCH_MESSAGE_COUNT: &str = "messaging.batch.message_count";
+/// `messaging.client.id`: the client id the server assigned to this connection.
+pub const MESSAGING_CLIENT_ID: &str = "messaging.client.id";
+/// `server.address`: host name of the NATS server the client was pointed at.
+pub const SERVER_ADDRESS: &str = "server.address";
+/// `server.port`: port of the NATS server the client was pointed at.
+pub const SERVER_PORT: &str = "server.port";
+/// `error.type`: the error kind, in `snake_case` (`no_responders`, `timed_out`, …).
+pub const ERROR_TYPE: &str = "error.type";
+
+/// `messaging.nats.reply.body.size`: size of the reply payload a `request` received.
+pub const MESSAGING_NATS_REPLY_BODY_SIZE: &str = "messaging.nats.reply.body.size";
+
+/// Span event name and attribute keys for a recorded exception.
+pub const EXCEPTION_EVENT: &str = "exception";
+/// `exception.message` on an [`EXCEPTION_EVENT`].
+pub const EXCEPTION_MESSAGE: &str = "exception.message";
+/// `exception.type` on an [`EXCEPTION_EVENT`].
+pub const EXCEPTION_TYPE: &str = "exception.type";
+
+/// `messaging.operation.name` values.
+pub mod operation {
+    /// A core or JetStream publish.
+    pub const PUBLISH: &str = "publish";
+    /// A request whose reply is awaited.
+    pub const REQUEST: &str = "request";
+    /// Handling one delivered message.
+    pub const PROCESS: &str = "process";
+}
+
+/// `messaging.operation.type` values.
+pub mod operation_type {
+    /// A message is sent to a destination.
+    pub const SEND: &str = "send";
+    /// A delivered message is processed.
+    pub const PROCESS: &str = "process";
+    /// Messages are pulled from the broker.
+    pub const RECEIVE: &str = "receive";
+    /// A delivered message is acknowledged or rejected.
+    pub const SETTLE: &str = "settle";
+}

