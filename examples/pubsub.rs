@@ -13,8 +13,14 @@ use futures_util::StreamExt;
 async fn main() -> Result<(), async_nats::Error> {
     let setup = shared::Setup::new();
     let options = || async_nats::ConnectOptions::new().name("example");
-    let publisher = setup.instrumentation().connect(&setup.url, options()).await?;
-    let subscriber = setup.instrumentation().connect(&setup.url, options()).await?;
+    let publisher = setup
+        .instrumentation()
+        .connect(&setup.url, options())
+        .await?;
+    let subscriber = setup
+        .instrumentation()
+        .connect(&setup.url, options())
+        .await?;
 
     let mut orders = subscriber.subscribe("orders.>").await?;
     // `flush` only empties the local buffer; a round trip makes sure the server
@@ -23,7 +29,10 @@ async fn main() -> Result<(), async_nats::Error> {
 
     for user in [8812, 1337, 42] {
         publisher
-            .publish(format!("orders.{user}.created"), format!("order for {user}").into())
+            .publish(
+                format!("orders.{user}.created"),
+                format!("order for {user}").into(),
+            )
             .await?;
     }
 

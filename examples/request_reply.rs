@@ -21,7 +21,9 @@ async fn main() -> Result<(), async_nats::Error> {
         .connect(&setup.url, async_nats::ConnectOptions::new())
         .await?;
 
-    let mut requests = users.queue_subscribe("users.get", "users".to_owned()).await?;
+    let mut requests = users
+        .queue_subscribe("users.get", "users".to_owned())
+        .await?;
     let responder = users.clone();
     let service = tokio::spawn(async move {
         while let Some(delivery) = requests.next().await {

@@ -425,3 +425,86 @@ async fn tracing_switched_off_exports_nothing_and_messages_still_flow() {
     assert!(next(&mut wire).await.headers.is_none());
     assert!(telemetry.spans().is_empty());
 }
+
+#[tokio::test]
+async fn link_only_parenting_makes_a_root_span_linked_to_the_producer() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry
+        .connect(
+            &server,
+            telemetry
+                .builder()
+                .with_process_parenting(nats_otel::ProcessParenting::LinkOnly)
+                .build(),
+        )
+        .await;
+    let mut sub = client.subscribe("audit.events").await.unwrap();
+    client.publish("audit.events", "x".into()).await.unwrap();
+    drop(next(&mut sub).await);
+
+    let publish = telemetry.span("publish audit.events");
+    let process = telemetry.span("process audit.events");
+    assert_eq!(
+        process.parent_span_id,
+        opentelemetry::trace::SpanId::INVALID
+    );
+    assert_ne!(
+        process.span_context.trace_id(),
+        publish.span_context.trace_id()
+    );
+    assert_eq!(process.links.links.len(), 1);
+    let link = &process.links.links[0].span_context;
+    assert_eq!(link.trace_id(), publish.span_context.trace_id());
+    assert_eq!(
+        link.span_id(),
+        publish.span_context.span_id(),
+        "linked to the producer"
+    );
+}
+
+#[tokio::test]
+async fn hooks_add_attributes_to_publish_and_process_spans() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry
+        .connect(
+            &server,
+            telemetry
+                .builder()
+                .with_publish_hook(|subject, _headers, attributes| {
+                    attributes.push(opentelemetry::KeyValue::new(
+                        "app.region",
+                        if subject.contains(".eu.") {
+                            "eu"
+                        } else {
+                            "other"
+                        },
+                    ));
+                })
+                .with_process_hook(|message, attributes| {
+                    let tenant = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("tenant"))
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_default();
+                    attributes.push(opentelemetry::KeyValue::new("app.tenant", tenant));
+                })
+                .build(),
+        )
+        .await;
+    let mut sub = client.subscribe("sales.>").await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("tenant", "acme");
+    client
+        .publish_with_headers("sales.eu.booked", headers, "x".into())
+        .await
+        .unwrap();
+    drop(next(&mut sub).await);
+
+    let publish = telemetry.span("publish sales.eu.booked");
+    let process = telemetry.span("process sales.>");
+    assert_eq!(attr_str(&publish, "app.region").as_deref(), Some("eu"));
+    assert_eq!(attr_str(&process, "app.tenant").as_deref(), Some("acme"));
+}
