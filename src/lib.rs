@@ -102,4 +102,4 @@ pub use instrumentation::{
     Instrumentation, InstrumentationBuilder, ProcessHook, ProcessParenting, PublishHook,
 };
 pub use propagation::{HeaderExtractor, HeaderInjector};
-pub use subscriber::{Delivery, Subscriber};
+pub use subscriber::{handler_error_type, Delivery, Subscriber};

@@ -194,11 +194,11 @@ impl Delivery {
     }
 
     /// Records a handler failure on the process span: `error.type` (the error's
-    /// type name), an `exception` event with its message, and an error status.
+    /// type name, see [`handler_error_type`]), an `exception` event with its message, and an error status.
     pub fn record_error<E: Display + ?Sized>(&self, error: &E) {
         record_exception(
             &self.span.context,
-            std::any::type_name::<E>(),
+            &handler_error_type::<E>(),
             error.to_string(),
         );
     }
@@ -227,5 +227,46 @@ impl Delivery {
         let mut span = span;
         span.owns_span = false;
         (message, span.context.clone())
+    }
+}
+
+/// The `error.type` recorded for a handler error of type `E`: its full type name
+/// (`std::io::error::Error`), or for generic types the name with module paths
+/// dropped (`Box<dyn Error + Send + Sync>`), which stays readable.
+pub fn handler_error_type<E: ?Sized>() -> String {
+    let full = std::any::type_name::<E>();
+    if !full.contains('<') {
+        return full.to_owned();
+    }
+    let mut out = String::with_capacity(full.len());
+    let mut word = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+        } else {
+            out.push_str(word.rsplit("::").next().unwrap_or_default());
+            word.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(word.rsplit("::").next().unwrap_or_default());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handler_error_type;
+
+    #[test]
+    fn handler_error_types_are_readable() {
+        assert_eq!(
+            handler_error_type::<std::io::Error>(),
+            "std::io::error::Error"
+        );
+        assert_eq!(
+            handler_error_type::<Box<dyn std::error::Error + Send + Sync>>(),
+            "Box<dyn Error + Send + Sync>"
+        );
+        assert_eq!(handler_error_type::<Vec<String>>(), "Vec<String>");
     }
 }

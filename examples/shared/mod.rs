@@ -98,8 +98,20 @@ fn print_span(span: &SpanData, children: &HashMap<SpanId, Vec<&SpanData>>, depth
     } else {
         format!(" (+{} link)", span.links.links.len())
     };
+    let error = match &span.status {
+        opentelemetry::trace::Status::Error { description } => {
+            let kind = span
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == nats_otel::semconv::ERROR_TYPE)
+                .map(|kv| kv.value.as_str().into_owned())
+                .unwrap_or_default();
+            format!("  ERROR error.type={kind}: {description}")
+        }
+        _ => String::new(),
+    };
     println!(
-        "  {:indent$}{} [{:?}] subject={subject} {micros}µs{links}",
+        "  {:indent$}{} [{:?}] subject={subject} {micros}µs{links}{error}",
         "",
         span.name,
         span.span_kind,
