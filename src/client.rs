@@ -113,6 +113,11 @@ impl Client {
         self.inner
     }
 
+    /// Attributes every span of this connection carries.
+    pub(crate) fn common(&self) -> Arc<[KeyValue]> {
+        self.common.clone()
+    }
+
     /// The telemetry settings of this client.
     pub fn instrumentation(&self) -> &Instrumentation {
         &self.inst

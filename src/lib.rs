@@ -87,6 +87,7 @@ mod client;
 pub mod destination;
 mod error;
 mod instrumentation;
+pub mod jetstream;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod propagation;

@@ -70,3 +70,11 @@ pub mod operation_type {
     /// A delivered message is acknowledged or rejected.
     pub const SETTLE: &str = "settle";
 }
+
+/// `messaging.nats.stream`: the JetStream stream that stored the message.
+pub const MESSAGING_NATS_STREAM: &str = "messaging.nats.stream";
+/// `messaging.nats.stream.sequence`: the message's sequence in its stream.
+pub const MESSAGING_NATS_STREAM_SEQUENCE: &str = "messaging.nats.stream.sequence";
+/// `messaging.nats.duplicate`: the server dropped the publish as a duplicate
+/// (same `Nats-Msg-Id` within the stream's duplicate window).
+pub const MESSAGING_NATS_DUPLICATE: &str = "messaging.nats.duplicate";

@@ -6,6 +6,7 @@ mod support;
 mod hostile;
 #[cfg(feature = "tracing")]
 mod interop;
+mod jetstream;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod propagation;

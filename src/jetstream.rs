@@ -1,0 +1,188 @@
+//! JetStream, traced: publishing whose span stays open until the PubAck.
+//!
+//! [`new`] wraps a JetStream context around an instrumented [`Client`]. Stream and
+//! consumer management go through [`Context::inner`] unchanged. Each publish gets a
+//! `publish {template}` PRODUCER span that ends when the server's acknowledgement
+//! arrives (or fails, or the [`PublishAckFuture`] is dropped), and records the
+//! stream, the stream sequence, `messaging.message.id` and whether the server
+//! reported a duplicate.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_nats::jetstream::context::{PublishAckFuture as InnerAckFuture, PublishError};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::{HeaderMap, ToSubject};
+use bytes::Bytes;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
+
+use crate::error::error_type;
+use crate::instrumentation::{record_failure, Instrumentation};
+use crate::{semconv, Client};
+
+/// Creates a traced JetStream context on `client`'s connection and telemetry.
+pub fn new(client: &Client) -> Context {
+    Context {
+        inner: async_nats::jetstream::new(client.inner().clone()),
+        inst: client.instrumentation().clone(),
+        common: client.common(),
+    }
+}
+
+/// A traced JetStream context. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Context {
+    inner: async_nats::jetstream::Context,
+    inst: Instrumentation,
+    common: Arc<[KeyValue]>,
+}
+
+impl Context {
+    /// The untraced async-nats context (stream and consumer management).
+    pub fn inner(&self) -> &async_nats::jetstream::Context {
+        &self.inner
+    }
+
+    /// Publishes to a stream's subject. Await the returned future for the PubAck;
+    /// the span covers both.
+    pub async fn publish<S: ToSubject>(
+        &self,
+        subject: S,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
+        self.send(subject, None, payload).await
+    }
+
+    /// Publishes with headers; trace context is added to them.
+    pub async fn publish_with_headers<S: ToSubject>(
+        &self,
+        subject: S,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
+        self.send(subject, Some(headers), payload).await
+    }
+
+    /// Publishes with a `Nats-Msg-Id`, so the stream drops repeats within its
+    /// duplicate window (the ack then reports `duplicate`). An id NATS cannot carry
+    /// in a header (CR/LF) is an error, not a panic.
+    pub async fn publish_with_id<S: ToSubject>(
+        &self,
+        subject: S,
+        message_id: &str,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
+        let value: async_nats::HeaderValue = message_id.parse().map_err(|e| {
+            PublishError::with_source(async_nats::jetstream::context::PublishErrorKind::Other, e)
+        })?;
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, value);
+        self.send(subject, Some(headers), payload).await
+    }
+
+    async fn send<S: ToSubject>(
+        &self,
+        subject: S,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
+        let subject = subject.to_subject();
+        let cx = if self.inst.tracing_enabled() {
+            Some(self.inst.start_send(
+                semconv::operation::PUBLISH,
+                subject.as_str(),
+                headers.as_ref(),
+                payload.len(),
+                &self.common,
+            ))
+        } else {
+            None
+        };
+        let inject_from = cx.clone().or_else(|| self.inst.ambient_context());
+        let headers = match inject_from {
+            Some(from) => {
+                let mut headers = headers.unwrap_or_default();
+                self.inst.inject(&from, &mut headers);
+                headers
+            }
+            None => headers.unwrap_or_default(),
+        };
+        let result = self
+            .inner
+            .publish_with_headers(subject, headers, payload)
+            .await;
+        let span = AckSpan(cx);
+        match result {
+            Ok(inner) => Ok(PublishAckFuture { inner, span }),
+            Err(err) => {
+                span.fail(&err);
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Ends the publish span however the publish ends.
+#[derive(Debug)]
+struct AckSpan(Option<opentelemetry::Context>);
+
+impl AckSpan {
+    fn fail(&self, err: &PublishError) {
+        if let Some(cx) = &self.0 {
+            record_failure(cx, &error_type(&err.kind()), err.to_string());
+        }
+    }
+
+    fn acked(&self, ack: &PublishAck) {
+        if let Some(cx) = &self.0 {
+            let span = cx.span();
+            span.set_attribute(KeyValue::new(
+                semconv::MESSAGING_NATS_STREAM,
+                ack.stream.clone(),
+            ));
+            span.set_attribute(KeyValue::new(
+                semconv::MESSAGING_NATS_STREAM_SEQUENCE,
+                i64::try_from(ack.sequence).unwrap_or(i64::MAX),
+            ));
+            span.set_attribute(KeyValue::new(
+                semconv::MESSAGING_NATS_DUPLICATE,
+                ack.duplicate,
+            ));
+        }
+    }
+}
+
+impl Drop for AckSpan {
+    fn drop(&mut self) {
+        if let Some(cx) = &self.0 {
+            cx.span().end();
+        }
+    }
+}
+
+/// The pending acknowledgement of a traced JetStream publish; `.await` it for the
+/// [`PublishAck`]. Dropping it without awaiting ends the span with no ack recorded.
+#[derive(Debug)]
+pub struct PublishAckFuture {
+    inner: InnerAckFuture,
+    span: AckSpan,
+}
+
+impl IntoFuture for PublishAckFuture {
+    type Output = Result<PublishAck, PublishError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let PublishAckFuture { inner, span } = self;
+            let result = inner.await;
+            match &result {
+                Ok(ack) => span.acked(ack),
+                Err(err) => span.fail(err),
+            }
+            result
+        })
+    }
+}
