@@ -205,6 +205,7 @@ impl Instrumentation {
         template: &str,
         group: Option<&str>,
         common: &[KeyValue],
+        extra: Vec<KeyValue>,
     ) -> (Context, Context) {
         let producer = match &message.headers {
             Some(headers) => self.extract(headers),
@@ -214,7 +215,7 @@ impl Instrumentation {
             return (producer.clone(), producer);
         }
         let subject = message.subject.as_str();
-        let mut attributes = Vec::with_capacity(common.len() + 8);
+        let mut attributes = Vec::with_capacity(common.len() + 8 + extra.len());
         attributes.extend_from_slice(common);
         attributes.push(KeyValue::new(
             semconv::MESSAGING_OPERATION_NAME,
@@ -258,6 +259,7 @@ impl Instrumentation {
                 id.as_str().to_owned(),
             ));
         }
+        attributes.extend(extra);
         if let Some(hook) = &self.inner.process_hook {
             hook(message, &mut attributes);
         }
@@ -275,6 +277,12 @@ impl Instrumentation {
         };
         let span = self.inner.tracer.build_with_context(builder, &parent);
         (parent.with_span(span), producer)
+    }
+
+    /// Starts a span from `builder` under `parent` with this instrumentation's tracer.
+    pub(crate) fn start_span(&self, builder: SpanBuilder, parent: &Context) -> Context {
+        let span = self.inner.tracer.build_with_context(builder, parent);
+        parent.with_span(span)
     }
 
     /// The current context if it carries a valid span (used to keep propagating a

@@ -57,6 +57,8 @@ pub mod operation {
     pub const REQUEST: &str = "request";
     /// Handling one delivered message.
     pub const PROCESS: &str = "process";
+    /// Pulling a batch of messages from a consumer.
+    pub const RECEIVE: &str = "receive";
 }
 
 /// `messaging.operation.type` values.
@@ -78,3 +80,30 @@ pub const MESSAGING_NATS_STREAM_SEQUENCE: &str = "messaging.nats.stream.sequence
 /// `messaging.nats.duplicate`: the server dropped the publish as a duplicate
 /// (same `Nats-Msg-Id` within the stream's duplicate window).
 pub const MESSAGING_NATS_DUPLICATE: &str = "messaging.nats.duplicate";
+/// `messaging.nats.consumer`: the JetStream consumer's name.
+pub const MESSAGING_NATS_CONSUMER: &str = "messaging.nats.consumer";
+/// `messaging.nats.consumer.sequence`: the message's sequence in its consumer.
+pub const MESSAGING_NATS_CONSUMER_SEQUENCE: &str = "messaging.nats.consumer.sequence";
+/// `messaging.nats.delivered`: how many times this message has been delivered.
+pub const MESSAGING_NATS_DELIVERED: &str = "messaging.nats.delivered";
+/// `messaging.nats.pending`: messages left for the consumer after this one.
+pub const MESSAGING_NATS_PENDING: &str = "messaging.nats.pending";
+/// `messaging.nats.queue_wait`: seconds from the stream storing the message to its
+/// delivery (subject to clock skew between client and server).
+pub const MESSAGING_NATS_QUEUE_WAIT: &str = "messaging.nats.queue_wait";
+/// `messaging.nats.nak.delay`: redelivery delay requested by a `nak`, in seconds.
+pub const MESSAGING_NATS_NAK_DELAY: &str = "messaging.nats.nak.delay";
+
+/// `messaging.operation.name` values of settle spans.
+pub mod settle {
+    /// Acknowledge.
+    pub const ACK: &str = "ack";
+    /// Acknowledge and wait for the server's confirmation.
+    pub const DOUBLE_ACK: &str = "double_ack";
+    /// Negative acknowledgement: redeliver (maybe after a delay).
+    pub const NAK: &str = "nak";
+    /// Terminate: never redeliver.
+    pub const TERM: &str = "term";
+    /// Work in progress: extend the ack deadline.
+    pub const PROGRESS: &str = "progress";
+}

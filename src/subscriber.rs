@@ -94,6 +94,7 @@ impl Subscriber {
             &self.template,
             self.group.as_deref(),
             &self.common,
+            Vec::new(),
         );
         Delivery {
             message,
@@ -119,9 +120,9 @@ impl Stream for Subscriber {
 }
 
 /// Ends the process span when the delivery is done with, whichever way.
-struct SpanEnd {
-    owns_span: bool,
-    context: Context,
+pub(crate) struct SpanEnd {
+    pub(crate) owns_span: bool,
+    pub(crate) context: Context,
 }
 
 impl Drop for SpanEnd {

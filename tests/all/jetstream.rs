@@ -1,9 +1,41 @@
 //! JetStream publish: one span per message, open until the PubAck.
 
-use nats_otel::semconv;
-use opentelemetry::trace::Status;
+use std::time::Duration;
 
-use crate::support::{attr, attr_str, NatsServer, Telemetry};
+use async_nats::jetstream::consumer::pull;
+use nats_otel::semconv;
+use opentelemetry::trace::{SpanKind, Status};
+
+use crate::support::{attr, attr_str, next, NatsServer, Telemetry};
+
+/// A stream `ORDERS` on `orders.>` and a durable pull consumer `inventory` on it.
+async fn orders_consumer(
+    js: &nats_otel::jetstream::Context,
+    filter: &str,
+) -> nats_otel::jetstream::PullConsumer {
+    let stream = js
+        .inner()
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".to_owned(),
+            subjects: vec!["orders.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            "inventory",
+            pull::Config {
+                durable_name: Some("inventory".to_owned()),
+                filter_subject: filter.to_owned(),
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    js.pull_consumer(consumer)
+}
 
 #[tokio::test]
 async fn publish_span_records_the_ack_and_duplicates() {
@@ -35,6 +67,12 @@ async fn publish_span_records_the_ack_and_duplicates() {
     assert!(!first.duplicate);
     assert!(again.duplicate);
     assert_eq!(again.sequence, first.sequence);
+    let mut stream = js.inner().get_stream("ORDERS").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        1,
+        "stored once"
+    );
 
     let spans: Vec<_> = telemetry
         .spans()
@@ -93,4 +131,210 @@ async fn message_id_that_cannot_be_a_header_is_an_error_not_a_panic() {
         .publish_with_id("orders.x", "bad\r\nid", "x".into())
         .await
         .is_err());
+}
+
+#[tokio::test]
+async fn publish_process_ack_is_one_trace() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let consumer = orders_consumer(&js, "orders.*").await;
+    assert_eq!(consumer.template(), "orders.*");
+
+    let ack = js
+        .publish("orders.created", "o-1".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let delivery = next(&mut messages).await.unwrap();
+    delivery
+        .in_span(async { assert_eq!(&delivery.payload[..], b"o-1") })
+        .await;
+    delivery.ack().await.unwrap();
+    drop(delivery);
+
+    let publish = telemetry.span("publish orders.created");
+    let process = telemetry.span("process orders.*");
+    let settle = telemetry.span("ack orders.*");
+    assert_eq!(publish.span_kind, SpanKind::Producer);
+    assert_eq!(process.span_kind, SpanKind::Consumer);
+    assert_eq!(settle.span_kind, SpanKind::Client);
+    let trace = publish.span_context.trace_id();
+    assert_eq!(process.span_context.trace_id(), trace);
+    assert_eq!(settle.span_context.trace_id(), trace);
+    assert_eq!(process.parent_span_id, publish.span_context.span_id());
+    assert_eq!(process.links.links.len(), 1);
+    assert_eq!(settle.parent_span_id, process.span_context.span_id());
+    let seq = i64::try_from(ack.sequence).unwrap();
+    assert_eq!(
+        attr(&publish, semconv::MESSAGING_NATS_STREAM_SEQUENCE),
+        Some(seq.into())
+    );
+
+    assert_eq!(
+        attr_str(&process, semconv::MESSAGING_NATS_STREAM).as_deref(),
+        Some("ORDERS")
+    );
+    assert_eq!(
+        attr_str(&process, semconv::MESSAGING_NATS_CONSUMER).as_deref(),
+        Some("inventory")
+    );
+    assert_eq!(
+        attr_str(&process, semconv::MESSAGING_CONSUMER_GROUP_NAME).as_deref(),
+        Some("inventory")
+    );
+    assert_eq!(
+        attr_str(&process, semconv::MESSAGING_DESTINATION_NAME).as_deref(),
+        Some("orders.created")
+    );
+    assert_eq!(
+        attr(&process, semconv::MESSAGING_NATS_STREAM_SEQUENCE),
+        Some(seq.into())
+    );
+    assert_eq!(
+        attr(&process, semconv::MESSAGING_NATS_CONSUMER_SEQUENCE),
+        Some(1i64.into())
+    );
+    assert_eq!(
+        attr(&process, semconv::MESSAGING_NATS_DELIVERED),
+        Some(1i64.into())
+    );
+    assert_eq!(
+        attr(&process, semconv::MESSAGING_NATS_PENDING),
+        Some(0i64.into())
+    );
+    assert_eq!(
+        attr_str(&process, semconv::MESSAGING_MESSAGE_ID),
+        Some(ack.sequence.to_string()),
+        "stream sequence stands in for a missing Nats-Msg-Id"
+    );
+    match attr(&process, semconv::MESSAGING_NATS_QUEUE_WAIT) {
+        Some(opentelemetry::Value::F64(wait)) => assert!((0.0..60.0).contains(&wait), "{wait}"),
+        other => panic!("queue wait missing: {other:?}"),
+    }
+
+    assert_eq!(
+        attr_str(&settle, semconv::MESSAGING_OPERATION_NAME).as_deref(),
+        Some("ack")
+    );
+    assert_eq!(
+        attr_str(&settle, semconv::MESSAGING_OPERATION_TYPE).as_deref(),
+        Some("settle")
+    );
+    assert!(telemetry.spans().iter().all(|s| !s.name.contains("$JS")));
+}
+
+#[tokio::test]
+async fn fetch_is_one_receive_span_linking_every_message() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let consumer = orders_consumer(&js, "").await;
+
+    const N: usize = 5;
+    for i in 0..N {
+        js.publish(format!("orders.{i}.created"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let deliveries = consumer.fetch(10).await.unwrap();
+    assert_eq!(deliveries.len(), N);
+    for delivery in &deliveries {
+        delivery.ack().await.unwrap();
+    }
+    drop(deliveries);
+
+    let receive = telemetry.span("receive ORDERS");
+    assert_eq!(receive.span_kind, SpanKind::Client);
+    assert_eq!(
+        attr(&receive, semconv::MESSAGING_BATCH_MESSAGE_COUNT),
+        Some((N as i64).into())
+    );
+    assert_eq!(receive.links.links.len(), N);
+    let publishes: Vec<_> = telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "publish orders.*.created")
+        .collect();
+    assert_eq!(publishes.len(), N);
+    for publish in &publishes {
+        assert!(receive
+            .links
+            .links
+            .iter()
+            .any(|l| l.span_context.span_id() == publish.span_context.span_id()));
+    }
+    let processes = telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "process ORDERS")
+        .count();
+    assert_eq!(processes, N);
+    let acks = telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "ack ORDERS")
+        .count();
+    assert_eq!(acks, N);
+}
+
+#[tokio::test]
+async fn nak_and_term_are_settle_spans_with_their_outcome() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let consumer = orders_consumer(&js, "orders.>").await;
+    js.publish("orders.retry", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let first = consumer.fetch(1).await.unwrap().remove(0);
+    first.nak(Some(Duration::from_millis(50))).await.unwrap();
+    drop(first);
+    // Redelivered after the nak delay: the batch waits for it.
+    let second = consumer
+        .batch(1, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.info().unwrap().delivered, 2);
+    second.progress().await.unwrap();
+    second.term().await.unwrap();
+    drop(second);
+
+    let nak = telemetry.span("nak orders.>");
+    assert_eq!(
+        attr(&nak, semconv::MESSAGING_NATS_NAK_DELAY),
+        Some(0.05.into())
+    );
+    assert_eq!(
+        attr(&nak, semconv::MESSAGING_NATS_DELIVERED),
+        Some(1i64.into())
+    );
+    let term = telemetry.span("term orders.>");
+    assert_eq!(
+        attr(&term, semconv::MESSAGING_NATS_DELIVERED),
+        Some(2i64.into())
+    );
+    assert_eq!(term.status, Status::Unset);
+    telemetry.span("progress orders.>");
+    let processes: Vec<_> = telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "process orders.>")
+        .collect();
+    assert_eq!(processes.len(), 2);
+    assert_eq!(
+        processes[0].span_context.trace_id(),
+        processes[1].span_context.trace_id()
+    );
 }

@@ -1,11 +1,27 @@
-//! JetStream, traced: publishing whose span stays open until the PubAck.
+//! JetStream, traced.
 //!
 //! [`new`] wraps a JetStream context around an instrumented [`Client`]. Stream and
-//! consumer management go through [`Context::inner`] unchanged. Each publish gets a
-//! `publish {template}` PRODUCER span that ends when the server's acknowledgement
-//! arrives (or fails, or the [`PublishAckFuture`] is dropped), and records the
-//! stream, the stream sequence, `messaging.message.id` and whether the server
-//! reported a duplicate.
+//! consumer management go through [`Context::inner`] unchanged.
+//!
+//! * Each publish gets a `publish {template}` PRODUCER span that ends when the
+//!   server's acknowledgement arrives (or fails, or the [`PublishAckFuture`] is
+//!   dropped), recording the stream, the stream sequence, `messaging.message.id` and
+//!   whether the server reported a duplicate.
+//! * [`Context::pull_consumer`] traces a pull consumer: `messages()` yields one
+//!   [`Delivery`] per message with a `process {template}` CONSUMER span (stream,
+//!   consumer, sequences, delivery count, pending, queue wait); `fetch`/`batch` add
+//!   one `receive {template}` CLIENT span per call with a link to every message's
+//!   producer and `messaging.batch.message_count`.
+//! * [`Context::messages`] does the same for any push or ordered consumer stream.
+//! * Settlement (`ack`, `double_ack`, `nak`, `term`, `progress`) gets a CLIENT span
+//!   `{operation} {template}`, child of the process span.
+//!
+//! The template of a consumer's spans is its filter subject (through the subject
+//! mapper), or the stream name when it has none or several.
+
+mod consume;
+
+pub use consume::{Delivery, Messages, PullConsumer};
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -43,6 +59,30 @@ impl Context {
     /// The untraced async-nats context (stream and consumer management).
     pub fn inner(&self) -> &async_nats::jetstream::Context {
         &self.inner
+    }
+
+    /// Traces `consumer` (from `inner().get_stream(..)?.get_or_create_consumer(..)`).
+    pub fn pull_consumer(
+        &self,
+        consumer: async_nats::jetstream::consumer::PullConsumer,
+    ) -> PullConsumer {
+        let shared = consume::ConsumerShared::new(
+            self.inst.clone(),
+            self.common.clone(),
+            consumer.cached_info(),
+        );
+        PullConsumer::new(consumer, shared)
+    }
+
+    /// Traces any stream of JetStream messages (a push or ordered consumer's
+    /// `messages()`), naming spans after the consumer described by `info`.
+    pub fn messages<S>(
+        &self,
+        info: &async_nats::jetstream::consumer::Info,
+        stream: S,
+    ) -> Messages<S> {
+        let shared = consume::ConsumerShared::new(self.inst.clone(), self.common.clone(), info);
+        Messages::new(stream, shared)
     }
 
     /// Publishes to a stream's subject. Await the returned future for the PubAck;

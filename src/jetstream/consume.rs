@@ -1,0 +1,510 @@
+//! Traced JetStream consumption: pull consumers (`messages`, `fetch`, `batch`) and
+//! any push or ordered consumer stream through [`Messages`].
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::consumer::pull::Stream as PullStream;
+use async_nats::jetstream::consumer::{self, StreamError};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::Message;
+use futures_util::{Stream, StreamExt};
+use opentelemetry::trace::{FutureExt, Link, SpanBuilder, SpanKind, TraceContextExt};
+use opentelemetry::{ContextGuard, KeyValue};
+
+use crate::instrumentation::{record_exception, record_failure, Instrumentation};
+use crate::semconv;
+use crate::subscriber::{handler_error_type, SpanEnd};
+
+/// What every span of one consumer shares: names, template, attributes.
+pub(crate) struct ConsumerShared {
+    pub(crate) inst: Instrumentation,
+    pub(crate) common: Arc<[KeyValue]>,
+    pub(crate) template: String,
+    pub(crate) process_name: String,
+    pub(crate) stream: String,
+    pub(crate) consumer: String,
+}
+
+impl ConsumerShared {
+    pub(crate) fn new(
+        inst: Instrumentation,
+        common: Arc<[KeyValue]>,
+        info: &consumer::Info,
+    ) -> Arc<Self> {
+        let config = &info.config;
+        // The template is what the consumer selects: its single filter subject, or
+        // the stream name when it takes several subjects or all of them.
+        let filter = if !config.filter_subject.is_empty() {
+            Some(config.filter_subject.as_str())
+        } else if config.filter_subjects.len() == 1 {
+            config.filter_subjects.first().map(String::as_str)
+        } else {
+            None
+        };
+        let template = match filter {
+            Some(subject) => inst.template(subject).into_owned(),
+            None => info.stream_name.clone(),
+        };
+        Arc::new(Self {
+            process_name: format!("{} {template}", semconv::operation::PROCESS),
+            inst,
+            common,
+            template,
+            stream: info.stream_name.clone(),
+            consumer: info.name.clone(),
+        })
+    }
+
+    fn deliver(self: &Arc<Self>, message: Message) -> Delivery {
+        let mut extra = Vec::with_capacity(8);
+        extra.push(KeyValue::new(
+            semconv::MESSAGING_NATS_STREAM,
+            self.stream.clone(),
+        ));
+        extra.push(KeyValue::new(
+            semconv::MESSAGING_NATS_CONSUMER,
+            self.consumer.clone(),
+        ));
+        let has_msg_id = message
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(async_nats::header::NATS_MESSAGE_ID).is_some());
+        if let Ok(info) = message.info() {
+            extra.push(KeyValue::new(
+                semconv::MESSAGING_NATS_STREAM_SEQUENCE,
+                clamp(info.stream_sequence),
+            ));
+            extra.push(KeyValue::new(
+                semconv::MESSAGING_NATS_CONSUMER_SEQUENCE,
+                clamp(info.consumer_sequence),
+            ));
+            extra.push(KeyValue::new(
+                semconv::MESSAGING_NATS_DELIVERED,
+                info.delivered,
+            ));
+            extra.push(KeyValue::new(
+                semconv::MESSAGING_NATS_PENDING,
+                clamp(info.pending),
+            ));
+            if let Some(wait) = queue_wait(info.published.unix_timestamp_nanos()) {
+                extra.push(KeyValue::new(
+                    semconv::MESSAGING_NATS_QUEUE_WAIT,
+                    wait.as_secs_f64(),
+                ));
+            }
+            if !has_msg_id {
+                extra.push(KeyValue::new(
+                    semconv::MESSAGING_MESSAGE_ID,
+                    info.stream_sequence.to_string(),
+                ));
+            }
+        }
+        let tracing = self.inst.tracing_enabled();
+        let (context, producer) = self.inst.start_process(
+            &message.message,
+            &self.process_name,
+            &self.template,
+            Some(&self.consumer),
+            &self.common,
+            if tracing { extra } else { Vec::new() },
+        );
+        Delivery {
+            message,
+            producer,
+            span: SpanEnd {
+                owns_span: tracing,
+                context,
+            },
+            shared: self.clone(),
+        }
+    }
+
+    /// Records one `receive` span covering a fetch or batch that started at `start`.
+    fn record_receive(&self, start: SystemTime, deliveries: &[Delivery], error: Option<String>) {
+        if !self.inst.tracing_enabled() {
+            return;
+        }
+        let links: Vec<Link> = deliveries
+            .iter()
+            .map(|d| d.producer.span().span_context().clone())
+            .filter(|sc| sc.is_valid())
+            .map(Link::with_context)
+            .collect();
+        let mut attributes = Vec::with_capacity(self.common.len() + 6);
+        attributes.extend_from_slice(&self.common);
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_NAME,
+            semconv::operation::RECEIVE,
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_TYPE,
+            semconv::operation_type::RECEIVE,
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_TEMPLATE,
+            self.template.clone(),
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_CONSUMER_GROUP_NAME,
+            self.consumer.clone(),
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_NATS_STREAM,
+            self.stream.clone(),
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_BATCH_MESSAGE_COUNT,
+            deliveries.len() as i64,
+        ));
+        let builder =
+            SpanBuilder::from_name(format!("{} {}", semconv::operation::RECEIVE, self.template))
+                .with_kind(SpanKind::Client)
+                .with_start_time(start)
+                .with_attributes(attributes)
+                .with_links(links);
+        let cx = self
+            .inst
+            .start_span(builder, &opentelemetry::Context::current());
+        if let Some(error) = error {
+            record_failure(&cx, "_OTHER", error);
+        }
+        cx.span().end();
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Time since the stream stored the message (`None` if the clocks disagree).
+fn queue_wait(published_unix_nanos: i128) -> Option<Duration> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let now = i128::try_from(now).ok()?;
+    let wait = u64::try_from(now.checked_sub(published_unix_nanos)?).ok()?;
+    Some(Duration::from_nanos(wait))
+}
+
+/// A traced pull consumer.
+#[derive(Clone)]
+pub struct PullConsumer {
+    inner: consumer::PullConsumer,
+    shared: Arc<ConsumerShared>,
+}
+
+impl fmt::Debug for PullConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PullConsumer")
+            .field("stream", &self.shared.stream)
+            .field("consumer", &self.shared.consumer)
+            .field("template", &self.shared.template)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PullConsumer {
+    pub(crate) fn new(inner: consumer::PullConsumer, shared: Arc<ConsumerShared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The untraced async-nats consumer.
+    pub fn inner(&self) -> &consumer::PullConsumer {
+        &self.inner
+    }
+
+    /// The destination template of this consumer's spans.
+    pub fn template(&self) -> &str {
+        &self.shared.template
+    }
+
+    /// A continuous stream of messages, each with its `process` span.
+    pub async fn messages(&self) -> Result<Messages<PullStream>, StreamError> {
+        let stream = self.inner.messages().await?;
+        Ok(Messages {
+            inner: stream,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Fetches up to `max_messages` already available messages without waiting,
+    /// inside one `receive` span that links every message's producer.
+    pub async fn fetch(&self, max_messages: usize) -> Result<Vec<Delivery>, async_nats::Error> {
+        let start = SystemTime::now();
+        let batch = self
+            .inner
+            .fetch()
+            .max_messages(max_messages)
+            .messages()
+            .await;
+        self.collect(start, batch.map_err(Into::into)).await
+    }
+
+    /// Waits up to `expires` for `max_messages` messages, inside one `receive` span
+    /// that links every message's producer.
+    pub async fn batch(
+        &self,
+        max_messages: usize,
+        expires: Duration,
+    ) -> Result<Vec<Delivery>, async_nats::Error> {
+        let start = SystemTime::now();
+        let batch = self
+            .inner
+            .batch()
+            .max_messages(max_messages)
+            .expires(expires)
+            .messages()
+            .await;
+        self.collect(start, batch.map_err(Into::into)).await
+    }
+
+    async fn collect(
+        &self,
+        start: SystemTime,
+        batch: Result<consumer::pull::Batch, async_nats::Error>,
+    ) -> Result<Vec<Delivery>, async_nats::Error> {
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => {
+                self.shared
+                    .record_receive(start, &[], Some(err.to_string()));
+                return Err(err);
+            }
+        };
+        let mut messages = Vec::new();
+        let mut failure = None;
+        while let Some(item) = batch.next().await {
+            match item {
+                Ok(message) => messages.push(message),
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        let deliveries: Vec<Delivery> = messages
+            .into_iter()
+            .map(|m| self.shared.deliver(m))
+            .collect();
+        self.shared.record_receive(
+            start,
+            &deliveries,
+            failure.as_ref().map(ToString::to_string),
+        );
+        match failure {
+            // Messages already received are handed over (they are not lost); the
+            // error is on the receive span and returns on the next call if it lasts.
+            Some(err) if deliveries.is_empty() => Err(err),
+            _ => Ok(deliveries),
+        }
+    }
+}
+
+/// A stream of traced deliveries over any JetStream message stream (pull, push or
+/// ordered consumer).
+pub struct Messages<S> {
+    inner: S,
+    shared: Arc<ConsumerShared>,
+}
+
+impl<S> fmt::Debug for Messages<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Messages")
+            .field("template", &self.shared.template)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Messages<S> {
+    pub(crate) fn new(inner: S, shared: Arc<ConsumerShared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl<S, E> Stream for Messages<S>
+where
+    S: Stream<Item = Result<Message, E>> + Unpin,
+{
+    type Item = Result<Delivery, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(Ok(self.shared.deliver(message)))),
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A JetStream message with its `process` span, and traced settlement.
+///
+/// `ack`, `double_ack`, `nak`, `term` and `progress` each get a CLIENT span named
+/// `{operation} {template}` (never after the `$JS.ACK…` reply subject), child of
+/// the process span. Dropping the delivery ends the process span; settle first.
+pub struct Delivery {
+    message: Message,
+    producer: opentelemetry::Context,
+    span: SpanEnd,
+    shared: Arc<ConsumerShared>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("subject", &self.message.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for Delivery {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.message
+    }
+}
+
+impl Delivery {
+    /// The JetStream message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The process span's context (the producer's context when tracing is off).
+    pub fn context(&self) -> &opentelemetry::Context {
+        &self.span.context
+    }
+
+    /// The producer's context extracted from the message headers.
+    pub fn producer_context(&self) -> &opentelemetry::Context {
+        &self.producer
+    }
+
+    /// Makes the process span current until the guard is dropped.
+    pub fn attach(&self) -> ContextGuard {
+        self.span.context.clone().attach()
+    }
+
+    /// Runs `future` with the process span as its current context.
+    pub async fn in_span<F: Future>(&self, future: F) -> F::Output {
+        future.with_context(self.span.context.clone()).await
+    }
+
+    /// Records a handler failure on the process span.
+    pub fn record_error<E: fmt::Display + ?Sized>(&self, error: &E) {
+        record_exception(
+            &self.span.context,
+            &handler_error_type::<E>(),
+            error.to_string(),
+        );
+    }
+
+    /// Acknowledges the message (`ack {template}` span).
+    pub async fn ack(&self) -> Result<(), async_nats::Error> {
+        self.settle(semconv::settle::ACK, AckKind::Ack, false).await
+    }
+
+    /// Acknowledges and waits for the server to confirm (`double_ack {template}`).
+    pub async fn double_ack(&self) -> Result<(), async_nats::Error> {
+        self.settle(semconv::settle::DOUBLE_ACK, AckKind::Ack, true)
+            .await
+    }
+
+    /// Asks for redelivery, after `delay` if given (`nak {template}` span).
+    pub async fn nak(&self, delay: Option<Duration>) -> Result<(), async_nats::Error> {
+        self.settle(semconv::settle::NAK, AckKind::Nak(delay), false)
+            .await
+    }
+
+    /// Stops redelivery for good (`term {template}` span).
+    pub async fn term(&self) -> Result<(), async_nats::Error> {
+        self.settle(semconv::settle::TERM, AckKind::Term, false)
+            .await
+    }
+
+    /// Tells the server work is ongoing, resetting `ack_wait` (`progress {template}`).
+    pub async fn progress(&self) -> Result<(), async_nats::Error> {
+        self.settle(semconv::settle::PROGRESS, AckKind::Progress, false)
+            .await
+    }
+
+    async fn settle(
+        &self,
+        operation: &'static str,
+        kind: AckKind,
+        double: bool,
+    ) -> Result<(), async_nats::Error> {
+        let cx = self
+            .shared
+            .inst
+            .tracing_enabled()
+            .then(|| self.start_settle(operation, kind));
+        let result = if double {
+            self.message.double_ack_with(kind).await
+        } else {
+            self.message.ack_with(kind).await
+        };
+        if let Some(cx) = cx {
+            if let Err(err) = &result {
+                record_failure(&cx, "_OTHER", err.to_string());
+            }
+            cx.span().end();
+        }
+        result
+    }
+
+    fn start_settle(&self, operation: &'static str, kind: AckKind) -> opentelemetry::Context {
+        let shared = &self.shared;
+        let mut attributes = Vec::with_capacity(shared.common.len() + 8);
+        attributes.extend_from_slice(&shared.common);
+        attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_OPERATION_TYPE,
+            semconv::operation_type::SETTLE,
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_NAME,
+            self.message.subject.to_string(),
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_TEMPLATE,
+            shared.template.clone(),
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_CONSUMER_GROUP_NAME,
+            shared.consumer.clone(),
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_NATS_STREAM,
+            shared.stream.clone(),
+        ));
+        if let Ok(info) = self.message.info() {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_STREAM_SEQUENCE,
+                clamp(info.stream_sequence),
+            ));
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_DELIVERED,
+                info.delivered,
+            ));
+        }
+        if let AckKind::Nak(Some(delay)) = kind {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_NAK_DELAY,
+                delay.as_secs_f64(),
+            ));
+        }
+        let builder = SpanBuilder::from_name(format!("{operation} {}", shared.template))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes);
+        shared.inst.start_span(builder, &self.span.context)
+    }
+}
