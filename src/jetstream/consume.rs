@@ -14,7 +14,7 @@ use async_nats::jetstream::consumer::{self, StreamError};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::Message;
 use futures_util::{Stream, StreamExt};
-use opentelemetry::trace::{FutureExt, Link, SpanBuilder, SpanKind, TraceContextExt};
+use opentelemetry::trace::{FutureExt, Link, SpanBuilder, SpanContext, SpanKind, TraceContextExt};
 use opentelemetry::{ContextGuard, KeyValue};
 
 use crate::instrumentation::{record_exception, record_failure, Instrumentation};
@@ -61,7 +61,7 @@ impl ConsumerShared {
         })
     }
 
-    fn deliver(self: &Arc<Self>, message: Message) -> Delivery {
+    pub(crate) fn deliver(self: &Arc<Self>, message: Message) -> Delivery {
         let mut extra = Vec::with_capacity(8);
         extra.push(KeyValue::new(
             semconv::MESSAGING_NATS_STREAM,
@@ -125,15 +125,33 @@ impl ConsumerShared {
         }
     }
 
-    /// Records one `receive` span covering a fetch or batch that started at `start`.
+    /// Records one `receive` span covering a fetch or batch that started at `start`
+    /// and returned `deliveries`.
     fn record_receive(&self, start: SystemTime, deliveries: &[Delivery], error: Option<String>) {
-        if !self.inst.tracing_enabled() {
-            return;
-        }
-        let links: Vec<Link> = deliveries
+        let producers: Vec<SpanContext> = deliveries
             .iter()
             .map(|d| d.producer.span().span_context().clone())
-            .filter(|sc| sc.is_valid())
+            .collect();
+        self.record_receive_of(start, producers, error);
+    }
+
+    /// Records one `receive` span that started at `start`, delivered messages whose
+    /// producers are `producers`, and ended now.
+    pub(crate) fn record_receive_of(
+        &self,
+        start: SystemTime,
+        producers: Vec<SpanContext>,
+        error: Option<String>,
+    ) {
+        // An empty pull that worked is not worth a span: idle workers would emit
+        // one every pull timeout.
+        if !self.inst.tracing_enabled() || (producers.is_empty() && error.is_none()) {
+            return;
+        }
+        let count = producers.len();
+        let links: Vec<Link> = producers
+            .into_iter()
+            .filter(SpanContext::is_valid)
             .map(Link::with_context)
             .collect();
         let mut attributes = Vec::with_capacity(self.common.len() + 6);
@@ -160,7 +178,7 @@ impl ConsumerShared {
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_BATCH_MESSAGE_COUNT,
-            deliveries.len() as i64,
+            count as i64,
         ));
         let builder =
             SpanBuilder::from_name(format!("{} {}", semconv::operation::RECEIVE, self.template))
@@ -213,6 +231,10 @@ impl fmt::Debug for PullConsumer {
 impl PullConsumer {
     pub(crate) fn new(inner: consumer::PullConsumer, shared: Arc<ConsumerShared>) -> Self {
         Self { inner, shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<ConsumerShared> {
+        &self.shared
     }
 
     /// The untraced async-nats consumer.
@@ -376,6 +398,16 @@ impl Delivery {
     /// The JetStream message.
     pub fn message(&self) -> &Message {
         &self.message
+    }
+
+    /// The name of the consumer that delivered the message.
+    pub fn consumer_name(&self) -> &str {
+        &self.shared.consumer
+    }
+
+    /// The name of the stream the message is stored in.
+    pub fn stream_name(&self) -> &str {
+        &self.shared.stream
     }
 
     /// The process span's context (the producer's context when tracing is off).

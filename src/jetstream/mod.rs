@@ -19,9 +19,15 @@
 //! The template of a consumer's spans is its filter subject (through the subject
 //! mapper), or the stream name when it has none or several.
 
+mod backoff;
 mod consume;
+pub mod dead_letter;
+pub mod dedup;
+mod worker;
 
+pub use backoff::Backoff;
 pub use consume::{Delivery, Messages, PullConsumer};
+pub use worker::{BoxError, HandlerError, Worker, WorkerStats};
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;

@@ -2,6 +2,7 @@
 
 mod server;
 mod support;
+mod worker;
 
 mod hostile;
 #[cfg(feature = "tracing")]

@@ -1,0 +1,274 @@
+//! Dead-lettering: copy a failed message to a subject under a root disjoint from
+//! its source stream, with the reason and provenance in headers.
+//!
+//! The copy keeps the original headers and payload and adds the headers in
+//! [`headers`]. Its `traceparent` is that of its own `publish` span, a child of the
+//! failed `process` span, so the dead letter sits in the failed message's trace; the
+//! original producer's `traceparent` is kept in `Dlq-Original-Traceparent`. The
+//! copy's `Nats-Msg-Id` is `dlq:{stream}:{sequence}`, so a crash between the
+//! dead-letter publish and the `term` of the original cannot store two copies.
+
+use std::fmt;
+
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::{HeaderMap, HeaderValue};
+use futures_util::TryStreamExt;
+
+use crate::destination::subject_matches;
+
+use super::{Context, Delivery};
+
+/// Header names on a dead-lettered copy (a cross-language contract).
+pub mod headers {
+    /// Why the message was dead-lettered.
+    pub const REASON: &str = "Dlq-Reason";
+    /// The stream the message came from.
+    pub const SOURCE_STREAM: &str = "Dlq-Source-Stream";
+    /// The message's sequence in that stream.
+    pub const SOURCE_SEQUENCE: &str = "Dlq-Source-Sequence";
+    /// The subject the message was published to.
+    pub const SOURCE_SUBJECT: &str = "Dlq-Source-Subject";
+    /// The consumer that gave up on it.
+    pub const CONSUMER: &str = "Dlq-Consumer";
+    /// How many times it had been delivered.
+    pub const DELIVERY_COUNT: &str = "Dlq-Delivery-Count";
+    /// The producer's `traceparent` as the original message carried it.
+    pub const ORIGINAL_TRACEPARENT: &str = "Dlq-Original-Traceparent";
+}
+
+/// Longest reason kept in the header; longer ones are cut on a char boundary.
+const MAX_REASON_LEN: usize = 1024;
+
+/// Where dead letters go: `{prefix}.{source subject}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    prefix: String,
+}
+
+impl Default for DeadLetter {
+    /// Prefix `dlq`: `orders.created` → `dlq.orders.created`.
+    fn default() -> Self {
+        Self::new("dlq")
+    }
+}
+
+impl DeadLetter {
+    /// Dead letters of `orders.created` go to `{prefix}.orders.created`. The prefix
+    /// must not be covered by the source stream's subjects (see [`validate_layout`]).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into().trim_end_matches('.').to_owned(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The dead-letter subject for `subject`.
+    pub fn subject_for(&self, subject: &str) -> String {
+        format!("{}.{subject}", self.prefix)
+    }
+
+    /// The subjects a stream needs to hold every dead letter: `{prefix}.>`.
+    pub fn stream_subjects(&self) -> Vec<String> {
+        vec![format!("{}.>", self.prefix)]
+    }
+
+    /// Publishes the copy of `delivery` and awaits its ack. Run it inside the
+    /// delivery's span (the worker does) so the copy joins the failed trace.
+    pub async fn send(
+        &self,
+        js: &Context,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<PublishAck, PublishError> {
+        let message = delivery.message();
+        let mut headers = message.headers.clone().unwrap_or_default();
+        if let Some(original) = headers.get("traceparent").cloned() {
+            headers.insert(headers::ORIGINAL_TRACEPARENT, original);
+        }
+        let (stream, sequence, delivered) = match message.info() {
+            Ok(info) => (info.stream.to_owned(), info.stream_sequence, info.delivered),
+            Err(_) => (String::new(), 0, 0),
+        };
+        insert_lossy(&mut headers, headers::REASON, reason);
+        insert_lossy(&mut headers, headers::SOURCE_STREAM, &stream);
+        insert_lossy(
+            &mut headers,
+            headers::SOURCE_SEQUENCE,
+            &sequence.to_string(),
+        );
+        insert_lossy(
+            &mut headers,
+            headers::SOURCE_SUBJECT,
+            message.subject.as_str(),
+        );
+        insert_lossy(&mut headers, headers::CONSUMER, delivery.consumer_name());
+        insert_lossy(
+            &mut headers,
+            headers::DELIVERY_COUNT,
+            &delivered.to_string(),
+        );
+        insert_lossy(
+            &mut headers,
+            async_nats::header::NATS_MESSAGE_ID.as_ref(),
+            &format!("dlq:{stream}:{sequence}"),
+        );
+        js.publish_with_headers(
+            self.subject_for(message.subject.as_str()),
+            headers,
+            message.payload.clone(),
+        )
+        .await?
+        .await
+    }
+}
+
+/// Inserts `value` with CR/LF replaced and its length bounded, so a hostile error
+/// message can neither break the header block nor bloat it.
+fn insert_lossy(headers: &mut HeaderMap, name: &str, value: &str) {
+    let mut clean: String = value
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    if clean.len() > MAX_REASON_LEN {
+        let mut cut = MAX_REASON_LEN;
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean.truncate(cut);
+    }
+    if let (Ok(name), Ok(value)) = (
+        name.parse::<async_nats::HeaderName>(),
+        clean.parse::<HeaderValue>(),
+    ) {
+        headers.insert(name, value);
+    }
+}
+
+/// A dead-letter layout the server would reject or that would loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutError {
+    message: String,
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+/// Whether some subject matches both NATS patterns `a` and `b`.
+pub fn subjects_overlap(a: &str, b: &str) -> bool {
+    fn overlap(a: &[&str], b: &[&str]) -> bool {
+        match (a.first(), b.first()) {
+            (None, None) => true,
+            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => true,
+            (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && overlap(&a[1..], &b[1..]),
+            _ => false,
+        }
+    }
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    overlap(&a, &b)
+}
+
+/// Checks that dead-letter subjects and source subjects share no subject: the
+/// server refuses overlapping streams (error 10065), and a dead letter stored back
+/// in its source stream would be consumed again.
+pub fn validate_layout(
+    source_subjects: &[String],
+    dlq_subjects: &[String],
+) -> Result<(), LayoutError> {
+    for dlq in dlq_subjects {
+        for source in source_subjects {
+            if subjects_overlap(source, dlq) {
+                return Err(LayoutError {
+                    message: format!(
+                        "dead-letter subjects `{dlq}` overlap source subjects `{source}`: the server \
+                         rejects overlapping streams (error 10065) and dead letters would be consumed \
+                         again; put them under a disjoint root, e.g. `dlq.{}`",
+                        source.trim_end_matches(".>")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates (or reuses) the stream `name` holding `dead_letter`'s subjects, after
+/// checking that no other stream's subjects overlap them.
+pub async fn ensure_stream(
+    js: &Context,
+    name: &str,
+    dead_letter: &DeadLetter,
+) -> Result<async_nats::jetstream::stream::Stream, async_nats::Error> {
+    let dlq_subjects = dead_letter.stream_subjects();
+    let mut streams = js.inner().streams();
+    while let Some(info) = streams.try_next().await? {
+        if info.config.name == name {
+            continue;
+        }
+        validate_layout(&info.config.subjects, &dlq_subjects).map_err(|e| LayoutError {
+            message: format!("stream `{}`: {e}", info.config.name),
+        })?;
+    }
+    let stream = js
+        .inner()
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_owned(),
+            subjects: dlq_subjects,
+            ..Default::default()
+        })
+        .await?;
+    Ok(stream)
+}
+
+/// Whether `subject` is a dead-letter subject of `dead_letter`.
+pub fn is_dead_letter(dead_letter: &DeadLetter, subject: &str) -> bool {
+    subject_matches(&format!("{}.>", dead_letter.prefix), subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_follows_wildcards() {
+        assert!(subjects_overlap("orders.>", "orders.dlq.>"));
+        assert!(!subjects_overlap("orders.>", "dlq.orders.>"));
+        assert!(subjects_overlap("orders.*", "orders.created"));
+        assert!(!subjects_overlap("orders.*", "orders.a.b"));
+        assert!(subjects_overlap("*.created", "orders.*"));
+        assert!(subjects_overlap(">", "anything.at.all"));
+        assert!(!subjects_overlap("a.b", "a.c"));
+    }
+
+    #[test]
+    fn layout_rejects_dlq_inside_the_source_root() {
+        let err = validate_layout(&["orders.>".into()], &["orders.dlq.>".into()]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("10065") && text.contains("dlq.orders"),
+            "{text}"
+        );
+        assert!(validate_layout(&["orders.>".into()], &["dlq.>".into()]).is_ok());
+    }
+
+    #[test]
+    fn hostile_reasons_are_cleaned_and_bounded() {
+        let mut headers = HeaderMap::new();
+        insert_lossy(&mut headers, headers::REASON, &"é\r\nx".repeat(2000));
+        let value = headers.get(headers::REASON).unwrap().as_str();
+        assert!(value.len() <= MAX_REASON_LEN);
+        assert!(!value.contains(['\r', '\n']));
+        assert!(is_dead_letter(&DeadLetter::default(), "dlq.orders.created"));
+        assert_eq!(DeadLetter::new("dead.").subject_for("a.b"), "dead.a.b");
+    }
+}

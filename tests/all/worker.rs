@@ -1,0 +1,422 @@
+//! The consumer worker: retries, dead letters, panics, shutdown, dedup.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull;
+use nats_otel::jetstream::dead_letter::{self, headers as dlq, DeadLetter};
+use nats_otel::jetstream::dedup::MemoryIdempotency;
+use nats_otel::jetstream::{Backoff, HandlerError, Worker, WorkerStats};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::support::{attr, next, NatsServer, Telemetry};
+
+struct Fixture {
+    _server: NatsServer,
+    telemetry: Telemetry,
+    js: nats_otel::jetstream::Context,
+    consumer: nats_otel::jetstream::PullConsumer,
+}
+
+/// Stream `TASKS` on `tasks.>`, durable pull consumer `workers`.
+async fn fixture() -> Fixture {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let stream = js
+        .inner()
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "TASKS".to_owned(),
+            subjects: vec!["tasks.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            "workers",
+            pull::Config {
+                durable_name: Some("workers".to_owned()),
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let consumer = js.pull_consumer(consumer);
+    Fixture {
+        _server: server,
+        telemetry,
+        js,
+        consumer,
+    }
+}
+
+fn quick_backoff() -> Backoff {
+    Backoff::Exponential {
+        initial: Duration::from_millis(40),
+        max: Duration::from_secs(1),
+        multiplier: 2.0,
+        jitter: 0.0,
+    }
+}
+
+/// Runs `worker` with `handler` until `stop` fires; returns its stats.
+fn spawn_worker<H, Fut>(
+    worker: Worker,
+    handler: H,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<WorkerStats>)
+where
+    H: Fn(async_nats::jetstream::Message) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker.run(handler, async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+async fn publish(js: &nats_otel::jetstream::Context, subject: &str, payload: &str) -> u64 {
+    js.publish(subject.to_owned(), payload.to_owned().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+/// The next value on `rx`, failing the test after 10 s.
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("value within 10 s")
+        .expect("sender alive")
+}
+
+async fn consumer_state(f: &Fixture) -> async_nats::jetstream::consumer::Info {
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        f.js.inner()
+            .get_stream("TASKS")
+            .await
+            .unwrap()
+            .get_consumer("workers")
+            .await
+            .unwrap();
+    consumer.info().await.unwrap().clone()
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_growing_delays_then_acked() {
+    let f = fixture().await;
+    publish(&f.js, "tasks.email", "hello").await;
+
+    let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
+    let worker = Worker::new(&f.js, f.consumer.clone())
+        .backoff(quick_backoff())
+        .max_deliver(5);
+    let (stop, task) = spawn_worker(worker, move |message| {
+        let attempts_tx = attempts_tx.clone();
+        async move {
+            let delivered = message.info().map(|i| i.delivered).unwrap_or(0);
+            let _ = attempts_tx.send(delivered);
+            if delivered < 3 {
+                Err(HandlerError::transient("smtp unavailable"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    for expected in 1..=3 {
+        let got = tokio::time::timeout(Duration::from_secs(10), attempts.recv())
+            .await
+            .expect("handler ran again")
+            .unwrap();
+        assert_eq!(got, expected);
+    }
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+    assert_eq!(stats.handled, 3);
+    assert_eq!(stats.retried, 2);
+    assert_eq!(stats.acked, 1);
+    assert_eq!(stats.dead_lettered, 0);
+    assert_eq!(consumer_state(&f).await.num_ack_pending, 0);
+
+    let spans = f.telemetry.spans();
+    let naks: Vec<_> = spans.iter().filter(|s| s.name == "nak TASKS").collect();
+    let delays: Vec<_> = naks
+        .iter()
+        .map(|s| attr(s, nats_otel::semconv::MESSAGING_NATS_NAK_DELAY).unwrap())
+        .collect();
+    assert_eq!(delays, vec![0.04.into(), 0.08.into()], "delays grow");
+    let processes: Vec<_> = spans.iter().filter(|s| s.name == "process TASKS").collect();
+    assert_eq!(processes.len(), 3);
+    let retries = processes
+        .iter()
+        .filter(|s| s.events.events.iter().any(|e| e.name == "retry"))
+        .count();
+    assert_eq!(retries, 2, "each retry is visible on its process span");
+    let trace = processes[0].span_context.trace_id();
+    assert!(processes.iter().all(|s| s.span_context.trace_id() == trace));
+    assert_eq!(spans.iter().filter(|s| s.name == "ack TASKS").count(), 1);
+}
+
+#[tokio::test]
+async fn poison_message_is_dead_lettered_with_provenance_and_termed() {
+    let f = fixture().await;
+    let dead_letters = DeadLetter::default();
+    dead_letter::ensure_stream(&f.js, "DLQ", &dead_letters)
+        .await
+        .unwrap();
+    let sequence = publish(&f.js, "tasks.resize", "corrupt").await;
+    let original_trace = f
+        .telemetry
+        .span("publish tasks.resize")
+        .span_context
+        .trace_id();
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let worker = Worker::new(&f.js, f.consumer.clone())
+        .backoff(quick_backoff())
+        .max_deliver(2);
+    let (stop, task) = spawn_worker(worker, move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Err(HandlerError::transient("image decoder crashed")) }
+    });
+
+    let dlq_stream = f.js.inner().get_stream("DLQ").await.unwrap();
+    let dlq_consumer = dlq_stream
+        .create_consumer(pull::Config::default())
+        .await
+        .unwrap();
+    let mut dlq_messages = dlq_consumer.messages().await.unwrap();
+    let copy = next(&mut dlq_messages).await.unwrap();
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+
+    assert_eq!(copy.subject.as_str(), "dlq.tasks.resize");
+    assert_eq!(&copy.payload[..], b"corrupt");
+    let headers = copy.headers.as_ref().unwrap();
+    let get = |k: &str| headers.get(k).map(|v| v.as_str().to_owned());
+    assert_eq!(
+        get(dlq::REASON).as_deref(),
+        Some("transient: image decoder crashed")
+    );
+    assert_eq!(get(dlq::SOURCE_STREAM).as_deref(), Some("TASKS"));
+    assert_eq!(get(dlq::SOURCE_SEQUENCE), Some(sequence.to_string()));
+    assert_eq!(get(dlq::SOURCE_SUBJECT).as_deref(), Some("tasks.resize"));
+    assert_eq!(get(dlq::DELIVERY_COUNT).as_deref(), Some("2"));
+    assert_eq!(get(dlq::CONSUMER).as_deref(), Some("workers"));
+    let traceparent = get("traceparent").expect("trace context on the dead letter");
+    assert!(
+        traceparent.contains(&original_trace.to_string()),
+        "same trace"
+    );
+    assert!(get(dlq::ORIGINAL_TRACEPARENT)
+        .unwrap()
+        .contains(&original_trace.to_string()));
+
+    assert_eq!(handled.load(Ordering::SeqCst), 2);
+    assert_eq!(stats.dead_lettered, 1);
+    assert_eq!(stats.retried, 1);
+    let state = consumer_state(&f).await;
+    assert_eq!(state.num_ack_pending, 0, "original termed");
+    assert_eq!(state.num_pending, 0);
+
+    let spans = f.telemetry.spans();
+    assert!(spans.iter().any(|s| s.name == "term TASKS"));
+    let dlq_publish = spans
+        .iter()
+        .find(|s| s.name == "publish dlq.tasks.resize")
+        .expect("dead-letter publish span");
+    let last_process = spans.iter().rfind(|s| s.name == "process TASKS").unwrap();
+    assert_eq!(
+        dlq_publish.parent_span_id,
+        last_process.span_context.span_id()
+    );
+    assert!(last_process
+        .events
+        .events
+        .iter()
+        .any(|e| e.name == "dead_letter"));
+}
+
+#[tokio::test]
+async fn failed_dead_letter_publish_leaves_the_original_for_redelivery() {
+    let f = fixture().await;
+    publish(&f.js, "tasks.bill", "poison").await;
+    // No stream holds `dlq.>` yet, so dead-lettering fails.
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let worker = Worker::new(&f.js, f.consumer.clone())
+        .backoff(quick_backoff())
+        .max_deliver(1);
+    let (stop, task) = spawn_worker(worker, move |message| {
+        let _ = seen_tx.send(message.info().map(|i| i.delivered).unwrap_or(0));
+        async { Err(HandlerError::fatal("unparseable")) }
+    });
+    assert_eq!(recv(&mut seen).await, 1);
+    assert_eq!(
+        recv(&mut seen).await,
+        2,
+        "redelivered after the failed dead letter"
+    );
+    // Once the dead-letter stream exists, the next attempt lands there.
+    dead_letter::ensure_stream(&f.js, "DLQ", &DeadLetter::default())
+        .await
+        .unwrap();
+    let dlq = f.js.inner().get_stream("DLQ").await.unwrap();
+    let consumer = dlq.create_consumer(pull::Config::default()).await.unwrap();
+    let mut copies = consumer.messages().await.unwrap();
+    let copy = next(&mut copies).await.unwrap();
+    assert_eq!(&copy.payload[..], b"poison");
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+    assert!(stats.dead_letter_failures >= 1);
+    assert_eq!(stats.dead_lettered, 1);
+}
+
+#[tokio::test]
+async fn dead_letter_layout_inside_the_source_root_is_rejected_clearly() {
+    let f = fixture().await;
+    let err = dead_letter::ensure_stream(&f.js, "TASKS_DLQ", &DeadLetter::new("tasks.dlq"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("TASKS"), "{err}");
+    assert!(err.contains("10065"), "{err}");
+    assert!(
+        f.js.inner().get_stream("TASKS_DLQ").await.is_err(),
+        "nothing created"
+    );
+}
+
+#[tokio::test]
+async fn handler_panic_is_caught_and_the_message_retried() {
+    let f = fixture().await;
+    publish(&f.js, "tasks.flaky", "x").await;
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let worker = Worker::new(&f.js, f.consumer.clone()).backoff(quick_backoff());
+    let (stop, task) = spawn_worker(worker, move |message| {
+        let done_tx = done_tx.clone();
+        async move {
+            if message.info().map(|i| i.delivered).unwrap_or(0) == 1 {
+                panic!("boom");
+            }
+            let _ = done_tx.send(());
+            Ok(())
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), done.recv())
+        .await
+        .expect("retried after the panic");
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+    assert_eq!(stats.panics, 1);
+    assert_eq!(stats.retried, 1);
+    assert_eq!(stats.acked, 1);
+    let panicked = f
+        .telemetry
+        .spans()
+        .into_iter()
+        .find(|s| {
+            s.name == "process TASKS"
+                && matches!(s.status, opentelemetry::trace::Status::Error { .. })
+        })
+        .expect("panicking attempt marked as error");
+    assert!(panicked.events.events.iter().any(|e| e.name == "exception"));
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_messages_and_acks_them() {
+    let f = fixture().await;
+    const N: usize = 5;
+    for i in 0..N {
+        publish(&f.js, &format!("tasks.{i}"), "slow").await;
+    }
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let worker = Worker::new(&f.js, f.consumer.clone()).concurrency(N);
+    let (stop, task) = spawn_worker(worker, move |_| {
+        let started_tx = started_tx.clone();
+        let gate = gate.clone();
+        async move {
+            let released = gate.notified();
+            let _ = started_tx.send(());
+            released.await;
+            Ok(())
+        }
+    });
+    for _ in 0..N {
+        tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .expect("handler started");
+    }
+    stop.send(()).unwrap();
+    // Every handler is mid-work when shutdown begins; let them finish.
+    release.notify_waiters();
+    let stats = task.await.unwrap();
+    assert_eq!(stats.acked, N as u64);
+    let state = consumer_state(&f).await;
+    assert_eq!(state.num_ack_pending, 0);
+    assert_eq!(state.num_pending, 0);
+}
+
+#[tokio::test]
+async fn seen_message_ids_are_skipped_not_processed_twice() {
+    let f = fixture().await;
+    let seen = Arc::new(MemoryIdempotency::new(1000, Duration::from_secs(600)));
+    // Another replica already processed order-7 (its ack was lost).
+    nats_otel::jetstream::dedup::IdempotencyStore::record(&*seen, "order-7").await;
+    f.js.publish_with_id("tasks.order", "order-7", "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    f.js.publish_with_id("tasks.order", "order-8", "y".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let worker = Worker::new(&f.js, f.consumer.clone()).idempotency(seen.clone());
+    let (stop, task) = spawn_worker(worker, move |message| {
+        let _ = done_tx.send(message.payload.clone());
+        async { Ok(()) }
+    });
+    let payload = tokio::time::timeout(Duration::from_secs(10), done.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&payload[..], b"y");
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+    assert_eq!(stats.duplicates_skipped, 1);
+    assert_eq!(stats.handled, 1);
+    assert_eq!(
+        consumer_state(&f).await.num_ack_pending,
+        0,
+        "the skipped one is acked"
+    );
+    assert!(
+        done.try_recv().is_err(),
+        "order-7 never reached the handler"
+    );
+    assert_eq!(seen.len(), 2, "order-8 recorded after success");
+    let skipped = f
+        .telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| {
+            s.events
+                .events
+                .iter()
+                .any(|e| e.name == "duplicate_skipped")
+        })
+        .count();
+    assert_eq!(skipped, 1);
+}
