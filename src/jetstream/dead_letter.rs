@@ -13,7 +13,8 @@ use std::fmt;
 use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::{HeaderMap, HeaderValue};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
+use opentelemetry::trace::FutureExt;
 
 use crate::destination::subject_matches;
 
@@ -86,45 +87,174 @@ impl DeadLetter {
         reason: &str,
     ) -> Result<PublishAck, PublishError> {
         let message = delivery.message();
-        let mut headers = message.headers.clone().unwrap_or_default();
-        if let Some(original) = headers.get("traceparent").cloned() {
-            headers.insert(headers::ORIGINAL_TRACEPARENT, original);
-        }
         let (stream, sequence, delivered) = match message.info() {
             Ok(info) => (info.stream.to_owned(), info.stream_sequence, info.delivered),
             Err(_) => (String::new(), 0, 0),
         };
-        insert_lossy(&mut headers, headers::REASON, reason);
-        insert_lossy(&mut headers, headers::SOURCE_STREAM, &stream);
+        self.publish_copy(
+            js,
+            Provenance {
+                subject: message.subject.as_str(),
+                headers: message.headers.clone().unwrap_or_default(),
+                payload: message.payload.clone(),
+                stream: &stream,
+                sequence,
+                consumer: delivery.consumer_name(),
+                delivered,
+                reason,
+            },
+        )
+        .await
+    }
+
+    async fn publish_copy(
+        &self,
+        js: &Context,
+        from: Provenance<'_>,
+    ) -> Result<PublishAck, PublishError> {
+        let mut headers = from.headers;
+        if let Some(original) = headers.get("traceparent").cloned() {
+            headers.insert(headers::ORIGINAL_TRACEPARENT, original);
+        }
+        insert_lossy(&mut headers, headers::REASON, from.reason);
+        insert_lossy(&mut headers, headers::SOURCE_STREAM, from.stream);
         insert_lossy(
             &mut headers,
             headers::SOURCE_SEQUENCE,
-            &sequence.to_string(),
+            &from.sequence.to_string(),
         );
-        insert_lossy(
-            &mut headers,
-            headers::SOURCE_SUBJECT,
-            message.subject.as_str(),
-        );
-        insert_lossy(&mut headers, headers::CONSUMER, delivery.consumer_name());
+        insert_lossy(&mut headers, headers::SOURCE_SUBJECT, from.subject);
+        insert_lossy(&mut headers, headers::CONSUMER, from.consumer);
         insert_lossy(
             &mut headers,
             headers::DELIVERY_COUNT,
-            &delivered.to_string(),
+            &from.delivered.to_string(),
         );
         insert_lossy(
             &mut headers,
             async_nats::header::NATS_MESSAGE_ID.as_ref(),
-            &format!("dlq:{stream}:{sequence}"),
+            &format!("dlq:{}:{}", from.stream, from.sequence),
         );
-        js.publish_with_headers(
-            self.subject_for(message.subject.as_str()),
-            headers,
-            message.payload.clone(),
-        )
-        .await?
-        .await
+        js.publish_with_headers(self.subject_for(from.subject), headers, from.payload)
+            .await?
+            .await
     }
+
+    /// Dead-letters the messages a consumer *not* driven by the [`Worker`] gives up
+    /// on. Subscribes to the server's max-deliveries advisories for
+    /// `stream`/`consumer` now; [`MaxDeliveriesForwarder::run`] then copies each such
+    /// message from the stream to the dead-letter subject (reason
+    /// `max deliveries (N) reached`) inside the original producer's trace.
+    ///
+    /// Advisories are core NATS messages: one sent while nothing listens is lost,
+    /// so create the forwarder before the consumer runs.
+    ///
+    /// [`Worker`]: super::Worker
+    pub async fn max_deliveries_forwarder(
+        &self,
+        js: &Context,
+        stream: &str,
+        consumer: &str,
+    ) -> Result<MaxDeliveriesForwarder, async_nats::Error> {
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}");
+        let advisories = js.client().subscribe(subject).await?;
+        // A round trip on the same connection: once it returns, the server has
+        // registered the subscription above.
+        let source = js.inner().get_stream(stream).await?;
+        Ok(MaxDeliveriesForwarder {
+            dead_letter: self.clone(),
+            js: js.clone(),
+            stream: stream.to_owned(),
+            consumer: consumer.to_owned(),
+            advisories,
+            source,
+        })
+    }
+}
+
+/// Copies messages a consumer gave up on to the dead-letter subject; see
+/// [`DeadLetter::max_deliveries_forwarder`].
+#[derive(Debug)]
+pub struct MaxDeliveriesForwarder {
+    dead_letter: DeadLetter,
+    js: Context,
+    stream: String,
+    consumer: String,
+    advisories: async_nats::Subscriber,
+    source: async_nats::jetstream::stream::Stream,
+}
+
+impl MaxDeliveriesForwarder {
+    /// Forwards until `shutdown` completes; returns how many messages it
+    /// dead-lettered.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> u64 {
+        let mut forwarded = 0;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let advisory = tokio::select! {
+                () = &mut shutdown => break,
+                next = self.advisories.next() => match next {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            // Untrusted JSON from the wire: a malformed advisory is skipped.
+            let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
+                continue;
+            };
+            let Ok(original) = self.source.get_raw_message(advisory.stream_seq).await else {
+                // Already removed (limits, purge): nothing left to save.
+                continue;
+            };
+            let producer = self.js.instrumentation().extract(&original.headers);
+            let reason = format!("max deliveries ({}) reached", advisory.deliveries);
+            // The advisory is not repeated, so retry the copy a few times; its
+            // `Nats-Msg-Id` keeps retries from storing it twice.
+            let retry = super::Backoff::default();
+            for attempt in 1..=5u64 {
+                let copy = self.dead_letter.publish_copy(
+                    &self.js,
+                    Provenance {
+                        subject: original.subject.as_str(),
+                        headers: original.headers.clone(),
+                        payload: original.payload.clone(),
+                        stream: &self.stream,
+                        sequence: advisory.stream_seq,
+                        consumer: &self.consumer,
+                        delivered: advisory.deliveries,
+                        reason: &reason,
+                    },
+                );
+                if copy.with_context(producer.clone()).await.is_ok() {
+                    forwarded += 1;
+                    break;
+                }
+                if attempt < 5 {
+                    tokio::time::sleep(retry.delay(attempt)).await;
+                }
+            }
+        }
+        forwarded
+    }
+}
+
+/// Where a dead letter comes from.
+struct Provenance<'a> {
+    subject: &'a str,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+    stream: &'a str,
+    sequence: u64,
+    consumer: &'a str,
+    delivered: i64,
+    reason: &'a str,
+}
+
+/// `io.nats.jetstream.advisory.v1.max_deliver`, the fields used here.
+#[derive(serde::Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    deliveries: i64,
 }
 
 /// Inserts `value` with CR/LF replaced and its length bounded, so a hostile error

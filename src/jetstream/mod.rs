@@ -1,32 +1,57 @@
-//! JetStream, traced.
+//! JetStream, traced, with the reliability loop most services write by hand.
 //!
-//! [`new`] wraps a JetStream context around an instrumented [`Client`]. Stream and
-//! consumer management go through [`Context::inner`] unchanged.
+//! [`new`] (or [`wrap`] for a context you configured) traces a JetStream context
+//! on an instrumented [`Client`]'s connection. Stream and consumer management go
+//! through [`Context::inner`] unchanged.
+//!
+//! # Publishing
 //!
 //! * Each publish gets a `publish {template}` PRODUCER span that ends when the
 //!   server's acknowledgement arrives (or fails, or the [`PublishAckFuture`] is
-//!   dropped), recording the stream, the stream sequence, `messaging.message.id` and
-//!   whether the server reported a duplicate.
+//!   dropped), recording `messaging.nats.stream`, `messaging.nats.stream.sequence`,
+//!   `messaging.message.id` and `messaging.nats.duplicate`.
+//! * [`Context::publish_with_id`] sets `Nats-Msg-Id` (the stream drops repeats in
+//!   its duplicate window); [`content_id`] derives a deterministic id when you have
+//!   none; [`Context::publish_with_retry`] retries transient failures with the same
+//!   id, so a retry never stores a second copy.
+//! * [`Context::pipeline`] keeps many publishes in flight, bounded, each span ending
+//!   at its own ack.
+//!
+//! # Consuming
+//!
 //! * [`Context::pull_consumer`] traces a pull consumer: `messages()` yields one
 //!   [`Delivery`] per message with a `process {template}` CONSUMER span (stream,
 //!   consumer, sequences, delivery count, pending, queue wait); `fetch`/`batch` add
-//!   one `receive {template}` CLIENT span per call with a link to every message's
-//!   producer and `messaging.batch.message_count`.
-//! * [`Context::messages`] does the same for any push or ordered consumer stream.
+//!   one `receive {template}` CLIENT span per call linking every message's producer,
+//!   with `messaging.batch.message_count`.
+//! * [`Context::messages`] does the same for push and ordered consumer streams.
 //! * Settlement (`ack`, `double_ack`, `nak`, `term`, `progress`) gets a CLIENT span
-//!   `{operation} {template}`, child of the process span.
+//!   `{operation} {template}`, child of the process span, never named after the
+//!   `$JS.ACK…` reply subject.
 //!
 //! The template of a consumer's spans is its filter subject (through the subject
 //! mapper), or the stream name when it has none or several.
+//!
+//! # Reliability
+//!
+//! * [`Worker`] runs a handler with bounded concurrency, `ack` on success, `nak`
+//!   with [`Backoff`] on transient failure, dead-letter when attempts run out or the
+//!   failure is fatal, `progress` heartbeats, caught panics and graceful shutdown.
+//! * [`dead_letter`] copies failures under a disjoint root (`dlq.…`) with reason and
+//!   provenance headers, validates the layout, and forwards messages other
+//!   consumers gave up on (max-deliveries advisories).
+//! * [`dedup`] skips already processed ids: bounded in memory, or shared in KV.
 
 mod backoff;
 mod consume;
 pub mod dead_letter;
 pub mod dedup;
+mod publish;
 mod worker;
 
 pub use backoff::Backoff;
 pub use consume::{Delivery, Messages, PullConsumer};
+pub use publish::{content_id, is_transient, AckHandle, Pipeline, PublishRetry};
 pub use worker::{BoxError, HandlerError, Worker, WorkerStats};
 
 use std::future::{Future, IntoFuture};
@@ -53,6 +78,16 @@ pub fn new(client: &Client) -> Context {
     }
 }
 
+/// Traces an async-nats JetStream context you configured yourself (domain, API
+/// prefix, ack timeout …) on `client`'s telemetry.
+pub fn wrap(client: &Client, inner: async_nats::jetstream::Context) -> Context {
+    Context {
+        inner,
+        inst: client.instrumentation().clone(),
+        common: client.common(),
+    }
+}
+
 /// A traced JetStream context. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Context {
@@ -65,6 +100,16 @@ impl Context {
     /// The untraced async-nats context (stream and consumer management).
     pub fn inner(&self) -> &async_nats::jetstream::Context {
         &self.inner
+    }
+
+    /// The telemetry settings of this context.
+    pub fn instrumentation(&self) -> &Instrumentation {
+        &self.inst
+    }
+
+    /// The untraced client of this context's connection.
+    pub(crate) fn client(&self) -> async_nats::Client {
+        self.inner.client()
     }
 
     /// Traces `consumer` (from `inner().get_stream(..)?.get_or_create_consumer(..)`).
@@ -98,7 +143,7 @@ impl Context {
         subject: S,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
-        self.send(subject, None, payload).await
+        self.send_traced(subject.to_subject(), None, payload).await
     }
 
     /// Publishes with headers; trace context is added to them.
@@ -108,7 +153,8 @@ impl Context {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
-        self.send(subject, Some(headers), payload).await
+        self.send_traced(subject.to_subject(), Some(headers), payload)
+            .await
     }
 
     /// Publishes with a `Nats-Msg-Id`, so the stream drops repeats within its
@@ -120,21 +166,31 @@ impl Context {
         message_id: &str,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
-        let value: async_nats::HeaderValue = message_id.parse().map_err(|e| {
-            PublishError::with_source(async_nats::jetstream::context::PublishErrorKind::Other, e)
-        })?;
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, value);
-        self.send(subject, Some(headers), payload).await
+        self.send_with_id(subject.to_subject(), message_id, None, payload)
+            .await
     }
 
-    async fn send<S: ToSubject>(
+    pub(crate) async fn send_with_id(
         &self,
-        subject: S,
+        subject: async_nats::Subject,
+        message_id: &str,
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
-        let subject = subject.to_subject();
+        let value: async_nats::HeaderValue = message_id.parse().map_err(|e| {
+            PublishError::with_source(async_nats::jetstream::context::PublishErrorKind::Other, e)
+        })?;
+        let mut headers = headers.unwrap_or_default();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, value);
+        self.send_traced(subject, Some(headers), payload).await
+    }
+
+    pub(crate) async fn send_traced(
+        &self,
+        subject: async_nats::Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
         let cx = if self.inst.tracing_enabled() {
             Some(self.inst.start_send(
                 semconv::operation::PUBLISH,

@@ -338,3 +338,144 @@ async fn nak_and_term_are_settle_spans_with_their_outcome() {
         processes[1].span_context.trace_id()
     );
 }
+
+#[tokio::test]
+async fn pipelined_publishes_stay_bounded_and_each_span_ends_at_its_own_ack() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    orders_consumer(&js, "").await;
+
+    const N: usize = 1000;
+    const MAX: usize = 32;
+    let pipeline = js.pipeline(MAX);
+    let mut handles = Vec::with_capacity(N);
+    for i in 0..N {
+        handles.push(
+            pipeline
+                .publish_with_id("orders.piped", &format!("p-{i}"), "x".into())
+                .await
+                .unwrap(),
+        );
+        assert!(pipeline.in_flight() <= MAX);
+    }
+    let mut sequences = std::collections::HashSet::new();
+    for handle in handles {
+        sequences.insert(handle.await.unwrap().sequence);
+    }
+    assert_eq!(sequences.len(), N);
+
+    let spans: Vec<_> = telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "publish orders.piped")
+        .collect();
+    assert_eq!(spans.len(), N);
+    // Sweep the span intervals: how many were open at once.
+    let mut edges: Vec<(std::time::SystemTime, i32)> = spans
+        .iter()
+        .flat_map(|s| [(s.start_time, 1), (s.end_time, -1)])
+        .collect();
+    edges.sort();
+    let (mut open, mut most) = (0, 0);
+    for (_, step) in edges {
+        open += step;
+        most = most.max(open);
+    }
+    assert!(most > 1, "publishes overlapped (pipelined)");
+    assert!(most <= MAX as i32, "at most {MAX} in flight, saw {most}");
+    assert!(spans
+        .iter()
+        .all(|s| attr(s, semconv::MESSAGING_NATS_STREAM_SEQUENCE).is_some()));
+}
+
+#[tokio::test]
+async fn publish_retry_keeps_the_message_id_and_gives_up_after_its_attempts() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let retry = nats_otel::jetstream::PublishRetry::new(
+        3,
+        nats_otel::jetstream::Backoff::List(vec![Duration::from_millis(10)]),
+    );
+    // No stream stores `void.>`: every attempt fails with a transient kind.
+    let err = js
+        .publish_with_retry("void.events", "v-1", None, "x".into(), &retry)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        async_nats::jetstream::context::PublishErrorKind::StreamNotFound
+    );
+    let attempts: Vec<_> = telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "publish void.events")
+        .collect();
+    assert_eq!(attempts.len(), 3);
+    for span in &attempts {
+        assert_eq!(
+            attr_str(span, semconv::MESSAGING_MESSAGE_ID).as_deref(),
+            Some("v-1")
+        );
+        assert!(matches!(span.status, Status::Error { .. }));
+    }
+}
+
+#[tokio::test]
+async fn push_and_ordered_consumers_get_process_spans_too() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    orders_consumer(&js, "").await;
+    js.publish("orders.shipped", "s".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let stream = js.inner().get_stream("ORDERS").await.unwrap();
+
+    let push = stream
+        .create_consumer(async_nats::jetstream::consumer::push::Config {
+            durable_name: Some("shipping".to_owned()),
+            deliver_subject: client.new_inbox(),
+            filter_subject: "orders.shipped".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut pushed = js.messages(push.cached_info(), push.messages().await.unwrap());
+    let delivery = next(&mut pushed).await.unwrap();
+    delivery.ack().await.unwrap();
+    drop(delivery);
+
+    let ordered = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "orders.>".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let info = ordered.cached_info().clone();
+    let mut replay = js.messages(&info, Box::pin(ordered.messages().await.unwrap()));
+    drop(next(&mut replay).await.unwrap());
+
+    let publish = telemetry.span("publish orders.shipped");
+    let pushed = telemetry.span("process orders.shipped");
+    let replayed = telemetry.span("process orders.>");
+    for span in [&pushed, &replayed] {
+        assert_eq!(span.parent_span_id, publish.span_context.span_id());
+        assert_eq!(
+            attr_str(span, semconv::MESSAGING_NATS_STREAM).as_deref(),
+            Some("ORDERS")
+        );
+    }
+    assert_eq!(
+        attr_str(&pushed, semconv::MESSAGING_NATS_CONSUMER).as_deref(),
+        Some("shipping")
+    );
+    telemetry.span("ack orders.shipped");
+}

@@ -4,6 +4,7 @@ mod server;
 mod support;
 mod worker;
 
+mod fault;
 mod hostile;
 #[cfg(feature = "tracing")]
 mod interop;

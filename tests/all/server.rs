@@ -11,16 +11,33 @@ use std::time::Duration;
 pub struct NatsServer {
     child: Child,
     port: u16,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
-        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
         let store = tempfile::tempdir().expect("temp dir for JetStream");
+        let (child, port) = Self::spawn(store.path(), None);
+        Self { child, port, store }
+    }
+
+    /// Kills the server with SIGKILL (no clean shutdown) and starts a new one on
+    /// the same port and store directory.
+    #[allow(dead_code)]
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, port) = Self::spawn(self.store.path(), Some(self.port));
+        assert_eq!(port, self.port, "restarted on the same port");
+        self.child = child;
+    }
+
+    fn spawn(store: &std::path::Path, port: Option<u16>) -> (Child, u16) {
+        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(store.path())
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(store)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -59,11 +76,7 @@ impl NatsServer {
                 panic!("nats-server did not become ready: {other:?}");
             }
         };
-        Self {
-            child,
-            port,
-            _store: store,
-        }
+        (child, port)
     }
 
     pub fn url(&self) -> String {

@@ -420,3 +420,152 @@ async fn seen_message_ids_are_skipped_not_processed_twice() {
         .count();
     assert_eq!(skipped, 1);
 }
+
+#[tokio::test]
+async fn max_deliveries_advisory_dead_letters_messages_of_other_consumers() {
+    let f = fixture().await;
+    let dead_letters = DeadLetter::default();
+    dead_letter::ensure_stream(&f.js, "DLQ", &dead_letters)
+        .await
+        .unwrap();
+    let stream = f.js.inner().get_stream("TASKS").await.unwrap();
+    let manual = stream
+        .get_or_create_consumer(
+            "manual",
+            pull::Config {
+                durable_name: Some("manual".to_owned()),
+                max_deliver: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let manual = f.js.pull_consumer(manual);
+    let forwarder = dead_letters
+        .max_deliveries_forwarder(&f.js, "TASKS", "manual")
+        .await
+        .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let forwarding = tokio::spawn(forwarder.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let sequence = publish(&f.js, "tasks.manual", "stuck").await;
+    let trace = f
+        .telemetry
+        .span("publish tasks.manual")
+        .span_context
+        .trace_id();
+    // A hand-written consumer that gives up without dead-lettering.
+    for attempt in 1..=2 {
+        let delivery = manual
+            .batch(1, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .pop()
+            .expect("delivered");
+        assert_eq!(delivery.info().unwrap().delivered, attempt);
+        delivery.nak(None).await.unwrap();
+    }
+    // The server notices the limit when the consumer next pulls.
+    let after = manual.batch(1, Duration::from_millis(500)).await.unwrap();
+    assert!(after.is_empty(), "not delivered a third time");
+
+    let dlq = f.js.inner().get_stream("DLQ").await.unwrap();
+    let reader = dlq.create_consumer(pull::Config::default()).await.unwrap();
+    let mut copies = reader.messages().await.unwrap();
+    let copy = next(&mut copies).await.unwrap();
+    stop.send(()).unwrap();
+    assert_eq!(forwarding.await.unwrap(), 1);
+
+    let headers = copy.headers.as_ref().unwrap();
+    let get = |k: &str| headers.get(k).map(|v| v.as_str().to_owned());
+    assert_eq!(copy.subject.as_str(), "dlq.tasks.manual");
+    assert_eq!(
+        get(dlq::REASON).as_deref(),
+        Some("max deliveries (2) reached")
+    );
+    assert_eq!(get(dlq::SOURCE_SEQUENCE), Some(sequence.to_string()));
+    assert_eq!(get(dlq::CONSUMER).as_deref(), Some("manual"));
+    assert!(get("traceparent").unwrap().contains(&trace.to_string()));
+}
+
+#[tokio::test]
+async fn kv_idempotency_is_shared_between_replicas() {
+    let f = fixture().await;
+    let one = nats_otel::jetstream::dedup::KvIdempotency::create(
+        f.js.inner(),
+        "processed",
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let other = nats_otel::jetstream::dedup::KvIdempotency::create(
+        f.js.inner(),
+        "processed",
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    use nats_otel::jetstream::dedup::IdempotencyStore;
+    assert!(!other.seen("order 9/α").await);
+    one.record("order 9/α").await;
+    assert!(other.seen("order 9/α").await, "seen by another replica");
+    assert!(!other.seen("order 10").await);
+}
+
+#[tokio::test]
+async fn long_handlers_send_progress_so_ack_wait_does_not_expire() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let stream = js
+        .inner()
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "SLOW".to_owned(),
+            subjects: vec!["slow.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            "slow",
+            pull::Config {
+                durable_name: Some("slow".to_owned()),
+                ack_wait: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let consumer = js.pull_consumer(consumer);
+    publish(&js, "slow.report", "big").await;
+
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let worker = Worker::new(&js, consumer).concurrency(2);
+    let (stop, task) = spawn_worker(worker, move |message| {
+        let done_tx = done_tx.clone();
+        async move {
+            // Work that outlasts ack_wait (1 s) more than twice over.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let _ = done_tx.send(message.info().map(|i| i.delivered).unwrap_or(0));
+            Ok(())
+        }
+    });
+    assert_eq!(recv(&mut done).await, 1, "first delivery finished");
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+    assert_eq!(stats.handled, 1, "never redelivered while in progress");
+    assert_eq!(stats.acked, 1);
+    let progress = telemetry
+        .spans()
+        .iter()
+        .filter(|s| s.name == "progress SLOW")
+        .count();
+    assert!(
+        progress >= 2,
+        "progress sent every third of ack_wait ({progress})"
+    );
+}
