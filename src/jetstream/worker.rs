@@ -1,17 +1,4 @@
-//! A consumer worker: pulls with bounded concurrency, runs the handler inside each
-//! message's `process` span and turns its result into settlement.
-//!
-//! | handler result | settlement |
-//! |---|---|
-//! | `Ok(())` | `ack` |
-//! | [`HandlerError::Transient`] or a panic, deliveries left | `nak` after [`Backoff`] delay |
-//! | transient with no deliveries left, or [`HandlerError::Fatal`] | dead-letter, then `term` |
-//! | dead-letter publish failed | `nak` (redelivered; nothing is lost) |
-//!
-//! Long handlers send `progress` every `progress_interval` so `ack_wait` does not
-//! expire mid-work. Each retry and dead letter is a span event (`retry`,
-//! `dead_letter`, `dead_letter_failed`, `duplicate_skipped`) on the process span.
-//! Shutdown stops pulling, lets in-flight handlers finish and settle, and returns.
+//! The consumer worker.
 
 use std::fmt;
 use std::future::Future;
@@ -115,7 +102,53 @@ impl Counters {
     }
 }
 
-/// Runs a handler over a pull consumer. See the [module docs](self).
+/// A consumer worker: pulls with bounded concurrency, runs the handler inside each
+/// message's `process` span and turns its result into settlement.
+///
+/// | handler result | settlement |
+/// |---|---|
+/// | `Ok(())` | `ack` |
+/// | [`HandlerError::Transient`] or a panic, deliveries left | `nak` after [`Backoff`] delay |
+/// | transient with no deliveries left, or [`HandlerError::Fatal`] | dead-letter, then `term` |
+/// | dead-letter publish failed | `nak` (redelivered; nothing is lost) |
+///
+/// Long handlers send `progress` every `progress_interval` so `ack_wait` does not
+/// expire mid-work. Each retry and dead letter is a span event (`retry`,
+/// `dead_letter`, `dead_letter_failed`, `duplicate_skipped`) on the process span.
+/// Shutdown stops pulling, lets in-flight handlers finish and settle, and returns.
+///
+/// ```no_run
+/// use nats_otel::jetstream::{self, dead_letter, HandlerError, Worker};
+///
+/// # async fn run(client: nats_otel::Client) -> Result<(), async_nats::Error> {
+/// let js = jetstream::new(&client);
+/// dead_letter::ensure_stream(&js, "DLQ", &dead_letter::DeadLetter::default()).await?;
+/// let consumer = js
+///     .inner()
+///     .get_stream("TASKS")
+///     .await?
+///     .get_consumer("workers")
+///     .await?;
+/// // Send on `stop` (or drop it) to shut down gracefully.
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// # drop(stop);
+/// let stats = Worker::new(&js, js.pull_consumer(consumer))
+///     .concurrency(8)
+///     .run(
+///         |task| async move {
+///             match std::str::from_utf8(&task.payload) {
+///                 Ok(_) => Ok(()),
+///                 Err(e) => Err(HandlerError::fatal(e)),
+///             }
+///         },
+///         async {
+///             let _ = stopped.await;
+///         },
+///     )
+///     .await;
+/// println!("acked {}, dead-lettered {}", stats.acked, stats.dead_lettered);
+/// # Ok(()) }
+/// ```
 #[must_use = "a worker does nothing until `run` is awaited"]
 pub struct Worker {
     js: Context,
