@@ -366,16 +366,20 @@ async fn shutdown_finishes_in_flight_messages_and_acks_them() {
 }
 
 #[tokio::test]
-async fn seen_message_ids_are_skipped_not_processed_twice() {
+async fn redelivered_message_with_a_seen_id_is_not_processed_twice() {
     let f = fixture().await;
     let seen = Arc::new(MemoryIdempotency::new(1000, Duration::from_secs(600)));
-    // Another replica already processed order-7 (its ack was lost).
-    nats_otel::jetstream::dedup::IdempotencyStore::record(&*seen, "order-7").await;
     f.js.publish_with_id("tasks.order", "order-7", "x".into())
         .await
         .unwrap()
         .await
         .unwrap();
+    // A replica processes order-7 and records it, but its ack never arrives: the
+    // server hands the message out again.
+    let first = f.consumer.fetch(1).await.unwrap().pop().unwrap();
+    nats_otel::jetstream::dedup::IdempotencyStore::record(&*seen, "order-7").await;
+    first.nak(None).await.unwrap();
+    drop(first);
     f.js.publish_with_id("tasks.order", "order-8", "y".into())
         .await
         .unwrap()
@@ -388,26 +392,22 @@ async fn seen_message_ids_are_skipped_not_processed_twice() {
         let _ = done_tx.send(message.payload.clone());
         async { Ok(()) }
     });
-    let payload = tokio::time::timeout(Duration::from_secs(10), done.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&payload[..], b"y");
+    assert_eq!(&recv(&mut done).await[..], b"y");
     stop.send(()).unwrap();
     let stats = task.await.unwrap();
     assert_eq!(stats.duplicates_skipped, 1);
     assert_eq!(stats.handled, 1);
+    assert!(
+        done.try_recv().is_err(),
+        "order-7 never reached the handler again"
+    );
     assert_eq!(
         consumer_state(&f).await.num_ack_pending,
         0,
         "the skipped one is acked"
     );
-    assert!(
-        done.try_recv().is_err(),
-        "order-7 never reached the handler"
-    );
     assert_eq!(seen.len(), 2, "order-8 recorded after success");
-    let skipped = f
+    let skipped: Vec<_> = f
         .telemetry
         .spans()
         .into_iter()
@@ -417,8 +417,13 @@ async fn seen_message_ids_are_skipped_not_processed_twice() {
                 .iter()
                 .any(|e| e.name == "duplicate_skipped")
         })
-        .count();
-    assert_eq!(skipped, 1);
+        .collect();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(
+        attr(&skipped[0], nats_otel::semconv::MESSAGING_NATS_DELIVERED),
+        Some(2i64.into()),
+        "it was a redelivery"
+    );
 }
 
 #[tokio::test]
