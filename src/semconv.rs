@@ -107,3 +107,36 @@ pub mod settle {
     /// Work in progress: extend the ack deadline.
     pub const PROGRESS: &str = "progress";
 }
+
+/// `messaging.nats.kv.bucket`: the KV bucket.
+pub const MESSAGING_NATS_KV_BUCKET: &str = "messaging.nats.kv.bucket";
+/// `messaging.nats.kv.key`: the key (opt-in; see `Store::with_key_attribute`).
+pub const MESSAGING_NATS_KV_KEY: &str = "messaging.nats.kv.key";
+/// `messaging.nats.kv.revision`: the entry's revision.
+pub const MESSAGING_NATS_KV_REVISION: &str = "messaging.nats.kv.revision";
+/// `messaging.nats.kv.operation`: `PUT`, `DEL` or `PURGE` of a watched change.
+pub const MESSAGING_NATS_KV_OPERATION: &str = "messaging.nats.kv.operation";
+
+/// Operation names of KV spans (`{operation} {bucket}`).
+pub mod kv {
+    /// Store a value.
+    pub const PUT: &str = "put";
+    /// Store a value for a new key.
+    pub const CREATE: &str = "create";
+    /// Compare-and-set.
+    pub const UPDATE: &str = "update";
+    /// Read a value.
+    pub const GET: &str = "get";
+    /// Read an entry.
+    pub const ENTRY: &str = "entry";
+    /// Delete a key.
+    pub const DELETE: &str = "delete";
+    /// Purge a key.
+    pub const PURGE: &str = "purge";
+    /// List keys.
+    pub const KEYS: &str = "keys";
+    /// List a key's history.
+    pub const HISTORY: &str = "history";
+    /// Start watching.
+    pub const WATCH: &str = "watch";
+}

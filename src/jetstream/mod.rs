@@ -46,6 +46,7 @@ mod backoff;
 mod consume;
 pub mod dead_letter;
 pub mod dedup;
+pub mod kv;
 mod publish;
 mod worker;
 

@@ -9,6 +9,7 @@ mod hostile;
 #[cfg(feature = "tracing")]
 mod interop;
 mod jetstream;
+mod kv;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod propagation;
