@@ -145,12 +145,12 @@ impl Store {
         )
     }
 
-    fn finish<T, K: fmt::Debug + Clone>(
+    fn finish<T, K>(
         cx: Option<OtelContext>,
         result: &Result<T, async_nats::error::Error<K>>,
         revision: impl FnOnce(&T) -> Option<u64>,
     ) where
-        K: fmt::Display + PartialEq,
+        K: fmt::Debug + fmt::Display + Clone + PartialEq,
     {
         let Some(cx) = cx else { return };
         match result {
