@@ -92,6 +92,7 @@ pub mod jetstream;
 pub mod otlp;
 pub mod propagation;
 pub mod semconv;
+pub mod service;
 mod subscriber;
 #[cfg(feature = "tracing")]
 pub mod tracing_interop;

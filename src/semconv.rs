@@ -140,3 +140,14 @@ pub mod kv {
     /// Start watching.
     pub const WATCH: &str = "watch";
 }
+
+/// `messaging.nats.service.name`: the Service API service.
+pub const MESSAGING_NATS_SERVICE_NAME: &str = "messaging.nats.service.name";
+/// `messaging.nats.service.version`: its version.
+pub const MESSAGING_NATS_SERVICE_VERSION: &str = "messaging.nats.service.version";
+/// `messaging.nats.service.endpoint`: the endpoint's name.
+pub const MESSAGING_NATS_SERVICE_ENDPOINT: &str = "messaging.nats.service.endpoint";
+/// `messaging.nats.service.group`: the endpoint's group prefix.
+pub const MESSAGING_NATS_SERVICE_GROUP: &str = "messaging.nats.service.group";
+/// `messaging.nats.service.error.code`: the code of an error response.
+pub const MESSAGING_NATS_SERVICE_ERROR_CODE: &str = "messaging.nats.service.error.code";

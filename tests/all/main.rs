@@ -1,6 +1,7 @@
 //! Integration tests: every test runs against a real nats-server.
 
 mod server;
+mod service;
 mod support;
 mod worker;
 

@@ -1,0 +1,453 @@
+//! The NATS Service API (`async_nats::service`), traced.
+//!
+//! [`Client::service_builder`] starts a service whose endpoints yield
+//! [`Request`]s, each with a `process {service}.{endpoint}` span that is a child of
+//! the caller's context (a traced `request` on the other side makes one unbroken
+//! trace). Replies carry the process span's context in their headers, and
+//! `respond(Err(..))` marks the span as failed with the service error code as
+//! `error.type`. `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` are async-nats's own and
+//! keep working, including request and error counts.
+//!
+//! The span kind is CONSUMER, like every other `process` span here: the caller's
+//! side is a messaging `request` (PRODUCER) and the conventions pair it with a
+//! consumer, so service traffic reads the same as any request/reply.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use async_nats::client::PublishError;
+use async_nats::service::{self, ServiceExt as _};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::Stream;
+use opentelemetry::trace::{FutureExt, TraceContextExt};
+use opentelemetry::{Context as OtelContext, ContextGuard, KeyValue};
+
+use crate::instrumentation::{record_failure, Instrumentation};
+use crate::subscriber::SpanEnd;
+use crate::{semconv, Client};
+
+/// async-nats's default queue group for service endpoints.
+const DEFAULT_QUEUE_GROUP: &str = "q";
+
+impl Client {
+    /// Starts building a traced service on this connection.
+    pub fn service_builder(&self) -> ServiceBuilder {
+        ServiceBuilder {
+            inner: self.inner().service_builder(),
+            client: self.clone(),
+            queue_group: None,
+        }
+    }
+}
+
+/// Builds a traced [`Service`]; mirrors `async_nats::service::ServiceBuilder`.
+#[must_use]
+pub struct ServiceBuilder {
+    inner: service::ServiceBuilder,
+    client: Client,
+    queue_group: Option<String>,
+}
+
+impl fmt::Debug for ServiceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBuilder")
+            .field("queue_group", &self.queue_group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceBuilder {
+    /// A human-readable description.
+    pub fn description<S: ToString>(mut self, description: S) -> Self {
+        self.inner = self.inner.description(description);
+        self
+    }
+
+    /// Metadata reported by `$SRV.INFO`.
+    pub fn metadata(mut self, metadata: HashMap<String, String>) -> Self {
+        self.inner = self.inner.metadata(metadata);
+        self
+    }
+
+    /// The queue group of the service's endpoints (default `q`).
+    pub fn queue_group<S: ToString>(mut self, queue_group: S) -> Self {
+        let queue_group = queue_group.to_string();
+        self.inner = self.inner.queue_group(&queue_group);
+        self.queue_group = Some(queue_group);
+        self
+    }
+
+    /// Starts the service. An invalid name (only `A-Z a-z 0-9 _ -`) or a version
+    /// that is not semver is an error.
+    pub async fn start<N: ToString, V: ToString>(
+        self,
+        name: N,
+        version: V,
+    ) -> Result<Service, async_nats::Error> {
+        let name = name.to_string();
+        let version = version.to_string();
+        let inner = self.inner.start(&name, &version).await?;
+        Ok(Service {
+            inner,
+            shared: Arc::new(ServiceShared {
+                inst: self.client.instrumentation().clone(),
+                common: self.client.common(),
+                name,
+                version,
+            }),
+            queue_group: self
+                .queue_group
+                .unwrap_or_else(|| DEFAULT_QUEUE_GROUP.to_owned()),
+        })
+    }
+}
+
+struct ServiceShared {
+    inst: Instrumentation,
+    common: Arc<[KeyValue]>,
+    name: String,
+    version: String,
+}
+
+/// A running traced service.
+pub struct Service {
+    inner: service::Service,
+    shared: Arc<ServiceShared>,
+    queue_group: String,
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.shared.name)
+            .field("version", &self.shared.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// The untraced async-nats service.
+    pub fn inner(&self) -> &service::Service {
+        &self.inner
+    }
+
+    /// Adds an endpoint listening on `subject` (also its name).
+    pub async fn endpoint<S: ToString>(&self, subject: S) -> Result<Endpoint, async_nats::Error> {
+        let subject = subject.to_string();
+        let inner = self.inner.endpoint(&subject).await?;
+        Ok(self.wrap(inner, &subject, &subject, None, &self.queue_group))
+    }
+
+    /// Adds an endpoint named `name` on `subject` with its own queue group.
+    pub async fn endpoint_with<S: ToString>(
+        &self,
+        name: &str,
+        subject: S,
+        queue_group: Option<&str>,
+    ) -> Result<Endpoint, async_nats::Error> {
+        let subject = subject.to_string();
+        let mut builder = self.inner.endpoint_builder().name(name);
+        if let Some(queue_group) = queue_group {
+            builder = builder.queue_group(queue_group);
+        }
+        let inner = builder.add(&subject).await?;
+        let queue_group = queue_group.unwrap_or(&self.queue_group).to_owned();
+        Ok(self.wrap(inner, name, &subject, None, &queue_group))
+    }
+
+    /// Endpoints under a common subject prefix.
+    pub fn group<S: ToString>(&self, prefix: S) -> Group {
+        let prefix = prefix.to_string();
+        Group {
+            inner: self.inner.group(&prefix),
+            service: self.shallow(),
+            prefix,
+            queue_group: self.queue_group.clone(),
+        }
+    }
+
+    /// Stops the service and its endpoints.
+    pub async fn stop(self) -> Result<(), async_nats::Error> {
+        self.inner.stop().await
+    }
+
+    fn shallow(&self) -> ServiceRef {
+        ServiceRef {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn wrap(
+        &self,
+        inner: service::endpoint::Endpoint,
+        name: &str,
+        subject: &str,
+        group: Option<&str>,
+        queue_group: &str,
+    ) -> Endpoint {
+        self.shallow()
+            .wrap(inner, name, subject, group, queue_group)
+    }
+}
+
+struct ServiceRef {
+    shared: Arc<ServiceShared>,
+}
+
+impl ServiceRef {
+    fn wrap(
+        &self,
+        inner: service::endpoint::Endpoint,
+        name: &str,
+        subject: &str,
+        group: Option<&str>,
+        queue_group: &str,
+    ) -> Endpoint {
+        let shared = &self.shared;
+        let template = shared.inst.template(subject).into_owned();
+        let mut attributes = vec![
+            KeyValue::new(
+                semconv::MESSAGING_OPERATION_NAME,
+                semconv::operation::PROCESS,
+            ),
+            KeyValue::new(
+                semconv::MESSAGING_OPERATION_TYPE,
+                semconv::operation_type::PROCESS,
+            ),
+            KeyValue::new(semconv::MESSAGING_NATS_SERVICE_NAME, shared.name.clone()),
+            KeyValue::new(
+                semconv::MESSAGING_NATS_SERVICE_VERSION,
+                shared.version.clone(),
+            ),
+            KeyValue::new(semconv::MESSAGING_NATS_SERVICE_ENDPOINT, name.to_owned()),
+            KeyValue::new(semconv::MESSAGING_DESTINATION_TEMPLATE, template),
+            KeyValue::new(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                queue_group.to_owned(),
+            ),
+        ];
+        if let Some(group) = group {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_SERVICE_GROUP,
+                group.to_owned(),
+            ));
+        }
+        Endpoint {
+            inner,
+            shared: shared.clone(),
+            span_name: format!("{} {}.{name}", semconv::operation::PROCESS, shared.name),
+            attributes: attributes.into(),
+        }
+    }
+}
+
+/// Endpoints under a common prefix; mirrors `async_nats::service::Group`.
+pub struct Group {
+    inner: service::Group,
+    service: ServiceRef,
+    prefix: String,
+    queue_group: String,
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Group {
+    /// Adds an endpoint on `{prefix}.{subject}`, named `subject`.
+    pub async fn endpoint<S: ToString>(&self, subject: S) -> Result<Endpoint, async_nats::Error> {
+        let subject = subject.to_string();
+        let inner = self.inner.endpoint(&subject).await?;
+        let full = format!("{}.{subject}", self.prefix);
+        Ok(self.service.wrap(
+            inner,
+            &subject,
+            &full,
+            Some(&self.prefix),
+            &self.queue_group,
+        ))
+    }
+
+    /// A nested group on `{prefix}.{sub}`.
+    pub fn group<S: ToString>(&self, sub: S) -> Group {
+        let sub = sub.to_string();
+        Group {
+            inner: self.inner.group(&sub),
+            service: ServiceRef {
+                shared: self.service.shared.clone(),
+            },
+            prefix: format!("{}.{sub}", self.prefix),
+            queue_group: self.queue_group.clone(),
+        }
+    }
+}
+
+/// A stream of requests to one endpoint, each with its `process` span.
+pub struct Endpoint {
+    inner: service::endpoint::Endpoint,
+    shared: Arc<ServiceShared>,
+    span_name: String,
+    attributes: Arc<[KeyValue]>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("span_name", &self.span_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Stops this endpoint.
+    pub async fn stop(&mut self) -> Result<(), std::io::Error> {
+        self.inner.stop().await
+    }
+
+    fn request(&self, request: service::Request) -> Request {
+        let shared = &self.shared;
+        let template = self
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == semconv::MESSAGING_DESTINATION_TEMPLATE)
+            .map(|kv| kv.value.as_str().into_owned())
+            .unwrap_or_default();
+        let extra: Vec<KeyValue> = self
+            .attributes
+            .iter()
+            .filter(|kv| {
+                !matches!(
+                    kv.key.as_str(),
+                    semconv::MESSAGING_OPERATION_NAME
+                        | semconv::MESSAGING_OPERATION_TYPE
+                        | semconv::MESSAGING_DESTINATION_TEMPLATE
+                        | semconv::MESSAGING_CONSUMER_GROUP_NAME
+                )
+            })
+            .cloned()
+            .collect();
+        let group = self
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == semconv::MESSAGING_CONSUMER_GROUP_NAME)
+            .map(|kv| kv.value.as_str().into_owned());
+        let (context, _producer) = shared.inst.start_process(
+            &request.message,
+            &self.span_name,
+            &template,
+            group.as_deref(),
+            &shared.common,
+            if shared.inst.tracing_enabled() {
+                extra
+            } else {
+                Vec::new()
+            },
+        );
+        Request {
+            inner: request,
+            inst: shared.inst.clone(),
+            span: SpanEnd {
+                owns_span: shared.inst.tracing_enabled(),
+                context,
+            },
+        }
+    }
+}
+
+impl Stream for Endpoint {
+    type Item = Request;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Request>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(request)) => Poll::Ready(Some(self.request(request))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// One service request with its `process` span (ended on drop).
+pub struct Request {
+    inner: service::Request,
+    inst: Instrumentation,
+    span: SpanEnd,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("subject", &self.inner.message.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Request {
+    /// The request message.
+    pub fn message(&self) -> &async_nats::Message {
+        &self.inner.message
+    }
+
+    /// The untraced async-nats request.
+    pub fn inner(&self) -> &service::Request {
+        &self.inner
+    }
+
+    /// The process span's context.
+    pub fn context(&self) -> &OtelContext {
+        &self.span.context
+    }
+
+    /// Makes the process span current until the guard is dropped.
+    pub fn attach(&self) -> ContextGuard {
+        self.span.context.clone().attach()
+    }
+
+    /// Runs `future` with the process span as its current context.
+    pub async fn in_span<F: std::future::Future>(&self, future: F) -> F::Output {
+        future.with_context(self.span.context.clone()).await
+    }
+
+    /// Replies, with the process span's context in the reply headers. An `Err`
+    /// marks the span as failed (`error.type` = the service error code) and is
+    /// counted by `$SRV.STATS`.
+    pub async fn respond(
+        &self,
+        response: Result<Bytes, service::error::Error>,
+    ) -> Result<(), PublishError> {
+        self.respond_with_headers(response, HeaderMap::new()).await
+    }
+
+    /// [`respond`](Self::respond) with headers of your own.
+    pub async fn respond_with_headers(
+        &self,
+        response: Result<Bytes, service::error::Error>,
+        mut headers: HeaderMap,
+    ) -> Result<(), PublishError> {
+        if let Err(err) = &response {
+            let span = self.span.context.span();
+            if span.is_recording() {
+                span.set_attribute(KeyValue::new(
+                    semconv::MESSAGING_NATS_SERVICE_ERROR_CODE,
+                    i64::try_from(err.code).unwrap_or(i64::MAX),
+                ));
+            }
+            record_failure(
+                &self.span.context,
+                &err.code.to_string(),
+                err.status.clone(),
+            );
+        }
+        if self.span.context.span().span_context().is_valid() {
+            self.inst.inject(&self.span.context, &mut headers);
+        }
+        self.inner.respond_with_headers(response, headers).await
+    }
+}
