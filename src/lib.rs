@@ -54,6 +54,10 @@
 //! span — never the context of the previous message or of the caller. An unsampled
 //! parent (`-00`) records nothing downstream while the decision keeps propagating.
 //!
+//! JetStream ([`jetstream`]), KV ([`jetstream::kv`]), Object Store
+//! ([`jetstream::object_store`]) and the Service API ([`service`]) are traced too;
+//! see their module docs for span names and attributes.
+//!
 //! # Cardinality
 //!
 //! Span names never contain a raw subject with ids. Subscriptions are named after

@@ -151,3 +151,32 @@ pub const MESSAGING_NATS_SERVICE_ENDPOINT: &str = "messaging.nats.service.endpoi
 pub const MESSAGING_NATS_SERVICE_GROUP: &str = "messaging.nats.service.group";
 /// `messaging.nats.service.error.code`: the code of an error response.
 pub const MESSAGING_NATS_SERVICE_ERROR_CODE: &str = "messaging.nats.service.error.code";
+
+/// `messaging.nats.object.bucket`: the object store bucket.
+pub const MESSAGING_NATS_OBJECT_BUCKET: &str = "messaging.nats.object.bucket";
+/// `messaging.nats.object.name`: the object name (opt-in).
+pub const MESSAGING_NATS_OBJECT_NAME: &str = "messaging.nats.object.name";
+/// `messaging.nats.object.size`: object size in bytes.
+pub const MESSAGING_NATS_OBJECT_SIZE: &str = "messaging.nats.object.size";
+/// `messaging.nats.object.chunks`: number of chunks.
+pub const MESSAGING_NATS_OBJECT_CHUNKS: &str = "messaging.nats.object.chunks";
+/// `messaging.nats.object.digest`: `SHA-256=<base64url>` of the content.
+pub const MESSAGING_NATS_OBJECT_DIGEST: &str = "messaging.nats.object.digest";
+/// `messaging.nats.object.digest_ok`: whether a read's content matched the digest.
+pub const MESSAGING_NATS_OBJECT_DIGEST_OK: &str = "messaging.nats.object.digest_ok";
+
+/// Operation names of object store spans (`{operation} {bucket}`).
+pub mod object {
+    /// Upload an object.
+    pub const PUT: &str = "put";
+    /// Download an object.
+    pub const GET: &str = "get";
+    /// Read an object's info.
+    pub const INFO: &str = "info";
+    /// Delete an object.
+    pub const DELETE: &str = "delete";
+    /// List objects.
+    pub const LIST: &str = "list";
+    /// Start watching.
+    pub const WATCH: &str = "watch";
+}

@@ -47,6 +47,7 @@ mod consume;
 pub mod dead_letter;
 pub mod dedup;
 pub mod kv;
+pub mod object_store;
 mod publish;
 mod worker;
 

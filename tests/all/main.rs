@@ -1,5 +1,10 @@
 //! Integration tests: every test runs against a real nats-server.
 
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+
+mod alloc;
+mod object_store;
 mod server;
 mod service;
 mod support;
