@@ -13,6 +13,7 @@ use opentelemetry::{Context, KeyValue};
 
 use crate::error::error_type;
 use crate::instrumentation::{record_failure, Instrumentation};
+use crate::metrics::OpTimer;
 use crate::semconv;
 use crate::subscriber::Subscriber;
 
@@ -60,6 +61,7 @@ pub struct Client {
     inner: async_nats::Client,
     inst: Instrumentation,
     common: Arc<[KeyValue]>,
+    metric_common: Arc<[KeyValue]>,
 }
 
 impl Client {
@@ -99,8 +101,38 @@ impl Client {
         Self {
             inner,
             inst,
+            metric_common: crate::metrics::metric_common(&common).into(),
             common: common.into(),
         }
+    }
+
+    /// Connection attributes of this client's metrics.
+    pub(crate) fn metric_common(&self) -> Arc<[KeyValue]> {
+        self.metric_common.clone()
+    }
+
+    fn timer(&self, operation: &'static str, subject: &str) -> Option<OpTimer> {
+        OpTimer::start(self.inst.instruments(), || {
+            crate::metrics::attributes(
+                &self.metric_common,
+                operation,
+                semconv::operation_type::SEND,
+                &self.inst.template(subject),
+                None,
+            )
+        })
+    }
+
+    fn with_publish_time(&self, headers: Option<HeaderMap>) -> Option<HeaderMap> {
+        if !self.inst.publish_time_header() {
+            return headers;
+        }
+        let mut headers = headers.unwrap_or_default();
+        headers.insert(
+            crate::metrics::PUBLISHED_HEADER,
+            crate::metrics::now_unix_nanos().to_string().as_str(),
+        );
+        Some(headers)
     }
 
     /// The untraced async-nats client.
@@ -203,9 +235,24 @@ impl Client {
     pub async fn send_request<S: ToSubject>(
         &self,
         subject: S,
-        mut request: Request,
+        request: Request,
     ) -> Result<Message, RequestError> {
         let subject = subject.to_subject();
+        let timer = self.timer(semconv::operation::REQUEST, subject.as_str());
+        let result = self.send_request_inner(subject, request).await;
+        if let Some(timer) = timer {
+            let error = result.as_ref().err().map(|e| error_type(&e.kind()));
+            timer.count_sent(error.as_deref());
+            timer.finish(error.as_deref());
+        }
+        result
+    }
+
+    async fn send_request_inner(
+        &self,
+        subject: Subject,
+        mut request: Request,
+    ) -> Result<Message, RequestError> {
         if !self.inst.tracing_enabled() {
             if let Some(cx) = self.inst.ambient_context() {
                 self.inst
@@ -250,6 +297,7 @@ impl Client {
             None,
             self.inst.clone(),
             self.common.clone(),
+            self.metric_common.clone(),
         ))
     }
 
@@ -271,6 +319,7 @@ impl Client {
             Some(queue_group),
             self.inst.clone(),
             self.common.clone(),
+            self.metric_common.clone(),
         ))
     }
 
@@ -295,6 +344,24 @@ impl Client {
     }
 
     async fn send(
+        &self,
+        subject: Subject,
+        reply: Option<Subject>,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        let timer = self.timer(semconv::operation::PUBLISH, subject.as_str());
+        let headers = self.with_publish_time(headers);
+        let result = self.send_inner(subject, reply, headers, payload).await;
+        if let Some(timer) = timer {
+            let error = result.as_ref().err().map(|e| error_type(&e.kind()));
+            timer.count_sent(error.as_deref());
+            timer.finish(error.as_deref());
+        }
+        result
+    }
+
+    async fn send_inner(
         &self,
         subject: Subject,
         reply: Option<Subject>,

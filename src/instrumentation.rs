@@ -58,9 +58,9 @@ pub struct Instrumentation {
 struct Inner {
     tracer: BoxedTracer,
     tracing: bool,
-    // Kept for the metrics layer; built once here so instruments are created once.
     meter: Meter,
-    metrics: bool,
+    instruments: Option<crate::metrics::Instruments>,
+    publish_time_header: bool,
     propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
     parenting: ProcessParenting,
     mapper: Arc<dyn SubjectMapper>,
@@ -73,7 +73,7 @@ impl fmt::Debug for Instrumentation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Instrumentation")
             .field("tracing", &self.inner.tracing)
-            .field("metrics", &self.inner.metrics)
+            .field("metrics", &self.inner.instruments.is_some())
             .field("propagator", &self.inner.propagator)
             .field("parenting", &self.inner.parenting)
             .field("inbox_prefix", &self.inner.inbox_prefix)
@@ -101,7 +101,17 @@ impl Instrumentation {
 
     /// Whether metrics are recorded.
     pub fn metrics_enabled(&self) -> bool {
-        self.inner.metrics
+        self.inner.instruments.is_some()
+    }
+
+    /// The instruments, when metrics are on.
+    pub(crate) fn instruments(&self) -> Option<&crate::metrics::Instruments> {
+        self.inner.instruments.as_ref()
+    }
+
+    /// Whether core publishes carry the `Nats-Otel-Published` header.
+    pub(crate) fn publish_time_header(&self) -> bool {
+        self.inner.publish_time_header
     }
 
     /// The meter instruments are created from.
@@ -327,6 +337,7 @@ pub struct InstrumentationBuilder {
     tracing: bool,
     meter: Option<Meter>,
     metrics: bool,
+    publish_time_header: bool,
     propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
     parenting: ProcessParenting,
     mapper: Arc<dyn SubjectMapper>,
@@ -342,6 +353,7 @@ impl Default for InstrumentationBuilder {
             tracing: true,
             meter: None,
             metrics: true,
+            publish_time_header: false,
             propagator: None,
             parenting: ProcessParenting::default(),
             mapper: Arc::new(DefaultSubjectMapper),
@@ -406,6 +418,14 @@ impl InstrumentationBuilder {
         self
     }
 
+    /// Adds a `Nats-Otel-Published` header (Unix nanoseconds) to core NATS publishes,
+    /// so consumers can record end-to-end latency (default off; subject to clock
+    /// skew between hosts; JetStream messages carry their stored time anyway).
+    pub fn with_publish_time_header(mut self, enabled: bool) -> Self {
+        self.publish_time_header = enabled;
+        self
+    }
+
     /// How `process` spans relate to the producer's context.
     pub fn with_process_parenting(mut self, parenting: ProcessParenting) -> Self {
         self.parenting = parenting;
@@ -446,16 +466,21 @@ impl InstrumentationBuilder {
 
     /// Builds the settings, resolving global providers now.
     pub fn build(self) -> Instrumentation {
+        let meter = self
+            .meter
+            .unwrap_or_else(|| global::meter_with_scope(scope()));
+        let instruments = self
+            .metrics
+            .then(|| crate::metrics::Instruments::new(&meter));
         Instrumentation {
             inner: Arc::new(Inner {
                 tracer: self
                     .tracer
                     .unwrap_or_else(|| global::tracer_with_scope(scope())),
                 tracing: self.tracing,
-                meter: self
-                    .meter
-                    .unwrap_or_else(|| global::meter_with_scope(scope())),
-                metrics: self.metrics,
+                meter,
+                instruments,
+                publish_time_header: self.publish_time_header,
                 propagator: self.propagator,
                 parenting: self.parenting,
                 mapper: self.mapper,

@@ -92,6 +92,7 @@ pub mod destination;
 mod error;
 mod instrumentation;
 pub mod jetstream;
+pub mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod propagation;

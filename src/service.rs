@@ -27,6 +27,7 @@ use opentelemetry::trace::{FutureExt, TraceContextExt};
 use opentelemetry::{Context as OtelContext, ContextGuard, KeyValue};
 
 use crate::instrumentation::{record_failure, Instrumentation};
+use crate::metrics::ProcessTimer;
 use crate::subscriber::SpanEnd;
 use crate::{semconv, Client};
 
@@ -96,6 +97,7 @@ impl ServiceBuilder {
             shared: Arc::new(ServiceShared {
                 inst: self.client.instrumentation().clone(),
                 common: self.client.common(),
+                metric_common: self.client.metric_common(),
                 name,
                 version,
             }),
@@ -109,6 +111,7 @@ impl ServiceBuilder {
 struct ServiceShared {
     inst: Instrumentation,
     common: Arc<[KeyValue]>,
+    metric_common: Arc<[KeyValue]>,
     name: String,
     version: String,
 }
@@ -209,6 +212,14 @@ impl ServiceRef {
     ) -> Endpoint {
         let shared = &self.shared;
         let template = shared.inst.template(subject).into_owned();
+        let metric_attributes = crate::metrics::attributes(
+            &shared.metric_common,
+            semconv::operation::PROCESS,
+            semconv::operation_type::PROCESS,
+            &template,
+            Some(queue_group),
+        )
+        .into();
         let mut attributes = vec![
             KeyValue::new(
                 semconv::MESSAGING_OPERATION_NAME,
@@ -241,6 +252,7 @@ impl ServiceRef {
             shared: shared.clone(),
             span_name: format!("{} {}.{name}", semconv::operation::PROCESS, shared.name),
             attributes: attributes.into(),
+            metric_attributes,
         }
     }
 }
@@ -296,6 +308,7 @@ pub struct Endpoint {
     shared: Arc<ServiceShared>,
     span_name: String,
     attributes: Arc<[KeyValue]>,
+    metric_attributes: Arc<[KeyValue]>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -352,6 +365,7 @@ impl Endpoint {
             },
         );
         Request {
+            timer: ProcessTimer::start(shared.inst.instruments(), &self.metric_attributes, None),
             inner: request,
             inst: shared.inst.clone(),
             span: SpanEnd {
@@ -379,6 +393,7 @@ pub struct Request {
     inner: service::Request,
     inst: Instrumentation,
     span: SpanEnd,
+    timer: Option<ProcessTimer>,
 }
 
 impl fmt::Debug for Request {
@@ -432,6 +447,9 @@ impl Request {
         mut headers: HeaderMap,
     ) -> Result<(), PublishError> {
         if let Err(err) = &response {
+            if let Some(timer) = &self.timer {
+                timer.fail(&err.code.to_string());
+            }
             let span = self.span.context.span();
             if span.is_recording() {
                 span.set_attribute(KeyValue::new(

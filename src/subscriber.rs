@@ -14,6 +14,7 @@ use opentelemetry::trace::{FutureExt, TraceContextExt};
 use opentelemetry::{Context, ContextGuard, KeyValue};
 
 use crate::instrumentation::{record_exception, Instrumentation};
+use crate::metrics::ProcessTimer;
 
 /// A subscription whose messages each come with their trace context and a
 /// `process <template>` span.
@@ -29,6 +30,7 @@ pub struct Subscriber {
     span_name: String,
     group: Option<String>,
     common: Arc<[KeyValue]>,
+    metric_attributes: Arc<[KeyValue]>,
 }
 
 impl fmt::Debug for Subscriber {
@@ -47,9 +49,18 @@ impl Subscriber {
         group: Option<String>,
         inst: Instrumentation,
         common: Arc<[KeyValue]>,
+        metric_common: Arc<[KeyValue]>,
     ) -> Self {
         let template = inst.template(subject).into_owned();
         let span_name = format!("{} {template}", crate::semconv::operation::PROCESS);
+        let metric_attributes = crate::metrics::attributes(
+            &metric_common,
+            crate::semconv::operation::PROCESS,
+            crate::semconv::operation_type::PROCESS,
+            &template,
+            group.as_deref(),
+        )
+        .into();
         Self {
             inner,
             inst,
@@ -57,7 +68,22 @@ impl Subscriber {
             span_name,
             group,
             common,
+            metric_attributes,
         }
+    }
+
+    /// Adds attributes to this subscription's metrics (a tenant, a region). They
+    /// are fixed for the subscription's lifetime, so they add at most one series
+    /// per subscription; at most 4 are kept, values are cut to 64 bytes, and keys
+    /// the crate sets itself are ignored.
+    pub fn with_metric_attributes<I>(mut self, attributes: I) -> Self
+    where
+        I: IntoIterator<Item = KeyValue>,
+    {
+        let mut all: Vec<KeyValue> = self.metric_attributes.to_vec();
+        all.extend(crate::metrics::bounded_extra(attributes, &all));
+        self.metric_attributes = all.into();
+        self
     }
 
     /// The destination template of this subscription.
@@ -96,6 +122,11 @@ impl Subscriber {
             &self.common,
             Vec::new(),
         );
+        let published = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(crate::metrics::PUBLISHED_HEADER))
+            .and_then(|v| v.as_str().parse::<i128>().ok());
         Delivery {
             message,
             producer,
@@ -103,6 +134,7 @@ impl Subscriber {
                 owns_span: self.inst.tracing_enabled(),
                 context,
             },
+            timer: ProcessTimer::start(self.inst.instruments(), &self.metric_attributes, published),
         }
     }
 }
@@ -144,6 +176,7 @@ pub struct Delivery {
     message: Message,
     producer: Context,
     span: SpanEnd,
+    timer: Option<ProcessTimer>,
 }
 
 impl fmt::Debug for Delivery {
@@ -197,11 +230,11 @@ impl Delivery {
     /// Records a handler failure on the process span: `error.type` (the error's
     /// type name, see [`handler_error_type`]), an `exception` event with its message, and an error status.
     pub fn record_error<E: Display + ?Sized>(&self, error: &E) {
-        record_exception(
-            &self.span.context,
-            &handler_error_type::<E>(),
-            error.to_string(),
-        );
+        let error_type = handler_error_type::<E>();
+        if let Some(timer) = &self.timer {
+            timer.fail(&error_type);
+        }
+        record_exception(&self.span.context, &error_type, error.to_string());
     }
 
     /// Runs `handler` on the message inside the process span, records an `Err` as a
@@ -212,11 +245,21 @@ impl Delivery {
         Fut: Future<Output = Result<T, E>>,
         E: Display,
     {
-        let Delivery { message, span, .. } = self;
+        let Delivery {
+            message,
+            span,
+            timer,
+            ..
+        } = self;
         let result = handler(message).with_context(span.context.clone()).await;
         if let Err(error) = &result {
-            record_exception(&span.context, std::any::type_name::<E>(), error.to_string());
+            let error_type = handler_error_type::<E>();
+            if let Some(timer) = &timer {
+                timer.fail(&error_type);
+            }
+            record_exception(&span.context, &error_type, error.to_string());
         }
+        drop(timer);
         drop(span);
         result
     }

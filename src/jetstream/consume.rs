@@ -18,6 +18,7 @@ use opentelemetry::trace::{FutureExt, Link, SpanBuilder, SpanContext, SpanKind, 
 use opentelemetry::{ContextGuard, KeyValue};
 
 use crate::instrumentation::{record_exception, record_failure, Instrumentation};
+use crate::metrics::ProcessTimer;
 use crate::semconv;
 use crate::subscriber::{handler_error_type, SpanEnd};
 
@@ -25,6 +26,11 @@ use crate::subscriber::{handler_error_type, SpanEnd};
 pub(crate) struct ConsumerShared {
     pub(crate) inst: Instrumentation,
     pub(crate) common: Arc<[KeyValue]>,
+    pub(crate) metric_common: Arc<[KeyValue]>,
+    /// Attributes of this consumer's process metrics (and the worker's counters).
+    pub(crate) metric_attributes: Arc<[KeyValue]>,
+    /// Attributes of this consumer's health gauges.
+    pub(crate) health_attributes: Arc<[KeyValue]>,
     pub(crate) template: String,
     pub(crate) process_name: String,
     pub(crate) stream: String,
@@ -35,6 +41,7 @@ impl ConsumerShared {
     pub(crate) fn new(
         inst: Instrumentation,
         common: Arc<[KeyValue]>,
+        metric_common: Arc<[KeyValue]>,
         info: &consumer::Info,
     ) -> Arc<Self> {
         let config = &info.config;
@@ -51,10 +58,30 @@ impl ConsumerShared {
             Some(subject) => inst.template(subject).into_owned(),
             None => info.stream_name.clone(),
         };
+        let metric_attributes = crate::metrics::attributes(
+            &metric_common,
+            semconv::operation::PROCESS,
+            semconv::operation_type::PROCESS,
+            &template,
+            Some(&info.name),
+        )
+        .into();
+        let mut health: Vec<KeyValue> = metric_common.to_vec();
+        health.push(KeyValue::new(
+            semconv::MESSAGING_NATS_STREAM,
+            info.stream_name.clone(),
+        ));
+        health.push(KeyValue::new(
+            semconv::MESSAGING_CONSUMER_GROUP_NAME,
+            info.name.clone(),
+        ));
         Arc::new(Self {
             process_name: format!("{} {template}", semconv::operation::PROCESS),
             inst,
             common,
+            metric_common,
+            metric_attributes,
+            health_attributes: health.into(),
             template,
             stream: info.stream_name.clone(),
             consumer: info.name.clone(),
@@ -75,7 +102,22 @@ impl ConsumerShared {
             .headers
             .as_ref()
             .is_some_and(|h| h.get(async_nats::header::NATS_MESSAGE_ID).is_some());
+        let mut published = None;
         if let Ok(info) = message.info() {
+            let stored = info.published.unix_timestamp_nanos();
+            published = Some(stored);
+            if let Some(instruments) = self.inst.instruments() {
+                if let Some(age) = crate::metrics::age_of(stored) {
+                    let age = age.as_secs_f64();
+                    instruments.queue_wait.record(age, &self.metric_attributes);
+                    instruments
+                        .consumer_lag
+                        .record(age, &self.health_attributes);
+                }
+                instruments
+                    .consumer_pending
+                    .record(info.pending, &self.health_attributes);
+            }
             extra.push(KeyValue::new(
                 semconv::MESSAGING_NATS_STREAM_SEQUENCE,
                 clamp(info.stream_sequence),
@@ -121,6 +163,7 @@ impl ConsumerShared {
                 owns_span: tracing,
                 context,
             },
+            timer: ProcessTimer::start(self.inst.instruments(), &self.metric_attributes, published),
             shared: self.clone(),
         }
     }
@@ -143,9 +186,28 @@ impl ConsumerShared {
         producers: Vec<SpanContext>,
         error: Option<String>,
     ) {
-        // An empty pull that worked is not worth a span: idle workers would emit
-        // one every pull timeout.
-        if !self.inst.tracing_enabled() || (producers.is_empty() && error.is_none()) {
+        // An empty pull that worked is not worth a span or a duration sample: idle
+        // workers would emit one every pull timeout, all of them long polls.
+        if producers.is_empty() && error.is_none() {
+            return;
+        }
+        if let Some(instruments) = self.inst.instruments() {
+            let attributes = crate::metrics::attributes(
+                &self.metric_common,
+                semconv::operation::RECEIVE,
+                semconv::operation_type::RECEIVE,
+                &self.template,
+                Some(&self.consumer),
+            );
+            let seconds = start.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            match &error {
+                Some(_) => instruments
+                    .operation_duration
+                    .record(seconds, &crate::metrics::with_error(&attributes, "_OTHER")),
+                None => instruments.operation_duration.record(seconds, &attributes),
+            }
+        }
+        if !self.inst.tracing_enabled() {
             return;
         }
         let count = producers.len();
@@ -375,6 +437,7 @@ pub struct Delivery {
     message: Message,
     producer: opentelemetry::Context,
     span: SpanEnd,
+    timer: Option<ProcessTimer>,
     shared: Arc<ConsumerShared>,
 }
 
@@ -432,11 +495,21 @@ impl Delivery {
 
     /// Records a handler failure on the process span.
     pub fn record_error<E: fmt::Display + ?Sized>(&self, error: &E) {
-        record_exception(
-            &self.span.context,
-            &handler_error_type::<E>(),
-            error.to_string(),
-        );
+        let error_type = handler_error_type::<E>();
+        if let Some(timer) = &self.timer {
+            timer.fail(&error_type);
+        }
+        record_exception(&self.span.context, &error_type, error.to_string());
+    }
+
+    /// Attributes of this message's consumer metrics.
+    pub(crate) fn metric_attributes(&self) -> &[KeyValue] {
+        &self.shared.metric_attributes
+    }
+
+    /// The instruments, when metrics are on.
+    pub(crate) fn instruments(&self) -> Option<&crate::metrics::Instruments> {
+        self.shared.inst.instruments()
     }
 
     /// Acknowledges the message (`ack {template}` span).
@@ -479,11 +552,23 @@ impl Delivery {
             .inst
             .tracing_enabled()
             .then(|| self.start_settle(operation, kind));
+        let timer = crate::metrics::OpTimer::start(self.shared.inst.instruments(), || {
+            crate::metrics::attributes(
+                &self.shared.metric_common,
+                operation,
+                semconv::operation_type::SETTLE,
+                &self.shared.template,
+                Some(&self.shared.consumer),
+            )
+        });
         let result = if double {
             self.message.double_ack_with(kind).await
         } else {
             self.message.ack_with(kind).await
         };
+        if let Some(timer) = timer {
+            timer.finish(result.as_ref().err().map(|_| "_OTHER"));
+        }
         if let Some(cx) = cx {
             if let Err(err) = &result {
                 record_failure(&cx, "_OTHER", err.to_string());

@@ -35,6 +35,7 @@ use opentelemetry::{Context as OtelContext, ContextGuard, KeyValue};
 
 use crate::error::error_type;
 use crate::instrumentation::{record_failure, Instrumentation};
+use crate::metrics::OpTimer;
 use crate::semconv;
 use crate::subscriber::SpanEnd;
 
@@ -62,6 +63,7 @@ impl Context {
             shared: Arc::new(KvShared {
                 inst: self.instrumentation().clone(),
                 common: self.common.clone(),
+                metric_common: self.metric_common.clone(),
                 record_keys: false,
                 js: self.clone(),
             }),
@@ -72,6 +74,7 @@ impl Context {
 struct KvShared {
     inst: Instrumentation,
     common: Arc<[KeyValue]>,
+    metric_common: Arc<[KeyValue]>,
     record_keys: bool,
     js: Context,
 }
@@ -109,6 +112,7 @@ impl Store {
         let shared = KvShared {
             inst: self.shared.inst.clone(),
             common: self.shared.common.clone(),
+            metric_common: self.shared.metric_common.clone(),
             record_keys: enabled,
             js: self.shared.js.clone(),
         };
@@ -118,7 +122,23 @@ impl Store {
         }
     }
 
-    fn start(&self, operation: &'static str, key: Option<&str>) -> Option<OtelContext> {
+    fn start(&self, operation: &'static str, key: Option<&str>) -> KvOp {
+        let timer = OpTimer::start(self.shared.inst.instruments(), || {
+            crate::metrics::attributes(
+                &self.shared.metric_common,
+                operation,
+                operation_type(operation),
+                &self.inner.name,
+                None,
+            )
+        });
+        KvOp {
+            cx: self.start_span(operation, key),
+            timer,
+        }
+    }
+
+    fn start_span(&self, operation: &'static str, key: Option<&str>) -> Option<OtelContext> {
         if !self.shared.inst.tracing_enabled() {
             return None;
         }
@@ -146,13 +166,17 @@ impl Store {
     }
 
     fn finish<T, K>(
-        cx: Option<OtelContext>,
+        op: KvOp,
         result: &Result<T, async_nats::error::Error<K>>,
         revision: impl FnOnce(&T) -> Option<u64>,
     ) where
         K: fmt::Debug + fmt::Display + Clone + PartialEq,
     {
-        let Some(cx) = cx else { return };
+        if let Some(timer) = op.timer {
+            let error = result.as_ref().err().map(|e| error_type(&e.kind()));
+            timer.finish(error.as_deref());
+        }
+        let Some(cx) = op.cx else { return };
         match result {
             Ok(value) => {
                 if let Some(revision) = revision(value) {
@@ -221,7 +245,7 @@ impl Store {
         } else if !self.can_write_headers() {
             self.inner.put(key, value).await
         } else {
-            self.write(cx.as_ref(), key, value, None)
+            self.write(cx.cx.as_ref(), key, value, None)
                 .await
                 .map_err(|e| PutError::with_source(PutErrorKind::Ack, e))
         };
@@ -233,7 +257,7 @@ impl Store {
     pub async fn create<T: AsRef<str>>(&self, key: T, value: Bytes) -> Result<u64, CreateError> {
         let key = key.as_ref();
         let cx = self.start(semconv::kv::CREATE, Some(key));
-        let result = self.create_inner(cx.as_ref(), key, value).await;
+        let result = self.create_inner(cx.cx.as_ref(), key, value).await;
         Self::finish(cx, &result, |r| Some(*r));
         result
     }
@@ -294,7 +318,7 @@ impl Store {
         } else if !self.can_write_headers() {
             self.inner.update(key, value, revision).await
         } else {
-            self.write(cx.as_ref(), key, value, Some(revision))
+            self.write(cx.cx.as_ref(), key, value, Some(revision))
                 .await
                 .map_err(|e| match e.kind() {
                     PublishErrorKind::WrongLastSequence => {
@@ -462,14 +486,9 @@ impl Store {
         keys: Vec<String>,
         deliver_policy: DeliverPolicy,
     ) -> Result<Watch, WatchError> {
-        let cx = self.start(semconv::kv::WATCH, None);
+        let op = self.start(semconv::kv::WATCH, None);
         let result = self.watch_inner(keys, deliver_policy).await;
-        if let Some(cx) = cx {
-            if let Err(err) = &result {
-                record_failure(&cx, &error_type(&err.kind()), err.to_string());
-            }
-            cx.span().end();
-        }
+        Self::finish(op, &result, |_| None);
         result
     }
 
@@ -511,7 +530,33 @@ impl Store {
             messages: Box::pin(messages),
             store: self.clone(),
             process_name: format!("{} {}", semconv::operation::PROCESS, self.inner.name),
+            metric_attributes: crate::metrics::attributes(
+                &self.shared.metric_common,
+                semconv::operation::PROCESS,
+                semconv::operation_type::PROCESS,
+                &self.inner.name,
+                None,
+            )
+            .into(),
         })
+    }
+}
+
+/// One KV operation's span and timer.
+struct KvOp {
+    cx: Option<OtelContext>,
+    timer: Option<OpTimer>,
+}
+
+/// `messaging.operation.type` of a KV operation: writes send, reads receive.
+fn operation_type(operation: &str) -> &'static str {
+    match operation {
+        semconv::kv::PUT
+        | semconv::kv::CREATE
+        | semconv::kv::UPDATE
+        | semconv::kv::DELETE
+        | semconv::kv::PURGE => semconv::operation_type::SEND,
+        _ => semconv::operation_type::RECEIVE,
     }
 }
 
@@ -553,6 +598,7 @@ pub struct Watch {
     messages: OrderedMessages,
     store: Store,
     process_name: String,
+    metric_attributes: Arc<[KeyValue]>,
 }
 
 impl fmt::Debug for Watch {
@@ -654,6 +700,10 @@ impl Watch {
         } else {
             writer.clone()
         };
+        let published = message
+            .info()
+            .ok()
+            .map(|info| info.published.unix_timestamp_nanos());
         Ok(Change {
             entry,
             writer,
@@ -661,6 +711,11 @@ impl Watch {
                 owns_span: tracing,
                 context,
             },
+            _timer: crate::metrics::ProcessTimer::start(
+                shared.inst.instruments(),
+                &self.metric_attributes,
+                published,
+            ),
         })
     }
 }
@@ -670,6 +725,7 @@ pub struct Change {
     entry: Entry,
     writer: OtelContext,
     span: SpanEnd,
+    _timer: Option<crate::metrics::ProcessTimer>,
 }
 
 impl fmt::Debug for Change {

@@ -77,6 +77,7 @@ pub fn new(client: &Client) -> Context {
         inner: async_nats::jetstream::new(client.inner().clone()),
         inst: client.instrumentation().clone(),
         common: client.common(),
+        metric_common: client.metric_common(),
     }
 }
 
@@ -87,6 +88,7 @@ pub fn wrap(client: &Client, inner: async_nats::jetstream::Context) -> Context {
         inner,
         inst: client.instrumentation().clone(),
         common: client.common(),
+        metric_common: client.metric_common(),
     }
 }
 
@@ -96,6 +98,7 @@ pub struct Context {
     inner: async_nats::jetstream::Context,
     inst: Instrumentation,
     common: Arc<[KeyValue]>,
+    metric_common: Arc<[KeyValue]>,
 }
 
 impl Context {
@@ -122,6 +125,7 @@ impl Context {
         let shared = consume::ConsumerShared::new(
             self.inst.clone(),
             self.common.clone(),
+            self.metric_common.clone(),
             consumer.cached_info(),
         );
         PullConsumer::new(consumer, shared)
@@ -134,7 +138,12 @@ impl Context {
         info: &async_nats::jetstream::consumer::Info,
         stream: S,
     ) -> Messages<S> {
-        let shared = consume::ConsumerShared::new(self.inst.clone(), self.common.clone(), info);
+        let shared = consume::ConsumerShared::new(
+            self.inst.clone(),
+            self.common.clone(),
+            self.metric_common.clone(),
+            info,
+        );
         Messages::new(stream, shared)
     }
 
@@ -193,6 +202,15 @@ impl Context {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
+        let timer = crate::metrics::OpTimer::start(self.inst.instruments(), || {
+            crate::metrics::attributes(
+                &self.metric_common,
+                semconv::operation::PUBLISH,
+                semconv::operation_type::SEND,
+                &self.inst.template(subject.as_str()),
+                None,
+            )
+        });
         let cx = if self.inst.tracing_enabled() {
             Some(self.inst.start_send(
                 semconv::operation::PUBLISH,
@@ -217,7 +235,7 @@ impl Context {
             .inner
             .publish_with_headers(subject, headers, payload)
             .await;
-        let span = AckSpan(cx);
+        let mut span = AckSpan { cx, timer };
         match result {
             Ok(inner) => Ok(PublishAckFuture { inner, span }),
             Err(err) => {
@@ -228,19 +246,37 @@ impl Context {
     }
 }
 
-/// Ends the publish span however the publish ends.
-#[derive(Debug)]
-struct AckSpan(Option<opentelemetry::Context>);
+/// Ends the publish span, and records the publish metrics, however the publish
+/// ends.
+struct AckSpan {
+    cx: Option<opentelemetry::Context>,
+    timer: Option<crate::metrics::OpTimer>,
+}
+
+impl std::fmt::Debug for AckSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckSpan").finish_non_exhaustive()
+    }
+}
 
 impl AckSpan {
-    fn fail(&self, err: &PublishError) {
-        if let Some(cx) = &self.0 {
-            record_failure(cx, &error_type(&err.kind()), err.to_string());
+    fn fail(&mut self, err: &PublishError) {
+        let error = error_type(&err.kind());
+        if let Some(cx) = &self.cx {
+            record_failure(cx, &error, err.to_string());
+        }
+        if let Some(timer) = self.timer.take() {
+            timer.count_sent(Some(&error));
+            timer.finish(Some(&error));
         }
     }
 
-    fn acked(&self, ack: &PublishAck) {
-        if let Some(cx) = &self.0 {
+    fn acked(&mut self, ack: &PublishAck) {
+        if let Some(timer) = self.timer.take() {
+            timer.count_sent(None);
+            timer.finish(None);
+        }
+        if let Some(cx) = &self.cx {
             let span = cx.span();
             span.set_attribute(KeyValue::new(
                 semconv::MESSAGING_NATS_STREAM,
@@ -260,7 +296,11 @@ impl AckSpan {
 
 impl Drop for AckSpan {
     fn drop(&mut self) {
-        if let Some(cx) = &self.0 {
+        if let Some(timer) = self.timer.take() {
+            // Dropped before the ack: the message was sent, its outcome unknown.
+            timer.count_sent(None);
+        }
+        if let Some(cx) = &self.cx {
             cx.span().end();
         }
     }
@@ -280,7 +320,7 @@ impl IntoFuture for PublishAckFuture {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let PublishAckFuture { inner, span } = self;
+            let PublishAckFuture { inner, mut span } = self;
             let result = inner.await;
             match &result {
                 Ok(ack) => span.acked(ack),

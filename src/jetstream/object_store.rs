@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::error::error_type;
 use crate::instrumentation::{record_failure, Instrumentation};
+use crate::metrics::OpTimer;
 use crate::semconv;
 use crate::subscriber::SpanEnd;
 
@@ -59,6 +60,7 @@ impl Context {
             shared: Arc::new(ObjectShared {
                 inst: self.instrumentation().clone(),
                 common: self.common.clone(),
+                metric_common: self.metric_common.clone(),
                 record_names: false,
             }),
         }
@@ -68,6 +70,7 @@ impl Context {
 struct ObjectShared {
     inst: Instrumentation,
     common: Arc<[KeyValue]>,
+    metric_common: Arc<[KeyValue]>,
     record_names: bool,
 }
 
@@ -98,6 +101,7 @@ impl ObjectStore {
         let shared = ObjectShared {
             inst: self.shared.inst.clone(),
             common: self.shared.common.clone(),
+            metric_common: self.shared.metric_common.clone(),
             record_names: enabled,
         };
         Self {
@@ -136,6 +140,32 @@ impl ObjectStore {
             .with_attributes(attributes)
             .with_links(links);
         Some(self.shared.inst.start_span(builder, parent))
+    }
+
+    fn timer(&self, operation: &'static str) -> Option<OpTimer> {
+        OpTimer::start(self.shared.inst.instruments(), || {
+            let operation_type = match operation {
+                semconv::object::PUT | semconv::object::DELETE => semconv::operation_type::SEND,
+                _ => semconv::operation_type::RECEIVE,
+            };
+            crate::metrics::attributes(
+                &self.shared.metric_common,
+                operation,
+                operation_type,
+                &self.bucket,
+                None,
+            )
+        })
+    }
+
+    fn finish_timer<T, K>(timer: Option<OpTimer>, result: &Result<T, async_nats::error::Error<K>>)
+    where
+        K: fmt::Debug + fmt::Display + Clone + PartialEq,
+    {
+        if let Some(timer) = timer {
+            let error = result.as_ref().err().map(|e| error_type(&e.kind()));
+            timer.finish(error.as_deref());
+        }
     }
 
     fn record_info(cx: &OtelContext, info: &ObjectInfo) {
@@ -182,6 +212,7 @@ impl ObjectStore {
         ObjectMetadata: From<T>,
     {
         let mut meta: ObjectMetadata = meta.into();
+        let timer = self.timer(semconv::object::PUT);
         let cx = self.start(
             semconv::object::PUT,
             Some(&meta.name),
@@ -194,6 +225,7 @@ impl ObjectStore {
                 PutErrorKind::InvalidName,
                 "object name is empty",
             ));
+            Self::finish_timer(timer, &result);
             Self::end(cx, &result);
             return result;
         }
@@ -206,6 +238,7 @@ impl ObjectStore {
         if let (Some(cx), Ok(info)) = (&cx, &result) {
             Self::record_info(cx, info);
         }
+        Self::finish_timer(timer, &result);
         Self::end(cx, &result);
         result
     }
@@ -215,6 +248,7 @@ impl ObjectStore {
     /// whether the digest matched) or dropped.
     pub async fn get<T: AsRef<str> + Send>(&self, name: T) -> Result<Object, GetError> {
         let name = name.as_ref();
+        let timer = self.timer(semconv::object::GET);
         let cx = self.start(
             semconv::object::GET,
             Some(name),
@@ -227,6 +261,7 @@ impl ObjectStore {
                 GetErrorKind::InvalidName,
                 "object name is empty",
             ));
+            Self::finish_timer(timer, &result);
             Self::end(cx, &result);
             return result.map(|never: Object| never);
         }
@@ -253,10 +288,12 @@ impl ObjectStore {
                         context: cx.unwrap_or_default(),
                     },
                     finished: false,
+                    timer,
                 })
             }
             Err(err) => {
                 let result = Err(err);
+                Self::finish_timer(timer, &result);
                 Self::end(cx, &result);
                 result
             }
@@ -273,7 +310,9 @@ impl ObjectStore {
             &OtelContext::current(),
             Vec::new(),
         );
+        let timer = self.timer(semconv::object::INFO);
         let result = self.inner.info(name).await;
+        Self::finish_timer(timer, &result);
         if let (Some(cx), Ok(info)) = (&cx, &result) {
             Self::record_info(cx, info);
         }
@@ -291,7 +330,9 @@ impl ObjectStore {
             &OtelContext::current(),
             Vec::new(),
         );
+        let timer = self.timer(semconv::object::DELETE);
         let result = self.inner.delete(name).await;
+        Self::finish_timer(timer, &result);
         Self::end(cx, &result);
         result
     }
@@ -305,7 +346,9 @@ impl ObjectStore {
             &OtelContext::current(),
             Vec::new(),
         );
+        let timer = self.timer(semconv::object::LIST);
         let result = self.inner.list().await;
+        Self::finish_timer(timer, &result);
         Self::end(cx, &result);
         result
     }
@@ -320,7 +363,9 @@ impl ObjectStore {
             &OtelContext::current(),
             Vec::new(),
         );
+        let timer = self.timer(semconv::object::WATCH);
         let result = self.inner.watch().await;
+        Self::finish_timer(timer, &result);
         let watch = match result {
             Ok(inner) => Ok(Watch {
                 inner,
@@ -339,6 +384,7 @@ pub struct Object {
     writer: OtelContext,
     span: SpanEnd,
     finished: bool,
+    timer: Option<OpTimer>,
 }
 
 impl fmt::Debug for Object {
@@ -381,6 +427,9 @@ impl AsyncRead for Object {
             Poll::Ready(Ok(())) if buf.filled().len() == before => {
                 // End of object: async-nats has checked the digest by now.
                 self.finished = true;
+                if let Some(timer) = self.timer.take() {
+                    timer.finish(None);
+                }
                 let span = self.span.context.span();
                 if span.is_recording() {
                     span.set_attribute(KeyValue::new(
@@ -392,6 +441,13 @@ impl AsyncRead for Object {
             }
             Poll::Ready(Err(err)) => {
                 self.finished = true;
+                if let Some(timer) = self.timer.take() {
+                    timer.finish(Some(if err.kind() == io::ErrorKind::InvalidData {
+                        "digest_mismatch"
+                    } else {
+                        "read"
+                    }));
+                }
                 let span = self.span.context.span();
                 if span.is_recording() {
                     let digest_failed = err.kind() == io::ErrorKind::InvalidData;

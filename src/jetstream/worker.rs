@@ -413,6 +413,9 @@ impl Shared {
                     vec![KeyValue::new("messaging.message.id", id)],
                 );
                 Counters::bump(&self.counters.duplicates_skipped);
+                if let Some(m) = delivery.instruments() {
+                    m.worker_duplicates.add(1, delivery.metric_attributes());
+                }
                 let _ = delivery.ack().await;
                 return;
             }
@@ -465,6 +468,9 @@ impl Shared {
             );
             if delivery.nak(Some(delay)).await.is_ok() {
                 Counters::bump(&self.counters.retried);
+                if let Some(m) = delivery.instruments() {
+                    m.worker_retries.add(1, delivery.metric_attributes());
+                }
             }
             return;
         }
@@ -501,6 +507,9 @@ impl Shared {
             );
             if delivery.term().await.is_ok() {
                 Counters::bump(&self.counters.dead_lettered);
+                if let Some(m) = delivery.instruments() {
+                    m.worker_dead_letters.add(1, delivery.metric_attributes());
+                }
             }
             return;
         };
@@ -521,6 +530,9 @@ impl Shared {
                 );
                 if delivery.term().await.is_ok() {
                     Counters::bump(&self.counters.dead_lettered);
+                    if let Some(m) = delivery.instruments() {
+                        m.worker_dead_letters.add(1, delivery.metric_attributes());
+                    }
                 }
             }
             Err(err) => {

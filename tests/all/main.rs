@@ -16,6 +16,7 @@ mod hostile;
 mod interop;
 mod jetstream;
 mod kv;
+mod metrics;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod propagation;

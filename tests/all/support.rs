@@ -116,3 +116,107 @@ pub async fn sync(client: &async_nats::Client) {
         async_nats::client::RequestErrorKind::NoResponders
     );
 }
+
+/// An SDK meter provider exporting to memory on demand.
+pub struct Metrics {
+    pub exporter: opentelemetry_sdk::metrics::InMemoryMetricExporter,
+    pub provider: opentelemetry_sdk::metrics::SdkMeterProvider,
+}
+
+/// One exported data point, flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub name: String,
+    pub attributes: Vec<opentelemetry::KeyValue>,
+    /// Sum or gauge value; for histograms the number of observations.
+    pub value: f64,
+}
+
+impl Point {
+    pub fn attr(&self, key: &str) -> Option<String> {
+        self.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str().to_owned())
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_periodic_exporter(exporter.clone())
+            .build();
+        Self { exporter, provider }
+    }
+
+    /// Every data point as of now (cumulative).
+    pub fn collect(&self) -> Vec<Point> {
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        self.exporter.reset();
+        self.provider.force_flush().expect("metrics flush");
+        let exported = self.exporter.get_finished_metrics().expect("metrics");
+        let mut points = Vec::new();
+        let Some(last) = exported.last() else {
+            return points;
+        };
+        for scope in last.scope_metrics() {
+            for metric in scope.metrics() {
+                let name = metric.name().to_owned();
+                let mut push = |attributes: Vec<opentelemetry::KeyValue>, value: f64| {
+                    points.push(Point {
+                        name: name.clone(),
+                        attributes,
+                        value,
+                    })
+                };
+                macro_rules! flatten {
+                    ($data:expr) => {
+                        match $data {
+                            MetricData::Sum(sum) => {
+                                for p in sum.data_points() {
+                                    push(p.attributes().cloned().collect(), p.value() as f64);
+                                }
+                            }
+                            MetricData::Gauge(gauge) => {
+                                for p in gauge.data_points() {
+                                    push(p.attributes().cloned().collect(), p.value() as f64);
+                                }
+                            }
+                            MetricData::Histogram(hist) => {
+                                for p in hist.data_points() {
+                                    push(p.attributes().cloned().collect(), p.count() as f64);
+                                }
+                            }
+                            MetricData::ExponentialHistogram(_) => {}
+                        }
+                    };
+                }
+                match metric.data() {
+                    AggregatedMetrics::F64(data) => flatten!(data),
+                    AggregatedMetrics::U64(data) => flatten!(data),
+                    AggregatedMetrics::I64(data) => flatten!(data),
+                }
+            }
+        }
+        points
+    }
+
+    /// The points of instrument `name`.
+    pub fn points(&self, name: &str) -> Vec<Point> {
+        self.collect()
+            .into_iter()
+            .filter(|p| p.name == name)
+            .collect()
+    }
+}

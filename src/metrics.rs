@@ -1,0 +1,390 @@
+//! Metrics: the messaging conventions' instruments plus NATS-specific ones,
+//! created once per [`Instrumentation`](crate::Instrumentation) and recorded
+//! whether or not tracing is on.
+//!
+//! | instrument | kind | unit | recorded for |
+//! |---|---|---|---|
+//! | `messaging.client.operation.duration` | histogram | `s` | publish (JetStream: until the PubAck), request, receive, settle, KV and Object Store operations |
+//! | `messaging.process.duration` | histogram | `s` | handler work (from delivery to the end of processing) |
+//! | `messaging.client.sent.messages` | counter | `{message}` | every publish and request |
+//! | `messaging.client.consumed.messages` | counter | `{message}` | every message handed to the application |
+//! | `messaging.nats.queue_wait.duration` | histogram | `s` | JetStream: stored → delivered |
+//! | `messaging.nats.end_to_end.duration` | histogram | `s` | published → processing ended (JetStream timestamp, or the opt-in `Nats-Otel-Published` header on core NATS) |
+//! | `messaging.nats.consumer.lag` | gauge | `s` | JetStream: age of the message being delivered |
+//! | `messaging.nats.consumer.pending` | gauge | `{message}` | JetStream: messages left for the consumer |
+//! | `messaging.nats.worker.retries`, `.dead_letters`, `.duplicates_skipped` | counters | `{message}` | the consumer worker |
+//!
+//! Attributes: `messaging.system`, `messaging.operation.name`,
+//! `messaging.operation.type`, `messaging.destination.template` (never a raw
+//! subject), `messaging.consumer.group.name`, `server.address`, `server.port`, and
+//! `error.type` on failures. Latencies that compare two clocks (queue wait, lag,
+//! end-to-end) are subject to clock skew between hosts.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+use opentelemetry::KeyValue;
+
+use crate::semconv;
+
+/// Bucket boundaries the messaging conventions recommend for durations (s).
+pub const DURATION_BOUNDARIES: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Instrument names.
+pub mod names {
+    /// Duration of a client operation.
+    pub const OPERATION_DURATION: &str = "messaging.client.operation.duration";
+    /// Duration of processing one message.
+    pub const PROCESS_DURATION: &str = "messaging.process.duration";
+    /// Messages sent.
+    pub const SENT_MESSAGES: &str = "messaging.client.sent.messages";
+    /// Messages delivered to the application.
+    pub const CONSUMED_MESSAGES: &str = "messaging.client.consumed.messages";
+    /// JetStream queue wait.
+    pub const QUEUE_WAIT: &str = "messaging.nats.queue_wait.duration";
+    /// Publish to end of processing.
+    pub const END_TO_END: &str = "messaging.nats.end_to_end.duration";
+    /// Age of the message being delivered.
+    pub const CONSUMER_LAG: &str = "messaging.nats.consumer.lag";
+    /// Messages left for a consumer.
+    pub const CONSUMER_PENDING: &str = "messaging.nats.consumer.pending";
+    /// Worker retries.
+    pub const WORKER_RETRIES: &str = "messaging.nats.worker.retries";
+    /// Worker dead letters.
+    pub const WORKER_DEAD_LETTERS: &str = "messaging.nats.worker.dead_letters";
+    /// Worker duplicate skips.
+    pub const WORKER_DUPLICATES: &str = "messaging.nats.worker.duplicates_skipped";
+}
+
+/// Every instrument, built once.
+#[derive(Debug, Clone)]
+pub(crate) struct Instruments {
+    pub(crate) operation_duration: Histogram<f64>,
+    pub(crate) process_duration: Histogram<f64>,
+    pub(crate) sent: Counter<u64>,
+    pub(crate) consumed: Counter<u64>,
+    pub(crate) queue_wait: Histogram<f64>,
+    pub(crate) end_to_end: Histogram<f64>,
+    pub(crate) consumer_lag: Gauge<f64>,
+    pub(crate) consumer_pending: Gauge<u64>,
+    pub(crate) worker_retries: Counter<u64>,
+    pub(crate) worker_dead_letters: Counter<u64>,
+    pub(crate) worker_duplicates: Counter<u64>,
+}
+
+impl Instruments {
+    pub(crate) fn new(meter: &Meter) -> Self {
+        let duration = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(DURATION_BOUNDARIES.to_vec())
+                .build()
+        };
+        let messages = |name: &'static str, description: &'static str| {
+            meter
+                .u64_counter(name)
+                .with_unit("{message}")
+                .with_description(description)
+                .build()
+        };
+        Self {
+            operation_duration: duration(
+                names::OPERATION_DURATION,
+                "Duration of messaging operation initiated by a producer or consumer client.",
+            ),
+            process_duration: duration(
+                names::PROCESS_DURATION,
+                "Duration of processing operation.",
+            ),
+            sent: messages(
+                names::SENT_MESSAGES,
+                "Number of messages producer attempted to send to the broker.",
+            ),
+            consumed: messages(
+                names::CONSUMED_MESSAGES,
+                "Number of messages that were delivered to the application.",
+            ),
+            queue_wait: duration(
+                names::QUEUE_WAIT,
+                "Time from JetStream storing a message to its delivery.",
+            ),
+            end_to_end: duration(
+                names::END_TO_END,
+                "Time from publishing a message to the end of its processing.",
+            ),
+            consumer_lag: meter
+                .f64_gauge(names::CONSUMER_LAG)
+                .with_unit("s")
+                .with_description("Age of the message a JetStream consumer is delivering.")
+                .build(),
+            consumer_pending: meter
+                .u64_gauge(names::CONSUMER_PENDING)
+                .with_unit("{message}")
+                .with_description("Messages left for a JetStream consumer.")
+                .build(),
+            worker_retries: messages(
+                names::WORKER_RETRIES,
+                "Messages the worker sent back for redelivery.",
+            ),
+            worker_dead_letters: messages(
+                names::WORKER_DEAD_LETTERS,
+                "Messages the worker dead-lettered.",
+            ),
+            worker_duplicates: messages(
+                names::WORKER_DUPLICATES,
+                "Messages the worker skipped as already processed.",
+            ),
+        }
+    }
+}
+
+/// The metric attributes of one operation on one destination.
+pub(crate) fn attributes(
+    common: &[KeyValue],
+    operation: &'static str,
+    operation_type: &'static str,
+    template: &str,
+    group: Option<&str>,
+) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(common.len() + 5);
+    attributes.extend_from_slice(common);
+    attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
+    attributes.push(KeyValue::new(
+        semconv::MESSAGING_OPERATION_TYPE,
+        operation_type,
+    ));
+    attributes.push(KeyValue::new(
+        semconv::MESSAGING_DESTINATION_TEMPLATE,
+        template.to_owned(),
+    ));
+    if let Some(group) = group {
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_CONSUMER_GROUP_NAME,
+            group.to_owned(),
+        ));
+    }
+    attributes
+}
+
+/// `attributes` plus `error.type`.
+pub(crate) fn with_error(attributes: &[KeyValue], error_type: &str) -> Vec<KeyValue> {
+    let mut with = Vec::with_capacity(attributes.len() + 1);
+    with.extend_from_slice(attributes);
+    with.push(KeyValue::new(semconv::ERROR_TYPE, error_type.to_owned()));
+    with
+}
+
+/// The connection attributes metrics carry (no per-connection client id: it
+/// would make every connection its own series).
+pub(crate) fn metric_common(span_common: &[KeyValue]) -> Vec<KeyValue> {
+    span_common
+        .iter()
+        .filter(|kv| kv.key.as_str() != semconv::MESSAGING_CLIENT_ID)
+        .cloned()
+        .collect()
+}
+
+/// Seconds from `unix_nanos` to now, if not in the future.
+pub(crate) fn age_of(unix_nanos: i128) -> Option<Duration> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let now = i128::try_from(now).ok()?;
+    let age = u64::try_from(now.checked_sub(unix_nanos)?).ok()?;
+    Some(Duration::from_nanos(age))
+}
+
+/// Header carrying the publish time (Unix nanoseconds) on core NATS messages when
+/// enabled with `InstrumentationBuilder::with_publish_time_header`.
+pub const PUBLISHED_HEADER: &str = "Nats-Otel-Published";
+
+/// Now as Unix nanoseconds.
+pub(crate) fn now_unix_nanos() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+        .unwrap_or(0)
+}
+
+/// Times one client operation and records `messaging.client.operation.duration`.
+pub(crate) struct OpTimer {
+    instruments: Instruments,
+    attributes: Vec<KeyValue>,
+    started: std::time::Instant,
+}
+
+impl OpTimer {
+    /// Starts timing if metrics are on; `attributes` is only built then.
+    pub(crate) fn start(
+        instruments: Option<&Instruments>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Option<Self> {
+        instruments.map(|instruments| Self {
+            instruments: instruments.clone(),
+            attributes: attributes(),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Counts one sent message with these attributes.
+    pub(crate) fn count_sent(&self, error_type: Option<&str>) {
+        match error_type {
+            Some(e) => self
+                .instruments
+                .sent
+                .add(1, &with_error(&self.attributes, e)),
+            None => self.instruments.sent.add(1, &self.attributes),
+        }
+    }
+
+    /// Records the duration, with `error.type` when the operation failed.
+    pub(crate) fn finish(self, error_type: Option<&str>) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        match error_type {
+            Some(e) => self
+                .instruments
+                .operation_duration
+                .record(seconds, &with_error(&self.attributes, e)),
+            None => self
+                .instruments
+                .operation_duration
+                .record(seconds, &self.attributes),
+        }
+    }
+}
+
+/// Records `messaging.process.duration` (and end-to-end latency when the publish
+/// time is known) when a delivered message is done with.
+pub(crate) struct ProcessTimer {
+    instruments: Instruments,
+    attributes: std::sync::Arc<[KeyValue]>,
+    started: std::time::Instant,
+    published_unix_nanos: Option<i128>,
+    error: std::sync::OnceLock<String>,
+}
+
+impl ProcessTimer {
+    /// Counts the message as consumed and starts timing its processing.
+    pub(crate) fn start(
+        instruments: Option<&Instruments>,
+        attributes: &std::sync::Arc<[KeyValue]>,
+        published_unix_nanos: Option<i128>,
+    ) -> Option<Self> {
+        let instruments = instruments?;
+        instruments.consumed.add(1, attributes);
+        Some(Self {
+            instruments: instruments.clone(),
+            attributes: attributes.clone(),
+            started: std::time::Instant::now(),
+            published_unix_nanos,
+            error: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Marks the processing as failed with `error_type` (the first one wins).
+    pub(crate) fn fail(&self, error_type: &str) {
+        let _ = self.error.set(error_type.to_owned());
+    }
+}
+
+impl Drop for ProcessTimer {
+    fn drop(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let attributes: std::borrow::Cow<'_, [KeyValue]> = match self.error.get() {
+            Some(e) => std::borrow::Cow::Owned(with_error(&self.attributes, e)),
+            None => std::borrow::Cow::Borrowed(&self.attributes),
+        };
+        self.instruments
+            .process_duration
+            .record(seconds, &attributes);
+        if let Some(age) = self.published_unix_nanos.and_then(age_of) {
+            self.instruments
+                .end_to_end
+                .record(age.as_secs_f64(), &attributes);
+        }
+    }
+}
+
+/// Keys the crate sets itself; per-subscription attributes may not override them.
+const RESERVED: [&str; 8] = [
+    semconv::MESSAGING_SYSTEM,
+    semconv::MESSAGING_OPERATION_NAME,
+    semconv::MESSAGING_OPERATION_TYPE,
+    semconv::MESSAGING_DESTINATION_NAME,
+    semconv::MESSAGING_DESTINATION_TEMPLATE,
+    semconv::MESSAGING_CONSUMER_GROUP_NAME,
+    semconv::ERROR_TYPE,
+    semconv::SERVER_ADDRESS,
+];
+
+/// At most this many extra attributes per subscription.
+pub const MAX_EXTRA_ATTRIBUTES: usize = 4;
+/// Extra attribute string values are cut to this many bytes.
+pub const MAX_EXTRA_VALUE_LEN: usize = 64;
+
+/// Keeps at most [`MAX_EXTRA_ATTRIBUTES`] attributes whose keys are not reserved
+/// or already present, with string values cut to [`MAX_EXTRA_VALUE_LEN`] bytes.
+pub(crate) fn bounded_extra<I>(attributes: I, existing: &[KeyValue]) -> Vec<KeyValue>
+where
+    I: IntoIterator<Item = KeyValue>,
+{
+    let mut kept: Vec<KeyValue> = Vec::new();
+    for kv in attributes {
+        if kept.len() == MAX_EXTRA_ATTRIBUTES {
+            break;
+        }
+        let key = kv.key.as_str();
+        if RESERVED.contains(&key)
+            || key == semconv::SERVER_PORT
+            || existing
+                .iter()
+                .chain(kept.iter())
+                .any(|e| e.key.as_str() == key)
+        {
+            continue;
+        }
+        let value = match kv.value {
+            opentelemetry::Value::String(s) if s.as_str().len() > MAX_EXTRA_VALUE_LEN => {
+                let mut cut = MAX_EXTRA_VALUE_LEN;
+                let text = s.as_str();
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                opentelemetry::Value::String(text[..cut].to_owned().into())
+            }
+            other => other,
+        };
+        kept.push(KeyValue::new(kv.key, value));
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_attributes_are_bounded_and_cannot_override() {
+        let existing = vec![KeyValue::new(semconv::MESSAGING_SYSTEM, "nats")];
+        let extra = bounded_extra(
+            vec![
+                KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, "users.8812"),
+                KeyValue::new("tenant", "x".repeat(500)),
+                KeyValue::new("tenant", "again"),
+                KeyValue::new("a", 1),
+                KeyValue::new("b", 2),
+                KeyValue::new("c", 3),
+                KeyValue::new("d", 4),
+            ],
+            &existing,
+        );
+        let keys: Vec<&str> = extra.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["tenant", "a", "b", "c"]);
+        assert_eq!(extra[0].value.as_str().len(), MAX_EXTRA_VALUE_LEN);
+    }
+}
