@@ -45,7 +45,33 @@ impl Instrumentation {
             .and_then(|mut it| it.next())
             .map(|addr| (addr.host().to_owned(), addr.port()));
         let inner = options.connect(addrs).await?;
-        Ok(Client::build(inner, self.clone(), first))
+        Ok(Client::build(inner, self.clone(), first, None))
+    }
+
+    /// Like [`connect`](Self::connect), and also counts connection events
+    /// (reconnects, slow consumers) for the health metrics. Your `callback` still
+    /// receives every event: set it here instead of with
+    /// `ConnectOptions::event_callback`, which this call would otherwise replace.
+    pub async fn connect_with_event_callback<A, F, Fut>(
+        &self,
+        addrs: A,
+        options: ConnectOptions,
+        callback: F,
+    ) -> Result<Client, ConnectError>
+    where
+        A: ToServerAddrs,
+        F: Fn(async_nats::Event) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
+    {
+        let first = addrs
+            .to_server_addrs()
+            .ok()
+            .and_then(|mut it| it.next())
+            .map(|addr| (addr.host().to_owned(), addr.port()));
+        let counters = Arc::new(crate::health::EventCounters::default());
+        let options = options.event_callback(crate::health::chained(counters.clone(), callback));
+        let inner = options.connect(addrs).await?;
+        Ok(Client::build(inner, self.clone(), first, Some(counters)))
     }
 }
 
@@ -62,6 +88,8 @@ pub struct Client {
     inst: Instrumentation,
     common: Arc<[KeyValue]>,
     metric_common: Arc<[KeyValue]>,
+    // Keeps the health callbacks reporting while any clone of this client lives.
+    _health: Option<Arc<crate::health::Health>>,
 }
 
 impl Client {
@@ -71,13 +99,14 @@ impl Client {
     /// [`connect`]/[`Instrumentation::connect`], which record the address you
     /// connected to.
     pub fn new(inner: async_nats::Client, instrumentation: Instrumentation) -> Self {
-        Self::build(inner, instrumentation, None)
+        Self::build(inner, instrumentation, None, None)
     }
 
     fn build(
         inner: async_nats::Client,
         inst: Instrumentation,
         address: Option<(String, u16)>,
+        events: Option<Arc<crate::health::EventCounters>>,
     ) -> Self {
         let info = inner.server_info();
         let address = address.or_else(|| {
@@ -98,11 +127,15 @@ impl Client {
             common.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
             common.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
         }
+        let health = inst
+            .metrics_enabled()
+            .then(|| crate::health::register(inst.meter(), inner.clone(), events, common.clone()));
         Self {
             inner,
             inst,
             metric_common: crate::metrics::metric_common(&common).into(),
             common: common.into(),
+            _health: health,
         }
     }
 

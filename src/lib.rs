@@ -90,6 +90,7 @@
 mod client;
 pub mod destination;
 mod error;
+pub mod health;
 mod instrumentation;
 pub mod jetstream;
 pub mod metrics;

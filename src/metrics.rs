@@ -12,6 +12,7 @@
 //! | `messaging.nats.end_to_end.duration` | histogram | `s` | published → processing ended (JetStream timestamp, or the opt-in `Nats-Otel-Published` header on core NATS) |
 //! | `messaging.nats.consumer.lag` | gauge | `s` | JetStream: age of the message being delivered |
 //! | `messaging.nats.consumer.pending` | gauge | `{message}` | JetStream: messages left for the consumer |
+//! | `messaging.nats.consumer.ack_pending`, `.redelivered` | gauges | `{message}` | JetStream consumer info, read by [`PullConsumer::record_health`](crate::jetstream::PullConsumer::record_health) (the worker does it periodically) |
 //! | `messaging.nats.worker.retries`, `.dead_letters`, `.duplicates_skipped` | counters | `{message}` | the consumer worker |
 //!
 //! Attributes: `messaging.system`, `messaging.operation.name`,
@@ -50,6 +51,10 @@ pub mod names {
     pub const CONSUMER_LAG: &str = "messaging.nats.consumer.lag";
     /// Messages left for a consumer.
     pub const CONSUMER_PENDING: &str = "messaging.nats.consumer.pending";
+    /// Messages delivered and awaiting acks.
+    pub const CONSUMER_ACK_PENDING: &str = "messaging.nats.consumer.ack_pending";
+    /// Messages being redelivered.
+    pub const CONSUMER_REDELIVERED: &str = "messaging.nats.consumer.redelivered";
     /// Worker retries.
     pub const WORKER_RETRIES: &str = "messaging.nats.worker.retries";
     /// Worker dead letters.
@@ -69,6 +74,8 @@ pub(crate) struct Instruments {
     pub(crate) end_to_end: Histogram<f64>,
     pub(crate) consumer_lag: Gauge<f64>,
     pub(crate) consumer_pending: Gauge<u64>,
+    pub(crate) consumer_ack_pending: Gauge<u64>,
+    pub(crate) consumer_redelivered: Gauge<u64>,
     pub(crate) worker_retries: Counter<u64>,
     pub(crate) worker_dead_letters: Counter<u64>,
     pub(crate) worker_duplicates: Counter<u64>,
@@ -125,6 +132,16 @@ impl Instruments {
                 .u64_gauge(names::CONSUMER_PENDING)
                 .with_unit("{message}")
                 .with_description("Messages left for a JetStream consumer.")
+                .build(),
+            consumer_ack_pending: meter
+                .u64_gauge(names::CONSUMER_ACK_PENDING)
+                .with_unit("{message}")
+                .with_description("Messages a JetStream consumer delivered and awaits acks for.")
+                .build(),
+            consumer_redelivered: meter
+                .u64_gauge(names::CONSUMER_REDELIVERED)
+                .with_unit("{message}")
+                .with_description("Messages a JetStream consumer is redelivering.")
                 .build(),
             worker_retries: messages(
                 names::WORKER_RETRIES,

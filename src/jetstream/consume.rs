@@ -309,6 +309,26 @@ impl PullConsumer {
         &self.shared.template
     }
 
+    /// Reads the consumer's info from the server and records the health gauges
+    /// (`messaging.nats.consumer.pending`, `.ack_pending`, `.redelivered`).
+    pub async fn record_health(&self) -> Result<consumer::Info, async_nats::Error> {
+        let mut inner = self.inner.clone();
+        let info = inner.info().await?.clone();
+        if let Some(instruments) = self.shared.inst.instruments() {
+            let attributes = &self.shared.health_attributes;
+            instruments
+                .consumer_pending
+                .record(info.num_pending, attributes);
+            instruments
+                .consumer_ack_pending
+                .record(info.num_ack_pending as u64, attributes);
+            instruments
+                .consumer_redelivered
+                .record(info.num_redelivered as u64, attributes);
+        }
+        Ok(info)
+    }
+
     /// A continuous stream of messages, each with its `process` span.
     pub async fn messages(&self) -> Result<Messages<PullStream>, StreamError> {
         let stream = self.inner.messages().await?;

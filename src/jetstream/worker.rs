@@ -160,6 +160,7 @@ pub struct Worker {
     progress_interval: Option<Duration>,
     pull_expires: Duration,
     dedup: Option<Arc<dyn IdempotencyStore>>,
+    health_interval: Option<Duration>,
 }
 
 impl fmt::Debug for Worker {
@@ -206,7 +207,15 @@ impl Worker {
             progress_interval,
             pull_expires: Duration::from_secs(1),
             dedup: None,
+            health_interval: Some(Duration::from_secs(10)),
         }
+    }
+
+    /// How often the consumer's health gauges are refreshed from the server
+    /// (default 10 s; `None` disables it).
+    pub fn health_interval(mut self, interval: Option<Duration>) -> Self {
+        self.health_interval = interval.filter(|d| !d.is_zero());
+        self
     }
 
     /// At most `n` handlers run at once (and at most `n` messages are pulled
@@ -274,6 +283,20 @@ impl Worker {
             dedup: self.dedup.clone(),
             counters: counters.clone(),
         });
+        let health = match self.health_interval {
+            Some(every) if self.js.instrumentation().metrics_enabled() => {
+                let consumer = self.consumer.clone();
+                Some(tokio::spawn(async move {
+                    let mut ticks = tokio::time::interval(every);
+                    loop {
+                        ticks.tick().await;
+                        // A failed read (reconnecting) just skips one sample.
+                        let _ = consumer.record_health().await;
+                    }
+                }))
+            }
+            _ => None,
+        };
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut stopping = false;
@@ -370,6 +393,9 @@ impl Worker {
             while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
+        if let Some(health) = health {
+            health.abort();
+        }
         counters.snapshot()
     }
 }

@@ -365,3 +365,172 @@ async fn jetstream_and_worker_metrics_count_retries_dead_letters_and_latency() {
         assert!(settles.iter().any(|s| s == op), "{op} in {settles:?}");
     }
 }
+
+/// Connects with an event callback that forwards every event's text to a channel.
+async fn connect_with_events(
+    server: &NatsServer,
+    metrics: &Metrics,
+    options: async_nats::ConnectOptions,
+) -> (
+    nats_otel::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let telemetry = Telemetry::new();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = telemetry
+        .builder()
+        .with_meter_provider(&metrics.provider)
+        .build()
+        .connect_with_event_callback(server.url(), options, move |event| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(event.to_string());
+            }
+        })
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+async fn wait_for_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<String>, text: &str) {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no `{text}` event"))
+            .expect("callback alive");
+        if event.contains(text) {
+            return;
+        }
+    }
+}
+
+fn value(metrics: &Metrics, name: &str) -> f64 {
+    total(&metrics.points(name))
+}
+
+#[tokio::test]
+async fn reconnect_shows_in_connects_and_connection_state_and_user_callback_still_fires() {
+    use nats_otel::health::names as health;
+    let mut server = NatsServer::start();
+    let metrics = Metrics::new();
+    let options = async_nats::ConnectOptions::new().max_reconnects(None);
+    let (client, mut events) = connect_with_events(&server, &metrics, options).await;
+    assert_eq!(value(&metrics, health::CONNECTION_STATE), 1.0);
+    assert_eq!(value(&metrics, health::CONNECTS), 1.0);
+
+    server.kill();
+    wait_for_event(&mut events, "disconnected").await;
+    assert_eq!(
+        value(&metrics, health::CONNECTION_STATE),
+        0.0,
+        "outage reported"
+    );
+
+    server.restart();
+    wait_for_event(&mut events, "connected").await;
+    assert_eq!(
+        value(&metrics, health::CONNECTION_STATE),
+        1.0,
+        "recovery reported"
+    );
+    assert!(value(&metrics, health::CONNECTS) >= 2.0);
+    assert!(value(&metrics, health::RECONNECTS) >= 1.0);
+    drop(client);
+}
+
+#[tokio::test]
+async fn slow_consumer_drops_are_counted_and_the_user_callback_still_fires() {
+    use nats_otel::health::names as health;
+    let server = NatsServer::start();
+    let metrics = Metrics::new();
+    let options = async_nats::ConnectOptions::new().subscription_capacity(8);
+    let (client, mut events) = connect_with_events(&server, &metrics, options).await;
+    // A subscriber that never reads.
+    let _stuck = client.subscribe("flood").await.unwrap();
+    crate::support::sync(client.inner()).await;
+    let raw = server.raw_client().await;
+    for i in 0..500 {
+        raw.publish("flood", format!("{i}").into()).await.unwrap();
+    }
+    raw.flush().await.unwrap();
+    wait_for_event(&mut events, "slow consumers").await;
+    assert!(value(&metrics, health::SLOW_CONSUMERS) >= 1.0);
+    assert!(value(&metrics, health::MESSAGES_IN) >= 8.0);
+    assert!(value(&metrics, health::BYTES_OUT) > 0.0);
+}
+
+#[tokio::test]
+async fn consumer_health_gauges_report_pending_ack_pending_and_redelivered() {
+    use async_nats::jetstream::consumer::pull;
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let metrics = Metrics::new();
+    let client = telemetry
+        .connect(
+            &server,
+            telemetry
+                .builder()
+                .with_meter_provider(&metrics.provider)
+                .build(),
+        )
+        .await;
+    let js = nats_otel::jetstream::new(&client);
+    let stream = js
+        .inner()
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "HEALTH".to_owned(),
+            subjects: vec!["health.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            "watcher",
+            pull::Config {
+                durable_name: Some("watcher".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let consumer = js.pull_consumer(consumer);
+    for i in 0..3 {
+        js.publish(format!("health.{i}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // Take one and nak it (redelivered), take another and hold it (ack pending).
+    let first = consumer.fetch(1).await.unwrap().remove(0);
+    first.nak(None).await.unwrap();
+    let held = consumer.batch(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(held.len(), 1);
+
+    let info = consumer.record_health().await.unwrap();
+    let gauge = |name: &str| {
+        let points = metrics.points(name);
+        assert!(points
+            .iter()
+            .all(
+                |p| p.attr(semconv::MESSAGING_NATS_STREAM).as_deref() == Some("HEALTH")
+                    && p.attr(semconv::MESSAGING_CONSUMER_GROUP_NAME).as_deref() == Some("watcher")
+            ));
+        total(&points)
+    };
+    assert_eq!(
+        gauge(names::CONSUMER_ACK_PENDING),
+        info.num_ack_pending as f64
+    );
+    assert!(
+        gauge(names::CONSUMER_ACK_PENDING) >= 1.0,
+        "one message is held unacked"
+    );
+    assert_eq!(
+        gauge(names::CONSUMER_REDELIVERED),
+        info.num_redelivered as f64
+    );
+    assert_eq!(gauge(names::CONSUMER_PENDING), info.num_pending as f64);
+    assert!(!metrics.points(names::CONSUMER_LAG).is_empty());
+}

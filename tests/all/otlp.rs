@@ -3,6 +3,12 @@
 use std::time::Duration;
 
 use nats_otel::otlp::{init_with, Settings};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -28,14 +34,31 @@ impl TraceService for Receiver {
     }
 }
 
+struct MetricsReceiver(mpsc::UnboundedSender<ExportMetricsServiceRequest>);
+
+#[tonic::async_trait]
+impl MetricsService for MetricsReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn otlp_setup_exports_spans_to_a_real_receiver() {
+async fn otlp_setup_exports_spans_and_metrics_to_a_real_receiver() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (metrics_tx, mut metrics_rx) = mpsc::unbounded_channel();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(Receiver(tx)))
+            .add_service(MetricsServiceServer::new(MetricsReceiver(metrics_tx)))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 
@@ -46,7 +69,6 @@ async fn otlp_setup_exports_spans_to_a_real_receiver() {
         ),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
         ("OTEL_SERVICE_NAME", "otlp-wire-test".to_owned()),
-        ("OTEL_METRICS_EXPORTER", "none".to_owned()),
     ]))
     .expect("telemetry setup");
 
@@ -93,6 +115,25 @@ async fn otlp_setup_exports_spans_to_a_real_receiver() {
     assert_eq!(names, ["process wire.test", "publish wire.test"]);
     let service = format!("{service:?}");
     assert!(service.contains("otlp-wire-test"), "{service}");
+
+    // Metrics travel the same way: the guard's flush exported them.
+    let mut metric_names = std::collections::HashSet::new();
+    while !metric_names.contains(nats_otel::metrics::names::SENT_MESSAGES)
+        || !metric_names.contains(nats_otel::metrics::names::CONSUMED_MESSAGES)
+    {
+        let request = tokio::time::timeout(Duration::from_secs(10), metrics_rx.recv())
+            .await
+            .expect("receiver got metrics")
+            .expect("channel open");
+        for resource in request.resource_metrics {
+            for scope in resource.scope_metrics {
+                for metric in scope.metrics {
+                    metric_names.insert(metric.name);
+                }
+            }
+        }
+    }
+    assert!(metric_names.contains(nats_otel::health::names::CONNECTS));
 }
 
 trait HasSpanContext {

@@ -32,6 +32,21 @@ impl NatsServer {
         self.child = child;
     }
 
+    /// Kills the server with SIGKILL; [`restart`](Self::restart) brings it back.
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and store after [`kill`](Self::kill).
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        let (child, port) = Self::spawn(self.store.path(), Some(self.port));
+        assert_eq!(port, self.port, "restarted on the same port");
+        self.child = child;
+    }
+
     fn spawn(store: &std::path::Path, port: Option<u16>) -> (Child, u16) {
         let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());

@@ -1,0 +1,166 @@
+//! Client health as observable instruments, read from the connection's own
+//! statistics and events at collection time (nothing is recorded per message).
+//!
+//! | instrument | kind | unit | source |
+//! |---|---|---|---|
+//! | `messaging.nats.client.bytes_in`, `.bytes_out` | observable counter | `By` | async-nats statistics |
+//! | `messaging.nats.client.messages_in`, `.messages_out` | observable counter | `{message}` | async-nats statistics |
+//! | `messaging.nats.client.connects` | observable counter | `{connect}` | async-nats statistics |
+//! | `messaging.nats.client.connection.state` | observable gauge | `1` | 1 connected, 0 otherwise |
+//! | `messaging.nats.client.reconnects` | observable counter | `{reconnect}` | connection events |
+//! | `messaging.nats.client.slow_consumers` | observable counter | `{event}` | slow-consumer events |
+//!
+//! Attributes: `messaging.system`, `server.address`, `server.port`,
+//! `messaging.client.id` (one series per connection). The event-based counters need
+//! the connection's events: connect with
+//! [`Instrumentation::connect_with_event_callback`](crate::Instrumentation::connect_with_event_callback),
+//! which chains your own callback instead of replacing it. Per-subscription pending
+//! counts are not exposed by async-nats and are not reported.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use async_nats::connection::State;
+use async_nats::Event;
+use opentelemetry::metrics::Meter;
+use opentelemetry::KeyValue;
+
+/// Instrument names.
+pub mod names {
+    /// Bytes received.
+    pub const BYTES_IN: &str = "messaging.nats.client.bytes_in";
+    /// Bytes sent.
+    pub const BYTES_OUT: &str = "messaging.nats.client.bytes_out";
+    /// Messages received.
+    pub const MESSAGES_IN: &str = "messaging.nats.client.messages_in";
+    /// Messages sent.
+    pub const MESSAGES_OUT: &str = "messaging.nats.client.messages_out";
+    /// Successful connections (the first one included).
+    pub const CONNECTS: &str = "messaging.nats.client.connects";
+    /// 1 while connected, 0 otherwise.
+    pub const CONNECTION_STATE: &str = "messaging.nats.client.connection.state";
+    /// Reconnections after a disconnect.
+    pub const RECONNECTS: &str = "messaging.nats.client.reconnects";
+    /// Slow-consumer events (messages dropped for a subscriber that fell behind).
+    pub const SLOW_CONSUMERS: &str = "messaging.nats.client.slow_consumers";
+}
+
+/// Counts connection events; shared between the event callback and the metrics.
+#[derive(Debug, Default)]
+pub(crate) struct EventCounters {
+    reconnects: AtomicU64,
+    slow_consumers: AtomicU64,
+    seen_disconnect: AtomicBool,
+}
+
+impl EventCounters {
+    pub(crate) fn record(&self, event: &Event) {
+        match event {
+            Event::Disconnected => self.seen_disconnect.store(true, Ordering::Relaxed),
+            Event::Connected if self.seen_disconnect.swap(false, Ordering::Relaxed) => {
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::SlowConsumer(_) => {
+                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the health callbacks read; the client holds the only strong reference,
+/// so a dropped client stops reporting.
+pub(crate) struct Health {
+    client: async_nats::Client,
+    events: Option<Arc<EventCounters>>,
+    attributes: Vec<KeyValue>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registers the health instruments for one connection. Returns the strong
+/// handle the client keeps.
+pub(crate) fn register(
+    meter: &Meter,
+    client: async_nats::Client,
+    events: Option<Arc<EventCounters>>,
+    attributes: Vec<KeyValue>,
+) -> Arc<Health> {
+    let health = Arc::new(Health {
+        client,
+        events,
+        attributes,
+    });
+    let weak = Arc::downgrade(&health);
+    let stat = |name: &'static str, unit: &'static str, read: fn(&Health) -> u64| {
+        let weak: Weak<Health> = weak.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_unit(unit)
+            .with_callback(move |observer| {
+                if let Some(health) = weak.upgrade() {
+                    observer.observe(read(&health), &health.attributes);
+                }
+            })
+            .build()
+    };
+    stat(names::BYTES_IN, "By", |h| {
+        h.client.statistics().in_bytes.load(Ordering::Relaxed)
+    });
+    stat(names::BYTES_OUT, "By", |h| {
+        h.client.statistics().out_bytes.load(Ordering::Relaxed)
+    });
+    stat(names::MESSAGES_IN, "{message}", |h| {
+        h.client.statistics().in_messages.load(Ordering::Relaxed)
+    });
+    stat(names::MESSAGES_OUT, "{message}", |h| {
+        h.client.statistics().out_messages.load(Ordering::Relaxed)
+    });
+    stat(names::CONNECTS, "{connect}", |h| {
+        h.client.statistics().connects.load(Ordering::Relaxed)
+    });
+    stat(names::RECONNECTS, "{reconnect}", |h| {
+        h.events
+            .as_ref()
+            .map_or(0, |e| e.reconnects.load(Ordering::Relaxed))
+    });
+    stat(names::SLOW_CONSUMERS, "{event}", |h| {
+        h.events
+            .as_ref()
+            .map_or(0, |e| e.slow_consumers.load(Ordering::Relaxed))
+    });
+    let weak_state = weak.clone();
+    meter
+        .i64_observable_gauge(names::CONNECTION_STATE)
+        .with_unit("1")
+        .with_callback(move |observer| {
+            if let Some(health) = weak_state.upgrade() {
+                let up = matches!(health.client.connection_state(), State::Connected);
+                observer.observe(i64::from(up), &health.attributes);
+            }
+        })
+        .build();
+    health
+}
+
+/// Wraps `callback` so connection events are counted first.
+pub(crate) fn chained<F, Fut>(
+    counters: Arc<EventCounters>,
+    callback: F,
+) -> impl Fn(Event) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>> + Send + Sync + 'static
+where
+    F: Fn(Event) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + Sync + 'static,
+{
+    move |event: Event| {
+        counters.record(&event);
+        Box::pin(callback(event))
+    }
+}
