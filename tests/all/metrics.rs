@@ -534,3 +534,65 @@ async fn consumer_health_gauges_report_pending_ack_pending_and_redelivered() {
     assert_eq!(gauge(names::CONSUMER_PENDING), info.num_pending as f64);
     assert!(!metrics.points(names::CONSUMER_LAG).is_empty());
 }
+
+#[tokio::test]
+async fn kv_and_object_store_operations_record_durations_per_bucket() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let metrics = Metrics::new();
+    let client = telemetry
+        .connect(
+            &server,
+            telemetry
+                .builder()
+                .with_meter_provider(&metrics.provider)
+                .build(),
+        )
+        .await;
+    let js = nats_otel::jetstream::new(&client);
+    let kv = js.key_value(
+        js.inner()
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: "PREFS".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+    );
+    kv.put("user.1", "dark".into()).await.unwrap();
+    kv.get("user.1").await.unwrap();
+    assert!(kv.update("user.1", "light".into(), 99).await.is_err());
+    let objects = js
+        .create_object_store(async_nats::jetstream::object_store::Config {
+            bucket: "FILES".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    objects.put("a.txt", &mut &b"hello"[..]).await.unwrap();
+
+    let durations = metrics.points(names::OPERATION_DURATION);
+    let find = |op: &str, bucket: &str| {
+        durations
+            .iter()
+            .filter(|p| {
+                p.attr(semconv::MESSAGING_OPERATION_NAME).as_deref() == Some(op)
+                    && p.attr(semconv::MESSAGING_DESTINATION_TEMPLATE).as_deref() == Some(bucket)
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(total(&find("put", "PREFS")), 1.0);
+    assert_eq!(total(&find("get", "PREFS")), 1.0);
+    let update = find("update", "PREFS");
+    assert_eq!(update.len(), 1);
+    assert_eq!(
+        update[0].attr(semconv::ERROR_TYPE).as_deref(),
+        Some("wrong_last_revision")
+    );
+    assert_eq!(total(&find("put", "FILES")), 1.0);
+    assert!(durations.iter().all(|p| !p
+        .attributes
+        .iter()
+        .any(|kv| kv.value.as_str().contains("user.1"))));
+}
