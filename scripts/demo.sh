@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the quick-start examples: each starts its own nats-server (unless NATS_URL
-# is set), sends messages between two traced services and prints the traces.
+# Runs the demo: an order system and a task queue, each service its own process,
+# traced across processes. Starts its own nats-server unless NATS_URL is set and
+# shows the traces in the terminal unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+# Extra arguments go to the demo (try --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-nats-server.sh
-cargo run --quiet --all-features --example pubsub
-cargo run --quiet --all-features --example request_reply
+cargo run --quiet -p nats-otel-demo -- "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real nats-servers (installed if missing).
+# Runs the whole test suite (library and demo) against real nats-servers,
+# installing nats-server 2.15.1 if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-nats-server.sh
-cargo test --all-features
+cargo test --workspace --all-features
