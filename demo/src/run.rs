@@ -143,7 +143,9 @@ impl Children {
         command
             .args(args)
             .env("OTEL_SERVICE_NAME", service)
-            .stdin(Stdio::null())
+            // The child watches this pipe: if we die, it closes and the child stops.
+            .env("DEMO_WATCH_STDIN", "1")
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -225,8 +227,35 @@ impl Tally {
     }
 }
 
+/// Ctrl-C, listened for from the start of the run so none is missed.
+struct Interrupt {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    fn new() -> Result<Self, Error> {
+        Ok(Self {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        {
+            self.signal.recv().await;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 pub async fn run(args: RunArgs) -> Result<i32, Error> {
     validate(&args)?;
+    let mut interrupt = Interrupt::new()?;
     let started = Instant::now();
     let run_id = format!(
         "{:08x}",
@@ -309,10 +338,16 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
     }
     let expected_ready = long_running.len() + args.workers as usize;
     for _ in 0..expected_ready {
-        let message = tokio::time::timeout(Duration::from_secs(30), ready.next())
-            .await
-            .map_err(|_| "services did not become ready within 30 s")?
-            .ok_or("readiness subscription closed")?;
+        let message = tokio::select! {
+            () = interrupt.wait() => {
+                nc.publish(flows::SHUTDOWN_SUBJECT, "".into()).await?;
+                let _ = children.wait_all(Duration::from_secs(10)).await;
+                return Ok(130);
+            }
+            message = tokio::time::timeout(Duration::from_secs(30), ready.next()) => message
+                .map_err(|_| "services did not become ready within 30 s")?
+                .ok_or("readiness subscription closed")?,
+        };
         if let Some(reply) = message.reply {
             nc.publish(reply, "ok".into()).await?;
         }
@@ -388,7 +423,7 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
                     tally.foreign_dead_letters += 1;
                 }
             }
-            _ = tokio::signal::ctrl_c() => { interrupted = true; break; }
+            () = interrupt.wait() => { interrupted = true; break; }
             _ = tokio::time::sleep_until(deadline) => break,
         }
         progress.set_position(

@@ -54,7 +54,9 @@ impl Service {
         Ok(())
     }
 
-    /// Completes on the parent's shutdown message or Ctrl-C.
+    /// Completes on the parent's shutdown message, Ctrl-C, or, when started by the
+    /// demo's parent (`DEMO_WATCH_STDIN`), the parent going away: its end of our
+    /// stdin closes even if it was killed.
     async fn shutdown_signal(&self) -> Result<impl std::future::Future<Output = ()>, Error> {
         let mut stop = self
             .client
@@ -62,10 +64,27 @@ impl Service {
             .subscribe(flows::SHUTDOWN_SUBJECT)
             .await?;
         self.client.inner().flush().await?;
+        let (gone, parent_gone) = tokio::sync::oneshot::channel::<()>();
+        if std::env::var_os("DEMO_WATCH_STDIN").is_some() {
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 64];
+                let mut stdin = std::io::stdin();
+                while let Ok(n) = std::io::Read::read(&mut stdin, &mut sink) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = gone.send(());
+            });
+        } else {
+            // Never completes: keep the sender alive for the life of the process.
+            std::mem::forget(gone);
+        }
         Ok(async move {
             tokio::select! {
                 _ = stop.next() => {}
                 _ = tokio::signal::ctrl_c() => {}
+                _ = parent_gone => {}
             }
         })
     }
@@ -95,6 +114,7 @@ impl Service {
 pub async fn order_service(orders: u32) -> Result<i32, Error> {
     let service = Service::start("order-service").await?;
     let retry = PublishRetry::default();
+    let mut stop = std::pin::pin!(service.shutdown_signal().await?);
     for i in 0..orders {
         let order = OrderCreated {
             order_id: format!("o-{}-{i:04}", service.run),
@@ -103,16 +123,18 @@ pub async fn order_service(orders: u32) -> Result<i32, Error> {
             timestamp: unix_seconds(),
         };
         let payload = serde_json::to_vec(&order)?;
-        service
-            .js
-            .publish_with_retry(
-                flows::ORDER_CREATED,
-                &order.order_id,
-                None,
-                payload.into(),
-                &retry,
-            )
-            .await?;
+        let publish = service.js.publish_with_retry(
+            flows::ORDER_CREATED,
+            &order.order_id,
+            None,
+            payload.into(),
+            &retry,
+        );
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            published = publish => { published?; }
+        }
     }
     Ok(0)
 }
@@ -321,19 +343,22 @@ pub async fn task_producer(
 ) -> Result<i32, Error> {
     let service = Service::start("task-producer").await?;
     let retry = PublishRetry::default();
+    let mut stop = std::pin::pin!(service.shutdown_signal().await?);
     for mut task in flows::plan_tasks(tasks, fail_rate, poison_rate, seed) {
         task.task_id = format!("{}-{}", service.run, task.task_id);
         let payload = serde_json::to_vec(&task)?;
-        service
-            .js
-            .publish_with_retry(
-                format!("tasks.{}", task.kind),
-                &task.task_id,
-                None,
-                payload.into(),
-                &retry,
-            )
-            .await?;
+        let publish = service.js.publish_with_retry(
+            format!("tasks.{}", task.kind),
+            &task.task_id,
+            None,
+            payload.into(),
+            &retry,
+        );
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            published = publish => { published?; }
+        }
     }
     Ok(0)
 }

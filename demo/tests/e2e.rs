@@ -222,3 +222,72 @@ async fn killing_a_task_worker_mid_run_loses_no_task() {
     assert_eq!(summary["tasks_done"], 40);
     assert_eq!(summary["tasks_dead_lettered"], 0);
 }
+
+/// Pids of the processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces) start after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let _state = fields.next();
+        if fields.next().and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_every_process() {
+    use std::io::{BufRead, BufReader};
+    let server = NatsServer::start();
+    let receiver = receiver::start().await.unwrap();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_nats-otel-demo"))
+        .args([
+            "--orders",
+            "100000",
+            "--tasks",
+            "100000",
+            "--timeout",
+            "120",
+        ])
+        .env("NATS_URL", server.url())
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", receiver.address),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The banner is printed once every service is ready.
+    let stdout = demo.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let banner = lines.next().unwrap().unwrap();
+    assert!(banner.starts_with("nats-otel demo:"), "{banner}");
+    std::thread::spawn(move || for _ in lines {});
+    let children = children_of(demo.id());
+    assert!(children.len() >= 6, "services running: {children:?}");
+
+    let status = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::block_in_place(|| demo.wait()).unwrap();
+    assert_eq!(exit.code(), Some(130), "interrupted run exits 130");
+    for child in children {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{child}")).exists(),
+            "child {child} still running"
+        );
+    }
+}
