@@ -7,6 +7,22 @@ use nats_otel::semconv;
 
 use crate::support::{next, Metrics, NatsServer, Telemetry};
 
+/// A traced client whose metrics go to a fresh in-memory meter provider.
+async fn metered(server: &NatsServer) -> (Telemetry, Metrics, nats_otel::Client) {
+    let telemetry = Telemetry::new();
+    let metrics = Metrics::new();
+    let client = telemetry
+        .connect(
+            server,
+            telemetry
+                .builder()
+                .with_meter_provider(&metrics.provider)
+                .build(),
+        )
+        .await;
+    (telemetry, metrics, client)
+}
+
 fn total(points: &[crate::support::Point]) -> f64 {
     points.iter().map(|p| p.value).sum()
 }
@@ -14,17 +30,7 @@ fn total(points: &[crate::support::Point]) -> f64 {
 #[tokio::test]
 async fn publishes_and_processed_messages_are_counted_with_exact_attributes() {
     let server = NatsServer::start();
-    let telemetry = Telemetry::new();
-    let metrics = Metrics::new();
-    let client = telemetry
-        .connect(
-            &server,
-            telemetry
-                .builder()
-                .with_meter_provider(&metrics.provider)
-                .build(),
-        )
-        .await;
+    let (_telemetry, metrics, client) = metered(&server).await;
     let mut sub = client.subscribe("users.*.orders").await.unwrap();
     const N: usize = 5;
     for user in 0..N {
@@ -159,17 +165,7 @@ async fn metrics_and_tracing_switch_independently() {
 #[tokio::test]
 async fn failed_request_records_error_type_on_the_duration() {
     let server = NatsServer::start();
-    let telemetry = Telemetry::new();
-    let metrics = Metrics::new();
-    let client = telemetry
-        .connect(
-            &server,
-            telemetry
-                .builder()
-                .with_meter_provider(&metrics.provider)
-                .build(),
-        )
-        .await;
+    let (_telemetry, metrics, client) = metered(&server).await;
     assert!(client.request("nobody.here", "?".into()).await.is_err());
     let durations = metrics.points(names::OPERATION_DURATION);
     let failed: Vec<_> = durations
@@ -214,17 +210,7 @@ async fn end_to_end_latency_uses_the_publish_time_header_when_enabled() {
 #[tokio::test]
 async fn subscription_attributes_are_added_and_bounded() {
     let server = NatsServer::start();
-    let telemetry = Telemetry::new();
-    let metrics = Metrics::new();
-    let client = telemetry
-        .connect(
-            &server,
-            telemetry
-                .builder()
-                .with_meter_provider(&metrics.provider)
-                .build(),
-        )
-        .await;
+    let (_telemetry, metrics, client) = metered(&server).await;
     let mut sub = client
         .subscribe("tenant.events")
         .await
@@ -253,17 +239,7 @@ async fn jetstream_and_worker_metrics_count_retries_dead_letters_and_latency() {
     use nats_otel::jetstream::{Backoff, HandlerError, Worker};
 
     let server = NatsServer::start();
-    let telemetry = Telemetry::new();
-    let metrics = Metrics::new();
-    let client = telemetry
-        .connect(
-            &server,
-            telemetry
-                .builder()
-                .with_meter_provider(&metrics.provider)
-                .build(),
-        )
-        .await;
+    let (_telemetry, metrics, client) = metered(&server).await;
     let js = nats_otel::jetstream::new(&client);
     dead_letter::ensure_stream(&js, "DLQ", &DeadLetter::default())
         .await
@@ -463,17 +439,7 @@ async fn slow_consumer_drops_are_counted_and_the_user_callback_still_fires() {
 async fn consumer_health_gauges_report_pending_ack_pending_and_redelivered() {
     use async_nats::jetstream::consumer::pull;
     let server = NatsServer::start();
-    let telemetry = Telemetry::new();
-    let metrics = Metrics::new();
-    let client = telemetry
-        .connect(
-            &server,
-            telemetry
-                .builder()
-                .with_meter_provider(&metrics.provider)
-                .build(),
-        )
-        .await;
+    let (_telemetry, metrics, client) = metered(&server).await;
     let js = nats_otel::jetstream::new(&client);
     let stream = js
         .inner()
@@ -538,17 +504,7 @@ async fn consumer_health_gauges_report_pending_ack_pending_and_redelivered() {
 #[tokio::test]
 async fn kv_and_object_store_operations_record_durations_per_bucket() {
     let server = NatsServer::start();
-    let telemetry = Telemetry::new();
-    let metrics = Metrics::new();
-    let client = telemetry
-        .connect(
-            &server,
-            telemetry
-                .builder()
-                .with_meter_provider(&metrics.provider)
-                .build(),
-        )
-        .await;
+    let (_telemetry, metrics, client) = metered(&server).await;
     let js = nats_otel::jetstream::new(&client);
     let kv = js.key_value(
         js.inner()
