@@ -144,13 +144,14 @@ impl Client {
         self.metric_common.clone()
     }
 
-    fn timer(&self, operation: &'static str, subject: &str) -> Option<OpTimer> {
+    fn timer(&self, operation: &'static str, template: Option<&str>) -> Option<OpTimer> {
+        let template = template?;
         OpTimer::start(self.inst.instruments(), || {
             crate::metrics::attributes(
                 &self.metric_common,
                 operation,
                 semconv::operation_type::SEND,
-                &self.inst.template(subject),
+                template,
                 None,
             )
         })
@@ -271,8 +272,11 @@ impl Client {
         request: Request,
     ) -> Result<Message, RequestError> {
         let subject = subject.to_subject();
-        let timer = self.timer(semconv::operation::REQUEST, subject.as_str());
-        let result = self.send_request_inner(subject, request).await;
+        let template = self.inst.template_if_needed(subject.as_str());
+        let timer = self.timer(semconv::operation::REQUEST, template.as_deref());
+        let result = self
+            .send_request_inner(subject, template.as_deref().unwrap_or_default(), request)
+            .await;
         if let Some(timer) = timer {
             let error = result.as_ref().err().map(|e| error_type(&e.kind()));
             timer.count_sent(error.as_deref());
@@ -284,6 +288,7 @@ impl Client {
     async fn send_request_inner(
         &self,
         subject: Subject,
+        template: &str,
         mut request: Request,
     ) -> Result<Message, RequestError> {
         if !self.inst.tracing_enabled() {
@@ -297,6 +302,7 @@ impl Client {
         let cx = self.inst.start_send(
             semconv::operation::REQUEST,
             subject.as_str(),
+            template,
             request.headers.as_ref(),
             body_size,
             &self.common,
@@ -383,9 +389,18 @@ impl Client {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        let timer = self.timer(semconv::operation::PUBLISH, subject.as_str());
+        let template = self.inst.template_if_needed(subject.as_str());
+        let timer = self.timer(semconv::operation::PUBLISH, template.as_deref());
         let headers = self.with_publish_time(headers);
-        let result = self.send_inner(subject, reply, headers, payload).await;
+        let result = self
+            .send_inner(
+                subject,
+                template.as_deref().unwrap_or_default(),
+                reply,
+                headers,
+                payload,
+            )
+            .await;
         if let Some(timer) = timer {
             let error = result.as_ref().err().map(|e| error_type(&e.kind()));
             timer.count_sent(error.as_deref());
@@ -397,6 +412,7 @@ impl Client {
     async fn send_inner(
         &self,
         subject: Subject,
+        template: &str,
         reply: Option<Subject>,
         headers: Option<HeaderMap>,
         payload: Bytes,
@@ -411,6 +427,7 @@ impl Client {
         let cx = self.inst.start_send(
             semconv::operation::PUBLISH,
             subject.as_str(),
+            template,
             headers.as_ref(),
             payload.len(),
             &self.common,

@@ -152,17 +152,25 @@ impl Instrumentation {
         is_temporary(subject, &self.inner.inbox_prefix)
     }
 
+    /// The template of `subject`, computed once per operation and only when a
+    /// span or a metric will use it.
+    pub(crate) fn template_if_needed(&self, subject: &str) -> Option<String> {
+        (self.tracing_enabled() || self.metrics_enabled())
+            .then(|| self.template(subject).into_owned())
+    }
+
     /// Starts a PRODUCER span for a send-type operation (`publish`, `request`)
-    /// under the current context and returns the context holding it.
+    /// to `subject` (whose template is `template`) under the current context and
+    /// returns the context holding it.
     pub(crate) fn start_send(
         &self,
         operation: &'static str,
         subject: &str,
+        template: &str,
         headers: Option<&HeaderMap>,
         body_size: usize,
         common: &[KeyValue],
     ) -> Context {
-        let template = self.template(subject);
         let temporary = self.is_temporary(subject);
         let mut attributes = Vec::with_capacity(common.len() + 7);
         attributes.extend_from_slice(common);

@@ -202,12 +202,16 @@ impl Context {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
+        let template = self
+            .inst
+            .template_if_needed(subject.as_str())
+            .unwrap_or_default();
         let timer = crate::metrics::OpTimer::start(self.inst.instruments(), || {
             crate::metrics::attributes(
                 &self.metric_common,
                 semconv::operation::PUBLISH,
                 semconv::operation_type::SEND,
-                &self.inst.template(subject.as_str()),
+                &template,
                 None,
             )
         });
@@ -215,6 +219,7 @@ impl Context {
             Some(self.inst.start_send(
                 semconv::operation::PUBLISH,
                 subject.as_str(),
+                &template,
                 headers.as_ref(),
                 payload.len(),
                 &self.common,
