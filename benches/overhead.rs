@@ -17,17 +17,21 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use nats_otel::Instrumentation;
+use nats_otel::{Instrumentation, W3cPropagator};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
 };
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const CORE_MESSAGES: u64 = 100_000;
 const REQUESTS: usize = 2_000;
 const JS_MESSAGES: u64 = 20_000;
+const JS_SEQUENTIAL: u64 = 2_000;
+const JS_WINDOW: usize = 256;
+const POOL_MESSAGES: u64 = 200_000;
+const POOL_PUBLISHERS: usize = 4;
 
 /// Counts exported spans and throws them away.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +44,33 @@ impl SpanExporter for Counting {
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
         self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
         async { Ok(()) }
+    }
+}
+
+/// The batch processor, counting the spans handed to it, so spans it drops
+/// (queue full) show up as ended minus exported.
+#[derive(Debug)]
+struct CountingProcessor {
+    inner: BatchSpanProcessor,
+    ended: Arc<AtomicU64>,
+}
+
+impl SpanProcessor for CountingProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
     }
 }
 
@@ -70,6 +101,8 @@ enum Tracing {
     Sampled,
     /// nats-otel with a parent-based sampler that drops root spans.
     Dropped,
+    /// Every message sampled, with the SDK's default batch settings (queue 2048).
+    SampledDefaultQueue,
 }
 
 impl Tracing {
@@ -80,6 +113,7 @@ impl Tracing {
             Tracing::Off => "nats-otel, tracing off",
             Tracing::Sampled => "nats-otel, all sampled",
             Tracing::Dropped => "nats-otel, sampler drops",
+            Tracing::SampledDefaultQueue => "nats-otel, all sampled, default batch queue",
         }
     }
 }
@@ -87,36 +121,47 @@ impl Tracing {
 struct Telemetry {
     provider: SdkTracerProvider,
     exported: Counting,
+    ended: Arc<AtomicU64>,
 }
 
 fn telemetry(tracing: Tracing) -> Option<Telemetry> {
     let exported = Counting::default();
     let sampler = match tracing {
-        Tracing::Sampled => Sampler::AlwaysOn,
+        Tracing::Sampled | Tracing::SampledDefaultQueue => Sampler::AlwaysOn,
         Tracing::Dropped => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
         _ => return None,
     };
-    // The documented settings for high rates: a queue deep enough for bursts.
-    let processor = BatchSpanProcessor::builder(exported.clone())
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(1 << 18)
-                .with_max_export_batch_size(4096)
-                .with_scheduled_delay(Duration::from_millis(200))
-                .build(),
-        )
-        .build();
+    let config = match tracing {
+        Tracing::SampledDefaultQueue => BatchConfigBuilder::default().build(),
+        // The documented settings for high rates: a queue deep enough for bursts.
+        _ => BatchConfigBuilder::default()
+            .with_max_queue_size(1 << 18)
+            .with_max_export_batch_size(4096)
+            .with_scheduled_delay(Duration::from_millis(200))
+            .build(),
+    };
+    let ended = Arc::new(AtomicU64::new(0));
+    let processor = CountingProcessor {
+        inner: BatchSpanProcessor::builder(exported.clone())
+            .with_batch_config(config)
+            .build(),
+        ended: ended.clone(),
+    };
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(sampler)
         .build();
-    Some(Telemetry { provider, exported })
+    Some(Telemetry {
+        provider,
+        exported,
+        ended,
+    })
 }
 
 fn instrumentation(tracing: Tracing, telemetry: &Option<Telemetry>) -> Instrumentation {
     let builder = Instrumentation::builder()
         .with_metrics(false)
-        .with_propagator(TraceContextPropagator::new());
+        .with_propagator(W3cPropagator::new());
     match (tracing, telemetry) {
         (_, Some(t)) => builder.with_tracer_provider(&t.provider).build(),
         _ => builder.with_tracing(false).build(),
@@ -205,7 +250,7 @@ async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - start_cpu;
-    let dropped = finish(telemetry, 2 * n);
+    let dropped = finish(telemetry);
     Sample {
         per_second: n as f64 / elapsed,
         cpu_us: cpu * 1e6 / n as f64,
@@ -215,18 +260,14 @@ async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
 
 struct Client(nats_otel::Client);
 
-/// Flushes the span pipeline; returns how many expected spans never arrived.
-fn finish(telemetry: Option<Telemetry>, expected: u64) -> u64 {
+/// Flushes the span pipeline; returns how many ended spans never reached the
+/// exporter (a sampler's drops are not counted: those spans never record).
+fn finish(telemetry: Option<Telemetry>) -> u64 {
     let Some(t) = telemetry else { return 0 };
     let _ = t.provider.force_flush();
     let _ = t.provider.shutdown();
-    let exported = t.exported.0.load(Ordering::Relaxed);
-    // A dropping sampler exports nothing by design.
-    if exported == 0 {
-        0
-    } else {
-        expected.saturating_sub(exported)
-    }
+    let ended = t.ended.load(Ordering::Relaxed);
+    ended.saturating_sub(t.exported.0.load(Ordering::Relaxed))
 }
 
 /// Sequential request/reply latencies (µs).
@@ -259,78 +300,236 @@ async fn request_reply(url: &str, tracing: Tracing) -> Vec<f64> {
         }
     }
     responder.abort();
-    finish(telemetry, 0);
+    finish(telemetry);
     latencies.sort_by(|a, b| a.total_cmp(b));
     latencies
 }
 
-/// JetStream: pipelined publish (256 in flight) and pull consume + ack.
-async fn jetstream(url: &str, tracing: Tracing, round: usize) -> (Sample, Sample) {
-    use async_nats::jetstream::consumer::pull;
+/// Publishes `n` messages of `size` bytes with no subscriber, then waits for a
+/// server round trip so every message has left the client.
+async fn publish_only(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
+    let payload = Bytes::from(vec![b'x'; size]);
     let telemetry = telemetry(tracing);
     let raw = async_nats::connect(url).await.expect("connect");
-    let raw_js = async_nats::jetstream::new(raw.clone());
-    let stream_name = format!(
-        "BENCH_{}_{round}",
-        tracing.name().len() + round * 31 + tracing as usize
-    );
-    let subject = format!("bench.js.{stream_name}");
+    let client = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
+    let start_cpu = cpu_seconds();
+    let started = Instant::now();
+    for _ in 0..n {
+        match tracing {
+            Tracing::Raw => {
+                let _ = raw.publish("bench.only", payload.clone()).await;
+            }
+            Tracing::HeaderOnly => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                );
+                let _ = raw
+                    .publish_with_headers("bench.only", headers, payload.clone())
+                    .await;
+            }
+            _ => {
+                let _ = client.publish("bench.only", payload.clone()).await;
+            }
+        }
+    }
+    sync(&raw).await;
+    let sample = Sample {
+        per_second: n as f64 / started.elapsed().as_secs_f64(),
+        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / n as f64,
+        dropped: 0,
+    };
+    Sample {
+        dropped: finish(telemetry),
+        ..sample
+    }
+}
+
+/// `POOL_PUBLISHERS` tasks publishing 16 B messages, through one shared
+/// connection or one connection each.
+async fn pool(url: &str, tracing: Tracing, connections: usize) -> Sample {
+    let telemetry = telemetry(tracing);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let raw = async_nats::connect(url).await.expect("connect");
+        let traced = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
+        clients.push((raw, traced));
+    }
+    let per_task = POOL_MESSAGES / POOL_PUBLISHERS as u64;
+    let start_cpu = cpu_seconds();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..POOL_PUBLISHERS {
+        let (raw, traced) = clients[i % connections].clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                let payload = Bytes::from_static(b"xxxxxxxxxxxxxxxx");
+                if let Tracing::Raw = tracing {
+                    let _ = raw.publish("bench.pool", payload).await;
+                } else {
+                    let _ = traced.publish("bench.pool", payload).await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    for (raw, _) in &clients {
+        sync(raw).await;
+    }
+    let n = per_task * POOL_PUBLISHERS as u64;
+    let sample = Sample {
+        per_second: n as f64 / started.elapsed().as_secs_f64(),
+        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / n as f64,
+        dropped: 0,
+    };
+    Sample {
+        dropped: finish(telemetry),
+        ..sample
+    }
+}
+
+/// A fresh memory stream for one measurement.
+async fn bench_stream(
+    raw_js: &async_nats::jetstream::Context,
+    name: &str,
+) -> (async_nats::jetstream::stream::Stream, String) {
+    let subject = format!("bench.js.{name}");
+    let _ = raw_js.delete_stream(name).await;
     let stream = raw_js
-        .get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: stream_name.clone(),
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_owned(),
             subjects: vec![subject.clone()],
             storage: async_nats::jetstream::stream::StorageType::Memory,
             ..Default::default()
         })
         .await
         .expect("stream");
+    (stream, subject)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum JsPublish {
+    /// Await each ack before the next publish.
+    Sequential,
+    /// Keep `JS_WINDOW` acks outstanding, awaiting the oldest (both APIs alike).
+    Window,
+    /// nats-otel's `Pipeline` helper (acks awaited in the background).
+    Pipeline,
+}
+
+/// JetStream publish of `n` messages.
+async fn js_publish(url: &str, tracing: Tracing, mode: JsPublish, n: u64) -> Sample {
+    use std::collections::VecDeque;
+    let telemetry = telemetry(tracing);
+    let raw = async_nats::connect(url).await.expect("connect");
+    let raw_js = async_nats::jetstream::new(raw.clone());
+    let (_stream, subject) = bench_stream(&raw_js, "BENCH_PUB").await;
     let client = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
     let js = nats_otel::jetstream::new(&client);
-
     let start_cpu = cpu_seconds();
     let started = Instant::now();
-    match tracing {
-        Tracing::Raw => {
-            let mut pending = std::collections::VecDeque::new();
-            for _ in 0..JS_MESSAGES {
-                if pending.len() == 256 {
+    match (tracing, mode) {
+        (Tracing::Raw, JsPublish::Sequential) => {
+            for _ in 0..n {
+                let ack = raw_js.publish(subject.clone(), "x".into()).await;
+                let _ = ack.expect("publish").await;
+            }
+        }
+        (_, JsPublish::Sequential) => {
+            for _ in 0..n {
+                let ack = js.publish(subject.clone(), "x".into()).await;
+                let _ = ack.expect("publish").await;
+            }
+        }
+        (Tracing::Raw, _) => {
+            let mut pending = VecDeque::with_capacity(JS_WINDOW);
+            for _ in 0..n {
+                if pending.len() == JS_WINDOW {
                     let ack: async_nats::jetstream::context::PublishAckFuture =
                         pending.pop_front().expect("pending");
                     let _ = ack.await;
                 }
-                pending.push_back(
-                    raw_js
-                        .publish(subject.clone(), "x".into())
-                        .await
-                        .expect("publish"),
-                );
+                let ack = raw_js.publish(subject.clone(), "x".into()).await;
+                pending.push_back(ack.expect("publish"));
             }
             for ack in pending {
                 let _ = ack.await;
             }
         }
-        _ => {
-            let pipeline = js.pipeline(256);
-            let mut handles = Vec::with_capacity(JS_MESSAGES as usize);
-            for _ in 0..JS_MESSAGES {
-                handles.push(
-                    pipeline
-                        .publish(subject.clone(), "x".into())
-                        .await
-                        .expect("publish"),
-                );
+        (_, JsPublish::Window) => {
+            let mut pending = VecDeque::with_capacity(JS_WINDOW);
+            for _ in 0..n {
+                if pending.len() == JS_WINDOW {
+                    let ack: nats_otel::jetstream::PublishAckFuture =
+                        pending.pop_front().expect("pending");
+                    let _ = ack.await;
+                }
+                let ack = js.publish(subject.clone(), "x".into()).await;
+                pending.push_back(ack.expect("publish"));
+            }
+            for ack in pending {
+                let _ = ack.await;
+            }
+        }
+        (_, JsPublish::Pipeline) => {
+            let pipeline = js.pipeline(JS_WINDOW);
+            let mut handles = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let handle = pipeline.publish(subject.clone(), "x".into()).await;
+                handles.push(handle.expect("publish"));
             }
             for handle in handles {
                 let _ = handle.await;
             }
         }
     }
-    let publish = Sample {
-        per_second: JS_MESSAGES as f64 / started.elapsed().as_secs_f64(),
-        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / JS_MESSAGES as f64,
+    let sample = Sample {
+        per_second: n as f64 / started.elapsed().as_secs_f64(),
+        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / n as f64,
         dropped: 0,
     };
+    let _ = raw_js.delete_stream("BENCH_PUB").await;
+    Sample {
+        dropped: finish(telemetry),
+        ..sample
+    }
+}
 
+#[derive(Clone, Copy, PartialEq)]
+enum JsConsume {
+    /// `messages()` then `ack()` each, in one loop.
+    Loop,
+    /// nats-otel's `Worker` with a handler that returns `Ok`.
+    Worker,
+}
+
+/// Pull-consumes and acks `n` messages stored beforehand (untraced).
+async fn js_consume(url: &str, tracing: Tracing, mode: JsConsume, n: u64) -> Sample {
+    use async_nats::jetstream::consumer::pull;
+    let telemetry = telemetry(tracing);
+    let raw = async_nats::connect(url).await.expect("connect");
+    let raw_js = async_nats::jetstream::new(raw.clone());
+    let (stream, subject) = bench_stream(&raw_js, "BENCH_CONSUME").await;
+    let mut pending = std::collections::VecDeque::new();
+    for _ in 0..n {
+        if pending.len() == JS_WINDOW {
+            let ack: async_nats::jetstream::context::PublishAckFuture =
+                pending.pop_front().expect("pending");
+            let _ = ack.await;
+        }
+        pending.push_back(
+            raw_js
+                .publish(subject.clone(), "x".into())
+                .await
+                .expect("publish"),
+        );
+    }
+    for ack in pending {
+        let _ = ack.await;
+    }
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("bench".to_owned()),
@@ -338,32 +537,64 @@ async fn jetstream(url: &str, tracing: Tracing, round: usize) -> (Sample, Sample
         })
         .await
         .expect("consumer");
+    let client = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
+    let js = nats_otel::jetstream::new(&client);
     let start_cpu = cpu_seconds();
     let started = Instant::now();
-    match tracing {
-        Tracing::Raw => {
+    match (tracing, mode) {
+        (Tracing::Raw, _) => {
             let mut messages = consumer.messages().await.expect("messages");
-            for _ in 0..JS_MESSAGES {
-                let message = messages.next().await.expect("message").expect("ok");
-                let _ = message.ack().await;
+            let mut received = 0;
+            while received < n {
+                // A stream error (a missed heartbeat under load) is not a message.
+                if let Ok(message) = messages.next().await.expect("message") {
+                    let _ = message.ack().await;
+                    received += 1;
+                }
             }
         }
-        _ => {
+        (_, JsConsume::Loop) => {
             let consumer = js.pull_consumer(consumer);
             let mut messages = consumer.messages().await.expect("messages");
-            for _ in 0..JS_MESSAGES {
-                let delivery = messages.next().await.expect("message").expect("ok");
-                let _ = delivery.ack().await;
+            let mut received = 0;
+            while received < n {
+                if let Ok(delivery) = messages.next().await.expect("message") {
+                    let _ = delivery.ack().await;
+                    received += 1;
+                }
             }
         }
+        (_, JsConsume::Worker) => {
+            let consumer = js.pull_consumer(consumer);
+            let done = Arc::new(tokio::sync::Notify::new());
+            let count = Arc::new(AtomicU64::new(0));
+            let handler = {
+                let done = done.clone();
+                let count = count.clone();
+                move |_delivery| {
+                    if count.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                        done.notify_one();
+                    }
+                    async { Ok(()) }
+                }
+            };
+            let stats = nats_otel::jetstream::Worker::new(&js, consumer)
+                .health_interval(None)
+                .run(handler, async move { done.notified().await })
+                .await;
+            assert_eq!(stats.acked, n, "the worker acked every message");
+        }
     }
-    let consume = Sample {
-        per_second: JS_MESSAGES as f64 / started.elapsed().as_secs_f64(),
-        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / JS_MESSAGES as f64,
-        dropped: finish(telemetry, 0),
+    let sample = Sample {
+        per_second: n as f64 / started.elapsed().as_secs_f64(),
+        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / n as f64,
+        dropped: 0,
     };
-    let _ = raw_js.delete_stream(&stream_name).await;
-    (publish, consume)
+    let _ = raw_js.delete_stream("BENCH_CONSUME").await;
+    Sample {
+        dropped: finish(telemetry),
+        ..sample
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -413,96 +644,187 @@ fn table(out: &mut String, title: &str, rows: &[Row]) {
     }
 }
 
+/// Runs `measure` for every variant, interleaved, `ROUNDS` times, and appends the
+/// table.
+async fn section<F, Fut>(out: &mut String, title: &str, variants: &[(String, Tracing)], measure: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Sample>,
+{
+    let mut rows: Vec<Row> = variants
+        .iter()
+        .map(|(name, _)| Row {
+            name: name.clone(),
+            samples: Vec::new(),
+        })
+        .collect();
+    for _ in 0..ROUNDS {
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.samples.push(measure(i).await);
+        }
+    }
+    let before = out.len();
+    table(out, title, &rows);
+    eprint!("{}", &out[before..]);
+}
+
+fn named(variants: &[Tracing]) -> Vec<(String, Tracing)> {
+    variants.iter().map(|v| (v.name().to_owned(), *v)).collect()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let server = server::NatsServer::start();
     let url = server.url();
-    let variants = [
+    let url = url.as_str();
+    let mut out = String::new();
+
+    let core = [
         Tracing::Raw,
         Tracing::HeaderOnly,
         Tracing::Off,
         Tracing::Sampled,
         Tracing::Dropped,
     ];
-    let mut out = String::new();
     for size in [16usize, 1024] {
-        let mut rows: Vec<Row> = variants
-            .iter()
-            .map(|v| Row {
-                name: v.name().to_owned(),
-                samples: Vec::new(),
-            })
-            .collect();
-        for _ in 0..ROUNDS {
-            for (i, variant) in variants.iter().enumerate() {
-                let sample = pub_sub(&url, *variant, CORE_MESSAGES, size).await;
-                rows[i].samples.push(sample);
-            }
+        let variants = named(&core);
+        section(
+            &mut out,
+            &format!("Core publish only, {size} B, {CORE_MESSAGES} messages × {ROUNDS} rounds"),
+            &variants,
+            |i| publish_only(url, variants[i].1, CORE_MESSAGES, size),
+        )
+        .await;
+    }
+    for size in [16usize, 1024] {
+        let mut variants = named(&core);
+        if size == 16 {
+            variants.push((
+                Tracing::SampledDefaultQueue.name().to_owned(),
+                Tracing::SampledDefaultQueue,
+            ));
         }
-        table(
+        section(
             &mut out,
             &format!("Core pub→sub, {size} B, {CORE_MESSAGES} messages × {ROUNDS} rounds"),
-            &rows,
-        );
+            &variants,
+            |i| pub_sub(url, variants[i].1, CORE_MESSAGES, size),
+        )
+        .await;
     }
 
     let rr_variants = [Tracing::Raw, Tracing::Off, Tracing::Sampled];
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); rr_variants.len()];
     for _ in 0..ROUNDS {
         for (i, variant) in rr_variants.iter().enumerate() {
-            latencies[i].extend(request_reply(&url, *variant).await);
+            latencies[i].extend(request_reply(url, *variant).await);
         }
     }
     let _ = writeln!(
         out,
         "\n### Request/reply latency, {REQUESTS} sequential requests × {ROUNDS} rounds\n"
     );
-    let _ = writeln!(out, "| variant | p50 µs | p99 µs | p99.9 µs |");
-    let _ = writeln!(out, "|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| variant | p50 µs | p99 µs | p99.9 µs | p50 overhead µs |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    let raw_p50 = {
+        let raw = &mut latencies[0];
+        raw.sort_by(|a, b| a.total_cmp(b));
+        percentile(raw, 0.5)
+    };
     for (variant, samples) in rr_variants.iter().zip(latencies.iter_mut()) {
         samples.sort_by(|a, b| a.total_cmp(b));
+        let p50 = percentile(samples, 0.5);
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:+.0} |",
             variant.name(),
-            percentile(samples, 0.5),
+            p50,
             percentile(samples, 0.99),
-            percentile(samples, 0.999)
+            percentile(samples, 0.999),
+            p50 - raw_p50
         );
     }
+    eprintln!("done: request/reply");
 
-    let js_variants = [Tracing::Raw, Tracing::Off, Tracing::Sampled];
-    let mut publish_rows: Vec<Row> = js_variants
-        .iter()
-        .map(|v| Row {
-            name: v.name().to_owned(),
-            samples: Vec::new(),
-        })
-        .collect();
-    let mut consume_rows: Vec<Row> = js_variants
-        .iter()
-        .map(|v| Row {
-            name: v.name().to_owned(),
-            samples: Vec::new(),
-        })
-        .collect();
-    for round in 0..ROUNDS {
-        for (i, variant) in js_variants.iter().enumerate() {
-            let (publish, consume) = jetstream(&url, *variant, round).await;
-            publish_rows[i].samples.push(publish);
-            consume_rows[i].samples.push(consume);
-        }
-    }
-    table(
+    let js = named(&[Tracing::Raw, Tracing::Off, Tracing::Sampled]);
+    section(
         &mut out,
-        &format!("JetStream publish, 256 in flight, {JS_MESSAGES} messages × {ROUNDS} rounds"),
-        &publish_rows,
-    );
-    table(
+        &format!("JetStream publish, sequential (await each ack), {JS_SEQUENTIAL} messages × {ROUNDS} rounds"),
+        &js,
+        |i| js_publish(url, js[i].1, JsPublish::Sequential, JS_SEQUENTIAL),
+    )
+    .await;
+    let mut pipelined = js.clone();
+    pipelined.push(("nats-otel `Pipeline`, tracing off".to_owned(), Tracing::Off));
+    pipelined.push((
+        "nats-otel `Pipeline`, all sampled".to_owned(),
+        Tracing::Sampled,
+    ));
+    section(
+        &mut out,
+        &format!("JetStream publish, {JS_WINDOW} acks in flight, {JS_MESSAGES} messages × {ROUNDS} rounds"),
+        &pipelined,
+        |i| {
+            let mode = if i >= 3 { JsPublish::Pipeline } else { JsPublish::Window };
+            js_publish(url, pipelined[i].1, mode, JS_MESSAGES)
+        },
+    )
+    .await;
+    section(
         &mut out,
         &format!("JetStream pull consume + ack, {JS_MESSAGES} messages × {ROUNDS} rounds"),
-        &consume_rows,
-    );
+        &js,
+        |i| js_consume(url, js[i].1, JsConsume::Loop, JS_MESSAGES),
+    )
+    .await;
+    let worker = vec![
+        ("hand-written loop, raw async-nats".to_owned(), Tracing::Raw),
+        ("nats-otel `Worker`, tracing off".to_owned(), Tracing::Off),
+        (
+            "nats-otel `Worker`, all sampled".to_owned(),
+            Tracing::Sampled,
+        ),
+    ];
+    section(
+        &mut out,
+        &format!("JetStream worker runtime vs a hand-written loop, {JS_MESSAGES} messages × {ROUNDS} rounds"),
+        &worker,
+        |i| js_consume(url, worker[i].1, JsConsume::Worker, JS_MESSAGES),
+    )
+    .await;
+
+    let pool_variants = [
+        ("raw, 1 connection".to_owned(), (Tracing::Raw, 1)),
+        (
+            format!("raw, {POOL_PUBLISHERS} connections"),
+            (Tracing::Raw, POOL_PUBLISHERS),
+        ),
+        (
+            "nats-otel all sampled, 1 connection".to_owned(),
+            (Tracing::Sampled, 1),
+        ),
+        (
+            format!("nats-otel all sampled, {POOL_PUBLISHERS} connections"),
+            (Tracing::Sampled, POOL_PUBLISHERS),
+        ),
+    ];
+    let names: Vec<(String, Tracing)> = pool_variants
+        .iter()
+        .map(|(name, (t, _))| (name.clone(), *t))
+        .collect();
+    section(
+        &mut out,
+        &format!("One connection vs a pool: {POOL_PUBLISHERS} publisher tasks, 16 B, {POOL_MESSAGES} messages × {ROUNDS} rounds"),
+        &names,
+        |i| {
+            let (tracing, connections) = pool_variants[i].1;
+            pool(url, tracing, connections)
+        },
+    )
+    .await;
 
     let version = std::process::Command::new(
         std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into()),
@@ -518,10 +840,12 @@ async fn main() {
         "# Benchmarks\n\nGenerated by `cargo bench --bench overhead` (release build). Machine: {cpus} CPUs, \
          {version} on loopback, async-nats 0.51, opentelemetry 0.33. Variants run interleaved in one \
          process, {ROUNDS} rounds each; throughput is the median with min–max; \"× raw\" is the ratio of \
-         the median to raw async-nats in the same table. Client CPU is this process's user+system time per \
+         the median to the first row of the same table. Client CPU is this process's user+system time per \
          message (it includes the publisher, the subscriber and the async-nats connection tasks). \
-         Sampled variants use a batch span processor (queue 262144, batches of 4096, 200 ms delay) \
-         exporting to a discarding exporter; \"spans dropped\" counts spans that never reached it.\n"
+         nats-otel variants use `W3cPropagator`. Sampled variants use a batch span processor \
+         (queue 262144, batches of 4096, 200 ms delay) exporting to a discarding exporter, except the \
+         \"default batch queue\" row (the SDK defaults: queue 2048, batches of 512, 5 s delay); \
+         \"spans dropped\" counts spans that ended but never reached the exporter, over all rounds.\n"
     );
     let report = header + &out;
     println!("{report}");

@@ -14,6 +14,7 @@ use opentelemetry::{Context, KeyValue};
 use crate::error::error_type;
 use crate::instrumentation::{record_failure, Instrumentation};
 use crate::metrics::OpTimer;
+use crate::names::SpanName;
 use crate::semconv;
 use crate::subscriber::Subscriber;
 
@@ -120,11 +121,15 @@ impl Client {
         if info.client_id != 0 {
             common.push(KeyValue::new(
                 semconv::MESSAGING_CLIENT_ID,
-                info.client_id.to_string(),
+                Arc::<str>::from(info.client_id.to_string()),
             ));
         }
         if let Some((host, port)) = address {
-            common.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
+            // Shared, so cloning the attribute per span does not allocate.
+            common.push(KeyValue::new(
+                semconv::SERVER_ADDRESS,
+                Arc::<str>::from(host),
+            ));
             common.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
         }
         let health = inst
@@ -144,14 +149,14 @@ impl Client {
         self.metric_common.clone()
     }
 
-    fn timer(&self, operation: &'static str, template: Option<&str>) -> Option<OpTimer> {
-        let template = template?;
+    fn timer(&self, operation: &'static str, name: Option<&SpanName>) -> Option<OpTimer> {
+        let name = name?;
         OpTimer::start(self.inst.instruments(), || {
             crate::metrics::attributes(
                 &self.metric_common,
                 operation,
                 semconv::operation_type::SEND,
-                template,
+                name.template_value(),
                 None,
             )
         })
@@ -167,6 +172,16 @@ impl Client {
             crate::metrics::now_unix_nanos().to_string().as_str(),
         );
         Some(headers)
+    }
+
+    /// Whether an operation needs nothing from this crate: no span, no metric, no
+    /// publish-time header and no caller's trace to propagate. Such calls go
+    /// straight to async-nats, without even this crate's future around them.
+    fn passthrough(&self) -> bool {
+        !self.inst.tracing_enabled()
+            && !self.inst.metrics_enabled()
+            && !self.inst.publish_time_header()
+            && !self.inst.has_ambient_span()
     }
 
     /// The untraced async-nats client.
@@ -195,7 +210,10 @@ impl Client {
         subject: S,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        self.send(subject.to_subject(), None, None, payload).await
+        if self.passthrough() {
+            return self.inner.publish(subject, payload).await;
+        }
+        Box::pin(self.send(subject.to_subject(), None, None, payload)).await
     }
 
     /// Publishes with headers; trace context is added to them.
@@ -205,8 +223,13 @@ impl Client {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        self.send(subject.to_subject(), None, Some(headers), payload)
-            .await
+        if self.passthrough() {
+            return self
+                .inner
+                .publish_with_headers(subject, headers, payload)
+                .await;
+        }
+        Box::pin(self.send(subject.to_subject(), None, Some(headers), payload)).await
     }
 
     /// Publishes with a reply subject, without waiting for a response.
@@ -216,12 +239,15 @@ impl Client {
         reply: R,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        self.send(
+        if self.passthrough() {
+            return self.inner.publish_with_reply(subject, reply, payload).await;
+        }
+        Box::pin(self.send(
             subject.to_subject(),
             Some(reply.to_subject()),
             None,
             payload,
-        )
+        ))
         .await
     }
 
@@ -233,12 +259,18 @@ impl Client {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        self.send(
+        if self.passthrough() {
+            return self
+                .inner
+                .publish_with_reply_and_headers(subject, reply, headers, payload)
+                .await;
+        }
+        Box::pin(self.send(
             subject.to_subject(),
             Some(reply.to_subject()),
             Some(headers),
             payload,
-        )
+        ))
         .await
     }
 
@@ -271,11 +303,23 @@ impl Client {
         subject: S,
         request: Request,
     ) -> Result<Message, RequestError> {
-        let subject = subject.to_subject();
-        let template = self.inst.template_if_needed(subject.as_str());
-        let timer = self.timer(semconv::operation::REQUEST, template.as_deref());
+        if self.passthrough() {
+            return self.inner.send_request(subject, request).await;
+        }
+        Box::pin(self.send_request_traced(subject.to_subject(), request)).await
+    }
+
+    async fn send_request_traced(
+        &self,
+        subject: Subject,
+        request: Request,
+    ) -> Result<Message, RequestError> {
+        let name = self
+            .inst
+            .name_if_needed(semconv::operation::REQUEST, subject.as_str());
+        let timer = self.timer(semconv::operation::REQUEST, name.as_ref());
         let result = self
-            .send_request_inner(subject, template.as_deref().unwrap_or_default(), request)
+            .send_request_inner(subject, name.as_ref(), request)
             .await;
         if let Some(timer) = timer {
             let error = result.as_ref().err().map(|e| error_type(&e.kind()));
@@ -288,21 +332,21 @@ impl Client {
     async fn send_request_inner(
         &self,
         subject: Subject,
-        template: &str,
+        name: Option<&SpanName>,
         mut request: Request,
     ) -> Result<Message, RequestError> {
-        if !self.inst.tracing_enabled() {
+        let Some(name) = name.filter(|_| self.inst.tracing_enabled()) else {
             if let Some(cx) = self.inst.ambient_context() {
                 self.inst
                     .inject(&cx, request.headers.get_or_insert_with(HeaderMap::new));
             }
             return self.inner.send_request(subject, request).await;
-        }
+        };
         let body_size = request.payload.as_ref().map_or(0, Bytes::len);
         let cx = self.inst.start_send(
             semconv::operation::REQUEST,
             subject.as_str(),
-            template,
+            name,
             request.headers.as_ref(),
             body_size,
             &self.common,
@@ -389,17 +433,13 @@ impl Client {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        let template = self.inst.template_if_needed(subject.as_str());
-        let timer = self.timer(semconv::operation::PUBLISH, template.as_deref());
+        let name = self
+            .inst
+            .name_if_needed(semconv::operation::PUBLISH, subject.as_str());
+        let timer = self.timer(semconv::operation::PUBLISH, name.as_ref());
         let headers = self.with_publish_time(headers);
         let result = self
-            .send_inner(
-                subject,
-                template.as_deref().unwrap_or_default(),
-                reply,
-                headers,
-                payload,
-            )
+            .send_inner(subject, name.as_ref(), reply, headers, payload)
             .await;
         if let Some(timer) = timer {
             let error = result.as_ref().err().map(|e| error_type(&e.kind()));
@@ -412,22 +452,22 @@ impl Client {
     async fn send_inner(
         &self,
         subject: Subject,
-        template: &str,
+        name: Option<&SpanName>,
         reply: Option<Subject>,
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        if !self.inst.tracing_enabled() {
+        let Some(name) = name.filter(|_| self.inst.tracing_enabled()) else {
             let headers = match self.inst.ambient_context() {
                 Some(cx) => Some(self.injected(&cx, headers)),
                 None => headers,
             };
             return self.raw_publish(subject, reply, headers, payload).await;
-        }
+        };
         let cx = self.inst.start_send(
             semconv::operation::PUBLISH,
             subject.as_str(),
-            template,
+            name,
             headers.as_ref(),
             payload.len(),
             &self.common,

@@ -17,6 +17,7 @@ use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use crate::destination::{
     is_temporary, DefaultSubjectMapper, SubjectMapper, DEFAULT_INBOX_PREFIX, TEMPORARY_DESTINATION,
 };
+use crate::names::SpanName;
 use crate::propagation::{extract_context, inject_context};
 use crate::semconv;
 
@@ -152,27 +153,30 @@ impl Instrumentation {
         is_temporary(subject, &self.inner.inbox_prefix)
     }
 
-    /// The template of `subject`, computed once per operation and only when a
-    /// span or a metric will use it.
-    pub(crate) fn template_if_needed(&self, subject: &str) -> Option<String> {
+    /// The span name (`{operation} {template}`) of an operation on `subject`,
+    /// computed once per operation and only when a span or a metric will use it.
+    pub(crate) fn name_if_needed(
+        &self,
+        operation: &'static str,
+        subject: &str,
+    ) -> Option<SpanName> {
         (self.tracing_enabled() || self.metrics_enabled())
-            .then(|| self.template(subject).into_owned())
+            .then(|| SpanName::new(operation, &self.template(subject)))
     }
 
-    /// Starts a PRODUCER span for a send-type operation (`publish`, `request`)
-    /// to `subject` (whose template is `template`) under the current context and
-    /// returns the context holding it.
+    /// Starts a PRODUCER span named `name` for a send-type operation (`publish`,
+    /// `request`) to `subject` under the current context and returns the context
+    /// holding it.
     pub(crate) fn start_send(
         &self,
         operation: &'static str,
         subject: &str,
-        template: &str,
+        name: &SpanName,
         headers: Option<&HeaderMap>,
         body_size: usize,
         common: &[KeyValue],
     ) -> Context {
-        let temporary = self.is_temporary(subject);
-        let mut attributes = Vec::with_capacity(common.len() + 7);
+        let mut attributes = Vec::with_capacity(common.len() + 8);
         attributes.extend_from_slice(common);
         attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
         attributes.push(KeyValue::new(
@@ -181,13 +185,13 @@ impl Instrumentation {
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_DESTINATION_NAME,
-            subject.to_owned(),
+            name.subject_value(subject),
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_DESTINATION_TEMPLATE,
-            template.to_string(),
+            name.template_value(),
         ));
-        if temporary {
+        if self.is_temporary(subject) {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_DESTINATION_TEMPORARY,
                 true,
@@ -206,21 +210,23 @@ impl Instrumentation {
         if let Some(hook) = &self.inner.publish_hook {
             hook(subject, headers, &mut attributes);
         }
-        let builder = SpanBuilder::from_name(format!("{operation} {template}"))
+        let builder = SpanBuilder::from_name(name.name())
             .with_kind(SpanKind::Producer)
             .with_attributes(attributes);
-        let parent = Context::current();
-        let span = self.inner.tracer.build_with_context(builder, &parent);
-        parent.with_span(span)
+        Context::map_current(|parent| {
+            let span = self.inner.tracer.build_with_context(builder, parent);
+            parent.with_span(span)
+        })
     }
 
-    /// Starts the CONSUMER `process` span for a delivered message. Returns the
-    /// process context and the producer's (extracted) context.
+    /// Starts the CONSUMER span `span_name` for a delivered message whose
+    /// destination template is `name`'s. Returns the process context and the
+    /// producer's (extracted) context.
     pub(crate) fn start_process(
         &self,
         message: &Message,
-        span_name: &str,
-        template: &str,
+        span_name: Cow<'static, str>,
+        name: &SpanName,
         group: Option<&str>,
         common: &[KeyValue],
         extra: Vec<KeyValue>,
@@ -245,11 +251,11 @@ impl Instrumentation {
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_DESTINATION_NAME,
-            subject.to_owned(),
+            name.subject_value(subject),
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_DESTINATION_TEMPLATE,
-            template.to_owned(),
+            name.template_value(),
         ));
         if self.is_temporary(subject) {
             attributes.push(KeyValue::new(
@@ -282,7 +288,7 @@ impl Instrumentation {
             hook(message, &mut attributes);
         }
         let producer_span = producer.span().span_context().clone();
-        let mut builder = SpanBuilder::from_name(span_name.to_owned())
+        let mut builder = SpanBuilder::from_name(span_name)
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes);
         if producer_span.is_valid() {
@@ -306,8 +312,12 @@ impl Instrumentation {
     /// The current context if it carries a valid span (used to keep propagating a
     /// caller's trace while our own tracing is switched off).
     pub(crate) fn ambient_context(&self) -> Option<Context> {
-        let cx = Context::current();
-        cx.span().span_context().is_valid().then_some(cx)
+        Context::map_current(|cx| cx.span().span_context().is_valid().then(|| cx.clone()))
+    }
+
+    /// Whether the current context carries a valid span.
+    pub(crate) fn has_ambient_span(&self) -> bool {
+        Context::map_current(|cx| cx.span().span_context().is_valid())
     }
 }
 

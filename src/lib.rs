@@ -94,6 +94,7 @@ pub mod health;
 mod instrumentation;
 pub mod jetstream;
 pub mod metrics;
+mod names;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod propagation;
@@ -109,5 +110,5 @@ pub use error::error_type;
 pub use instrumentation::{
     Instrumentation, InstrumentationBuilder, ProcessHook, ProcessParenting, PublishHook,
 };
-pub use propagation::{HeaderExtractor, HeaderInjector};
+pub use propagation::{HeaderExtractor, HeaderInjector, W3cPropagator};
 pub use subscriber::{handler_error_type, Delivery, Subscriber};

@@ -164,7 +164,7 @@ pub(crate) fn attributes(
     common: &[KeyValue],
     operation: &'static str,
     operation_type: &'static str,
-    template: &str,
+    template: impl Into<opentelemetry::Value>,
     group: Option<&str>,
 ) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(common.len() + 5);
@@ -176,7 +176,7 @@ pub(crate) fn attributes(
     ));
     attributes.push(KeyValue::new(
         semconv::MESSAGING_DESTINATION_TEMPLATE,
-        template.to_owned(),
+        template,
     ));
     if let Some(group) = group {
         attributes.push(KeyValue::new(
@@ -219,6 +219,11 @@ pub(crate) fn age_of(unix_nanos: i128) -> Option<Duration> {
 /// Header carrying the publish time (Unix nanoseconds) on core NATS messages when
 /// enabled with `InstrumentationBuilder::with_publish_time_header`.
 pub const PUBLISHED_HEADER: &str = "Nats-Otel-Published";
+
+/// [`PUBLISHED_HEADER`] as a header name, built without allocating.
+pub(crate) fn published_header() -> async_nats::HeaderName {
+    async_nats::HeaderName::from_static(PUBLISHED_HEADER)
+}
 
 /// Now as Unix nanoseconds.
 pub(crate) fn now_unix_nanos() -> i128 {

@@ -29,7 +29,7 @@ use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::{global, KeyValue};
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::propagation::BaggagePropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
@@ -190,7 +190,7 @@ pub fn propagator(settings: &Settings) -> Result<TextMapCompositePropagator, Set
     let mut propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
     for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name {
-            "tracecontext" => propagators.push(Box::new(TraceContextPropagator::new())),
+            "tracecontext" => propagators.push(Box::new(crate::propagation::W3cPropagator::new())),
             "baggage" => propagators.push(Box::new(BaggagePropagator::new())),
             "none" => propagators.clear(),
             other => {

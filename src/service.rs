@@ -28,6 +28,7 @@ use opentelemetry::{Context as OtelContext, ContextGuard, KeyValue};
 
 use crate::instrumentation::{record_failure, Instrumentation};
 use crate::metrics::ProcessTimer;
+use crate::names::SpanName;
 use crate::subscriber::SpanEnd;
 use crate::{semconv, Client};
 
@@ -211,12 +212,13 @@ impl ServiceRef {
         queue_group: &str,
     ) -> Endpoint {
         let shared = &self.shared;
-        let template = shared.inst.template(subject).into_owned();
+        let destination =
+            SpanName::new(semconv::operation::PROCESS, &shared.inst.template(subject));
         let metric_attributes = crate::metrics::attributes(
             &shared.metric_common,
             semconv::operation::PROCESS,
             semconv::operation_type::PROCESS,
-            &template,
+            destination.template_value(),
             Some(queue_group),
         )
         .into();
@@ -235,7 +237,10 @@ impl ServiceRef {
                 shared.version.clone(),
             ),
             KeyValue::new(semconv::MESSAGING_NATS_SERVICE_ENDPOINT, name.to_owned()),
-            KeyValue::new(semconv::MESSAGING_DESTINATION_TEMPLATE, template),
+            KeyValue::new(
+                semconv::MESSAGING_DESTINATION_TEMPLATE,
+                destination.template_value(),
+            ),
             KeyValue::new(
                 semconv::MESSAGING_CONSUMER_GROUP_NAME,
                 queue_group.to_owned(),
@@ -250,7 +255,11 @@ impl ServiceRef {
         Endpoint {
             inner,
             shared: shared.clone(),
-            span_name: format!("{} {}.{name}", semconv::operation::PROCESS, shared.name),
+            span_name: SpanName::new(
+                semconv::operation::PROCESS,
+                &format!("{}.{name}", shared.name),
+            ),
+            destination,
             attributes: attributes.into(),
             metric_attributes,
         }
@@ -306,7 +315,8 @@ impl Group {
 pub struct Endpoint {
     inner: service::endpoint::Endpoint,
     shared: Arc<ServiceShared>,
-    span_name: String,
+    span_name: SpanName,
+    destination: SpanName,
     attributes: Arc<[KeyValue]>,
     metric_attributes: Arc<[KeyValue]>,
 }
@@ -314,7 +324,7 @@ pub struct Endpoint {
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("span_name", &self.span_name)
+            .field("span_name", &self.span_name.name())
             .finish_non_exhaustive()
     }
 }
@@ -327,12 +337,6 @@ impl Endpoint {
 
     fn request(&self, request: service::Request) -> Request {
         let shared = &self.shared;
-        let template = self
-            .attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == semconv::MESSAGING_DESTINATION_TEMPLATE)
-            .map(|kv| kv.value.as_str().into_owned())
-            .unwrap_or_default();
         let extra: Vec<KeyValue> = self
             .attributes
             .iter()
@@ -354,8 +358,8 @@ impl Endpoint {
             .map(|kv| kv.value.as_str().into_owned());
         let (context, _producer) = shared.inst.start_process(
             &request.message,
-            &self.span_name,
-            &template,
+            self.span_name.name(),
+            &self.destination,
             group.as_deref(),
             &shared.common,
             if shared.inst.tracing_enabled() {

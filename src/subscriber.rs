@@ -15,6 +15,7 @@ use opentelemetry::{Context, ContextGuard, KeyValue};
 
 use crate::instrumentation::{record_exception, Instrumentation};
 use crate::metrics::ProcessTimer;
+use crate::names::SpanName;
 
 /// A subscription whose messages each come with their trace context and a
 /// `process <template>` span.
@@ -26,8 +27,7 @@ use crate::metrics::ProcessTimer;
 pub struct Subscriber {
     inner: async_nats::Subscriber,
     inst: Instrumentation,
-    template: String,
-    span_name: String,
+    name: SpanName,
     group: Option<String>,
     common: Arc<[KeyValue]>,
     metric_attributes: Arc<[KeyValue]>,
@@ -36,7 +36,7 @@ pub struct Subscriber {
 impl fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscriber")
-            .field("template", &self.template)
+            .field("template", &self.name.template())
             .field("group", &self.group)
             .finish_non_exhaustive()
     }
@@ -51,21 +51,19 @@ impl Subscriber {
         common: Arc<[KeyValue]>,
         metric_common: Arc<[KeyValue]>,
     ) -> Self {
-        let template = inst.template(subject).into_owned();
-        let span_name = format!("{} {template}", crate::semconv::operation::PROCESS);
+        let name = SpanName::new(crate::semconv::operation::PROCESS, &inst.template(subject));
         let metric_attributes = crate::metrics::attributes(
             &metric_common,
             crate::semconv::operation::PROCESS,
             crate::semconv::operation_type::PROCESS,
-            &template,
+            name.template_value(),
             group.as_deref(),
         )
         .into();
         Self {
             inner,
             inst,
-            template,
-            span_name,
+            name,
             group,
             common,
             metric_attributes,
@@ -88,7 +86,7 @@ impl Subscriber {
 
     /// The destination template of this subscription.
     pub fn template(&self) -> &str {
-        &self.template
+        self.name.template()
     }
 
     /// The queue group, if this is a queue subscription.
@@ -116,16 +114,18 @@ impl Subscriber {
     fn deliver(&self, message: Message) -> Delivery {
         let (context, producer) = self.inst.start_process(
             &message,
-            &self.span_name,
-            &self.template,
+            self.name.name(),
+            &self.name,
             self.group.as_deref(),
             &self.common,
             Vec::new(),
         );
-        let published = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(crate::metrics::PUBLISHED_HEADER))
+        let published = self
+            .inst
+            .metrics_enabled()
+            .then_some(message.headers.as_ref())
+            .flatten()
+            .and_then(|h| h.get(crate::metrics::published_header()))
             .and_then(|v| v.as_str().parse::<i128>().ok());
         Delivery {
             message,

@@ -19,6 +19,7 @@ use opentelemetry::{ContextGuard, KeyValue};
 
 use crate::instrumentation::{record_exception, record_failure, Instrumentation};
 use crate::metrics::ProcessTimer;
+use crate::names::SpanName;
 use crate::semconv;
 use crate::subscriber::{handler_error_type, SpanEnd};
 
@@ -31,10 +32,13 @@ pub(crate) struct ConsumerShared {
     pub(crate) metric_attributes: Arc<[KeyValue]>,
     /// Attributes of this consumer's health gauges.
     pub(crate) health_attributes: Arc<[KeyValue]>,
-    pub(crate) template: String,
-    pub(crate) process_name: String,
+    /// `process {template}`; its template is the consumer's.
+    pub(crate) process: SpanName,
     pub(crate) stream: String,
     pub(crate) consumer: String,
+    /// `stream` and `consumer` as attribute values shared by every span.
+    stream_value: opentelemetry::Value,
+    consumer_value: opentelemetry::Value,
 }
 
 impl ConsumerShared {
@@ -54,15 +58,15 @@ impl ConsumerShared {
         } else {
             None
         };
-        let template = match filter {
-            Some(subject) => inst.template(subject).into_owned(),
-            None => info.stream_name.clone(),
+        let process = match filter {
+            Some(subject) => SpanName::new(semconv::operation::PROCESS, &inst.template(subject)),
+            None => SpanName::new(semconv::operation::PROCESS, &info.stream_name),
         };
         let metric_attributes = crate::metrics::attributes(
             &metric_common,
             semconv::operation::PROCESS,
             semconv::operation_type::PROCESS,
-            &template,
+            process.template_value(),
             Some(&info.name),
         )
         .into();
@@ -76,27 +80,33 @@ impl ConsumerShared {
             info.name.clone(),
         ));
         Arc::new(Self {
-            process_name: format!("{} {template}", semconv::operation::PROCESS),
+            process,
             inst,
             common,
             metric_common,
             metric_attributes,
             health_attributes: health.into(),
-            template,
             stream: info.stream_name.clone(),
             consumer: info.name.clone(),
+            stream_value: Arc::<str>::from(info.stream_name.as_str()).into(),
+            consumer_value: Arc::<str>::from(info.name.as_str()).into(),
         })
+    }
+
+    /// The consumer's destination template.
+    pub(crate) fn template(&self) -> &str {
+        self.process.template()
     }
 
     pub(crate) fn deliver(self: &Arc<Self>, message: Message) -> Delivery {
         let mut extra = Vec::with_capacity(8);
         extra.push(KeyValue::new(
             semconv::MESSAGING_NATS_STREAM,
-            self.stream.clone(),
+            self.stream_value.clone(),
         ));
         extra.push(KeyValue::new(
             semconv::MESSAGING_NATS_CONSUMER,
-            self.consumer.clone(),
+            self.consumer_value.clone(),
         ));
         let has_msg_id = message
             .headers
@@ -150,8 +160,8 @@ impl ConsumerShared {
         let tracing = self.inst.tracing_enabled();
         let (context, producer) = self.inst.start_process(
             &message.message,
-            &self.process_name,
-            &self.template,
+            self.process.name(),
+            &self.process,
             Some(&self.consumer),
             &self.common,
             if tracing { extra } else { Vec::new() },
@@ -196,7 +206,7 @@ impl ConsumerShared {
                 &self.metric_common,
                 semconv::operation::RECEIVE,
                 semconv::operation_type::RECEIVE,
-                &self.template,
+                self.process.template_value(),
                 Some(&self.consumer),
             );
             let seconds = start.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
@@ -228,26 +238,27 @@ impl ConsumerShared {
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_DESTINATION_TEMPLATE,
-            self.template.clone(),
+            self.process.template_value(),
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_CONSUMER_GROUP_NAME,
-            self.consumer.clone(),
+            self.consumer_value.clone(),
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_NATS_STREAM,
-            self.stream.clone(),
+            self.stream_value.clone(),
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_BATCH_MESSAGE_COUNT,
             count as i64,
         ));
-        let builder =
-            SpanBuilder::from_name(format!("{} {}", semconv::operation::RECEIVE, self.template))
-                .with_kind(SpanKind::Client)
-                .with_start_time(start)
-                .with_attributes(attributes)
-                .with_links(links);
+        let builder = SpanBuilder::from_name(
+            SpanName::new(semconv::operation::RECEIVE, self.template()).name(),
+        )
+        .with_kind(SpanKind::Client)
+        .with_start_time(start)
+        .with_attributes(attributes)
+        .with_links(links);
         let cx = self
             .inst
             .start_span(builder, &opentelemetry::Context::current());
@@ -285,7 +296,7 @@ impl fmt::Debug for PullConsumer {
         f.debug_struct("PullConsumer")
             .field("stream", &self.shared.stream)
             .field("consumer", &self.shared.consumer)
-            .field("template", &self.shared.template)
+            .field("template", &self.shared.template())
             .finish_non_exhaustive()
     }
 }
@@ -306,7 +317,7 @@ impl PullConsumer {
 
     /// The destination template of this consumer's spans.
     pub fn template(&self) -> &str {
-        &self.shared.template
+        self.shared.template()
     }
 
     /// Reads the consumer's info from the server and records the health gauges
@@ -421,7 +432,7 @@ pub struct Messages<S> {
 impl<S> fmt::Debug for Messages<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Messages")
-            .field("template", &self.shared.template)
+            .field("template", &self.shared.template())
             .finish_non_exhaustive()
     }
 }
@@ -577,7 +588,7 @@ impl Delivery {
                 &self.shared.metric_common,
                 operation,
                 semconv::operation_type::SETTLE,
-                &self.shared.template,
+                self.shared.process.template_value(),
                 Some(&self.shared.consumer),
             )
         });
@@ -609,19 +620,19 @@ impl Delivery {
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_DESTINATION_NAME,
-            self.message.subject.to_string(),
+            shared.process.subject_value(self.message.subject.as_str()),
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_DESTINATION_TEMPLATE,
-            shared.template.clone(),
+            shared.process.template_value(),
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_CONSUMER_GROUP_NAME,
-            shared.consumer.clone(),
+            shared.consumer_value.clone(),
         ));
         attributes.push(KeyValue::new(
             semconv::MESSAGING_NATS_STREAM,
-            shared.stream.clone(),
+            shared.stream_value.clone(),
         ));
         if let Ok(info) = self.message.info() {
             attributes.push(KeyValue::new(
@@ -639,7 +650,7 @@ impl Delivery {
                 delay.as_secs_f64(),
             ));
         }
-        let builder = SpanBuilder::from_name(format!("{operation} {}", shared.template))
+        let builder = SpanBuilder::from_name(SpanName::new(operation, shared.template()).name())
             .with_kind(SpanKind::Client)
             .with_attributes(attributes);
         shared.inst.start_span(builder, &self.span.context)

@@ -128,7 +128,7 @@ impl Store {
                 &self.shared.metric_common,
                 operation,
                 operation_type(operation),
-                &self.inner.name,
+                self.inner.name.clone(),
                 None,
             )
         });
@@ -155,9 +155,10 @@ impl Store {
                 key.to_owned(),
             ));
         }
-        let builder = SpanBuilder::from_name(format!("{operation} {}", self.inner.name))
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes);
+        let builder =
+            SpanBuilder::from_name(crate::names::SpanName::new(operation, &self.inner.name).name())
+                .with_kind(SpanKind::Client)
+                .with_attributes(attributes);
         Some(
             self.shared
                 .inst
@@ -534,7 +535,7 @@ impl Store {
                 &self.shared.metric_common,
                 semconv::operation::PROCESS,
                 semconv::operation_type::PROCESS,
-                &self.inner.name,
+                self.inner.name.clone(),
                 None,
             )
             .into(),

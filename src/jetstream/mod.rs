@@ -202,44 +202,44 @@ impl Context {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
-        let template = self
+        let name = self
             .inst
-            .template_if_needed(subject.as_str())
-            .unwrap_or_default();
-        let timer = crate::metrics::OpTimer::start(self.inst.instruments(), || {
-            crate::metrics::attributes(
-                &self.metric_common,
-                semconv::operation::PUBLISH,
-                semconv::operation_type::SEND,
-                &template,
-                None,
-            )
-        });
-        let cx = if self.inst.tracing_enabled() {
-            Some(self.inst.start_send(
+            .name_if_needed(semconv::operation::PUBLISH, subject.as_str());
+        let timer = match &name {
+            Some(name) => crate::metrics::OpTimer::start(self.inst.instruments(), || {
+                crate::metrics::attributes(
+                    &self.metric_common,
+                    semconv::operation::PUBLISH,
+                    semconv::operation_type::SEND,
+                    name.template_value(),
+                    None,
+                )
+            }),
+            None => None,
+        };
+        let cx = match &name {
+            Some(name) if self.inst.tracing_enabled() => Some(self.inst.start_send(
                 semconv::operation::PUBLISH,
                 subject.as_str(),
-                &template,
+                name,
                 headers.as_ref(),
                 payload.len(),
                 &self.common,
-            ))
-        } else {
-            None
+            )),
+            _ => None,
         };
-        let inject_from = cx.clone().or_else(|| self.inst.ambient_context());
-        let headers = match inject_from {
-            Some(from) => {
-                let mut headers = headers.unwrap_or_default();
-                self.inst.inject(&from, &mut headers);
-                headers
-            }
-            None => headers.unwrap_or_default(),
+        let headers = match cx.as_ref() {
+            Some(cx) => Some(self.injected(cx, headers)),
+            None => match self.inst.ambient_context() {
+                Some(ambient) => Some(self.injected(&ambient, headers)),
+                None => headers,
+            },
         };
-        let result = self
-            .inner
-            .publish_with_headers(subject, headers, payload)
-            .await;
+        let mut message = async_nats::jetstream::message::PublishMessage::build().payload(payload);
+        if let Some(headers) = headers.filter(|h| !h.is_empty()) {
+            message = message.headers(headers);
+        }
+        let result = self.inner.send_publish(subject, message).await;
         let mut span = AckSpan { cx, timer };
         match result {
             Ok(inner) => Ok(PublishAckFuture { inner, span }),
@@ -248,6 +248,14 @@ impl Context {
                 Err(err)
             }
         }
+    }
+}
+
+impl Context {
+    fn injected(&self, cx: &opentelemetry::Context, headers: Option<HeaderMap>) -> HeaderMap {
+        let mut headers = headers.unwrap_or_default();
+        self.inst.inject(cx, &mut headers);
+        headers
     }
 }
 

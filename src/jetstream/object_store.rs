@@ -135,10 +135,11 @@ impl ObjectStore {
                 name.to_owned(),
             ));
         }
-        let builder = SpanBuilder::from_name(format!("{operation} {}", self.bucket))
-            .with_kind(kind)
-            .with_attributes(attributes)
-            .with_links(links);
+        let builder =
+            SpanBuilder::from_name(crate::names::SpanName::new(operation, &self.bucket).name())
+                .with_kind(kind)
+                .with_attributes(attributes)
+                .with_links(links);
         Some(self.shared.inst.start_span(builder, parent))
     }
 
@@ -152,7 +153,7 @@ impl ObjectStore {
                 &self.shared.metric_common,
                 operation,
                 operation_type,
-                &self.bucket,
+                self.bucket.clone(),
                 None,
             )
         })

@@ -1,0 +1,193 @@
+//! Span names (`{operation} {template}`) interned so the per-message path does
+//! not format and allocate them.
+//!
+//! A span name must be a `Cow<'static, str>`, so a name is leaked once and then
+//! shared. Templates are low-cardinality by design, but a mapper can still let
+//! ids through, so at most [`MAX_INTERNED`] names are ever leaked per process;
+//! past that, names are formatted per span as before. Lookups go through a
+//! per-thread map (no lock per message); only a thread's first sight of a name
+//! takes the global lock.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Mutex;
+
+use opentelemetry::Value;
+
+/// How many distinct span names are ever leaked (about 64 bytes each).
+pub(crate) const MAX_INTERNED: usize = 4096;
+
+/// A span name and the destination template it ends with.
+#[derive(Clone, Debug)]
+pub(crate) struct SpanName {
+    name: Cow<'static, str>,
+    /// Byte offset of the template in `name`.
+    split: usize,
+}
+
+impl SpanName {
+    /// `"{operation} {template}"`, interned when the budget allows.
+    pub(crate) fn new(operation: &'static str, template: &str) -> Self {
+        let split = operation.len() + 1;
+        let name = match intern(operation, template) {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(format!("{operation} {template}")),
+        };
+        Self { name, split }
+    }
+
+    /// The span name (no allocation when interned).
+    pub(crate) fn name(&self) -> Cow<'static, str> {
+        self.name.clone()
+    }
+
+    /// The destination template.
+    pub(crate) fn template(&self) -> &str {
+        &self.name[self.split..]
+    }
+
+    /// The template as an attribute value (no allocation when interned).
+    pub(crate) fn template_value(&self) -> Value {
+        match &self.name {
+            Cow::Borrowed(name) => Value::from(&name[self.split..]),
+            Cow::Owned(name) => Value::from(name[self.split..].to_owned()),
+        }
+    }
+
+    /// `subject` as an attribute value, sharing the template's storage when the
+    /// two are equal (a subject without ids or wildcards).
+    pub(crate) fn subject_value(&self, subject: &str) -> Value {
+        match &self.name {
+            Cow::Borrowed(name) if &name[self.split..] == subject => {
+                Value::from(&name[self.split..])
+            }
+            _ => Value::from(subject.to_owned()),
+        }
+    }
+}
+
+/// FxHash-style hasher: the keys are short trusted-length strings held in a
+/// bounded map, so a fast non-keyed hash is fine here.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &byte in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fast = BuildHasherDefault<FastHasher>;
+
+/// Per thread: template → the interned names built on it, one per operation.
+type Local = HashMap<Box<str>, Vec<(&'static str, &'static str)>, Fast>;
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(HashMap::default());
+}
+
+static GLOBAL: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+
+fn intern(operation: &'static str, template: &str) -> Option<&'static str> {
+    LOCAL
+        .try_with(|local| {
+            let mut local = local.try_borrow_mut().ok()?;
+            if let Some(names) = local.get(template) {
+                if let Some((_, name)) = names.iter().find(|(op, _)| *op == operation) {
+                    return Some(*name);
+                }
+            }
+            let name = intern_global(operation, template)?;
+            match local.get_mut(template) {
+                Some(names) => names.push((operation, name)),
+                None => {
+                    local.insert(template.into(), vec![(operation, name)]);
+                }
+            }
+            Some(name)
+        })
+        .ok()
+        .flatten()
+}
+
+fn intern_global(operation: &str, template: &str) -> Option<&'static str> {
+    let full = format!("{operation} {template}");
+    let mut global = GLOBAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    intern_in(global.get_or_insert_with(HashSet::new), MAX_INTERNED, full)
+}
+
+/// Returns `full`'s entry in `set`, leaking it into the set while it holds fewer
+/// than `cap` names.
+fn intern_in(set: &mut HashSet<&'static str>, cap: usize, full: String) -> Option<&'static str> {
+    if let Some(name) = set.get(full.as_str()) {
+        return Some(name);
+    }
+    if set.len() >= cap {
+        return None;
+    }
+    let name: &'static str = Box::leak(full.into_boxed_str());
+    set.insert(name);
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_interned_and_split_at_the_template() {
+        let a = SpanName::new("publish", "orders.*");
+        let b = SpanName::new("publish", "orders.*");
+        assert_eq!(a.name(), "publish orders.*");
+        assert_eq!(a.template(), "orders.*");
+        assert_eq!(a.template_value().as_str(), "orders.*");
+        match (a.name(), b.name()) {
+            (Cow::Borrowed(x), Cow::Borrowed(y)) => assert!(std::ptr::eq(x, y)),
+            _ => panic!("not interned"),
+        }
+        let other = SpanName::new("process", "orders.*");
+        assert_eq!(other.name(), "process orders.*");
+        assert_eq!(a.subject_value("orders.*").as_str(), "orders.*");
+        assert_eq!(a.subject_value("orders.1").as_str(), "orders.1");
+    }
+
+    #[test]
+    fn interning_stops_at_the_cap_and_names_are_then_formatted() {
+        let mut set = HashSet::new();
+        assert!(intern_in(&mut set, 2, "a x".into()).is_some());
+        assert!(intern_in(&mut set, 2, "a y".into()).is_some());
+        assert_eq!(intern_in(&mut set, 2, "a z".into()), None);
+        // Names already in are still found at the cap.
+        assert_eq!(intern_in(&mut set, 2, "a x".into()), Some("a x"));
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn a_name_interned_on_one_thread_is_shared_with_others() {
+        let here = SpanName::new("ack", "shared.template");
+        let there = std::thread::spawn(|| SpanName::new("ack", "shared.template").name())
+            .join()
+            .expect("thread");
+        match (here.name(), there) {
+            (Cow::Borrowed(x), Cow::Borrowed(y)) => assert!(std::ptr::eq(x, y)),
+            _ => panic!("not interned"),
+        }
+    }
+}
