@@ -25,9 +25,9 @@ use opentelemetry_sdk::trace::{
 };
 
 const ROUNDS: usize = 5;
-const CORE_MESSAGES: u64 = 100_000;
+const CORE_MESSAGES: u64 = 200_000;
 const REQUESTS: usize = 2_000;
-const JS_MESSAGES: u64 = 20_000;
+const JS_MESSAGES: u64 = 50_000;
 const JS_SEQUENTIAL: u64 = 2_000;
 const JS_WINDOW: usize = 256;
 const POOL_MESSAGES: u64 = 200_000;
@@ -293,6 +293,16 @@ async fn request_reply(url: &str, tracing: Tracing) -> Vec<f64> {
         let started = Instant::now();
         let ok = match tracing {
             Tracing::Raw => raw.request("bench.rr", "ping".into()).await.is_ok(),
+            Tracing::HeaderOnly => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                );
+                raw.request_with_headers("bench.rr", headers, "ping".into())
+                    .await
+                    .is_ok()
+            }
             _ => client.request("bench.rr", "ping".into()).await.is_ok(),
         };
         if ok {
@@ -444,7 +454,7 @@ async fn js_publish(url: &str, tracing: Tracing, mode: JsPublish, n: u64) -> Sam
                 let _ = ack.expect("publish").await;
             }
         }
-        (Tracing::Raw, _) => {
+        (Tracing::Raw | Tracing::HeaderOnly, _) => {
             let mut pending = VecDeque::with_capacity(JS_WINDOW);
             for _ in 0..n {
                 if pending.len() == JS_WINDOW {
@@ -452,7 +462,18 @@ async fn js_publish(url: &str, tracing: Tracing, mode: JsPublish, n: u64) -> Sam
                         pending.pop_front().expect("pending");
                     let _ = ack.await;
                 }
-                let ack = raw_js.publish(subject.clone(), "x".into()).await;
+                let ack = if let Tracing::HeaderOnly = tracing {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(
+                        "traceparent",
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    );
+                    raw_js
+                        .publish_with_headers(subject.clone(), headers, "x".into())
+                        .await
+                } else {
+                    raw_js.publish(subject.clone(), "x".into()).await
+                };
                 pending.push_back(ack.expect("publish"));
             }
             for ack in pending {
@@ -568,11 +589,16 @@ async fn js_consume(url: &str, tracing: Tracing, mode: JsConsume, n: u64) -> Sam
             let consumer = js.pull_consumer(consumer);
             let done = Arc::new(tokio::sync::Notify::new());
             let count = Arc::new(AtomicU64::new(0));
+            // When the last message was handled: the worker's shutdown afterwards
+            // (draining its open pull until it expires) is not part of the rate.
+            let last = Arc::new(std::sync::OnceLock::new());
             let handler = {
                 let done = done.clone();
                 let count = count.clone();
+                let last = last.clone();
                 move |_delivery| {
                     if count.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                        let _ = last.set((Instant::now(), cpu_seconds()));
                         done.notify_one();
                     }
                     async { Ok(()) }
@@ -583,6 +609,17 @@ async fn js_consume(url: &str, tracing: Tracing, mode: JsConsume, n: u64) -> Sam
                 .run(handler, async move { done.notified().await })
                 .await;
             assert_eq!(stats.acked, n, "the worker acked every message");
+            let (at, cpu) = *last.get().expect("the last message was handled");
+            let sample = Sample {
+                per_second: n as f64 / (at - started).as_secs_f64(),
+                cpu_us: (cpu - start_cpu) * 1e6 / n as f64,
+                dropped: 0,
+            };
+            let _ = raw_js.delete_stream("BENCH_CONSUME").await;
+            return Sample {
+                dropped: finish(telemetry),
+                ..sample
+            };
         }
     }
     let sample = Sample {
@@ -651,6 +688,9 @@ where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Sample>,
 {
+    if !selected(title) {
+        return;
+    }
     let mut rows: Vec<Row> = variants
         .iter()
         .map(|(name, _)| Row {
@@ -666,6 +706,12 @@ where
     let before = out.len();
     table(out, title, &rows);
     eprint!("{}", &out[before..]);
+}
+
+/// Whether `BENCH_ONLY` (a substring of section titles, for partial runs while
+/// developing) selects the section `title`.
+fn selected(title: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| title.contains(only.as_str()))
 }
 
 fn named(variants: &[Tracing]) -> Vec<(String, Tracing)> {
@@ -713,39 +759,47 @@ async fn main() {
         .await;
     }
 
-    let rr_variants = [Tracing::Raw, Tracing::Off, Tracing::Sampled];
+    let rr_variants = [
+        Tracing::Raw,
+        Tracing::HeaderOnly,
+        Tracing::Off,
+        Tracing::Sampled,
+    ];
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); rr_variants.len()];
-    for _ in 0..ROUNDS {
+    let rounds = if selected("Request/reply") { ROUNDS } else { 0 };
+    for _ in 0..rounds {
         for (i, variant) in rr_variants.iter().enumerate() {
             latencies[i].extend(request_reply(url, *variant).await);
         }
     }
-    let _ = writeln!(
-        out,
-        "\n### Request/reply latency, {REQUESTS} sequential requests × {ROUNDS} rounds\n"
-    );
-    let _ = writeln!(
-        out,
-        "| variant | p50 µs | p99 µs | p99.9 µs | p50 overhead µs |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|");
-    let raw_p50 = {
-        let raw = &mut latencies[0];
-        raw.sort_by(|a, b| a.total_cmp(b));
-        percentile(raw, 0.5)
-    };
-    for (variant, samples) in rr_variants.iter().zip(latencies.iter_mut()) {
-        samples.sort_by(|a, b| a.total_cmp(b));
-        let p50 = percentile(samples, 0.5);
+    if rounds > 0 {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {:.0} | {:+.0} |",
-            variant.name(),
-            p50,
-            percentile(samples, 0.99),
-            percentile(samples, 0.999),
-            p50 - raw_p50
+            "\n### Request/reply latency, {REQUESTS} sequential requests × {ROUNDS} rounds\n"
         );
+        let _ = writeln!(
+            out,
+            "| variant | p50 µs | p99 µs | p99.9 µs | p50 overhead µs |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        let raw_p50 = {
+            let raw = &mut latencies[0];
+            raw.sort_by(|a, b| a.total_cmp(b));
+            percentile(raw, 0.5)
+        };
+        for (variant, samples) in rr_variants.iter().zip(latencies.iter_mut()) {
+            samples.sort_by(|a, b| a.total_cmp(b));
+            let p50 = percentile(samples, 0.5);
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.0} | {:.0} | {:+.0} |",
+                variant.name(),
+                p50,
+                percentile(samples, 0.99),
+                percentile(samples, 0.999),
+                p50 - raw_p50
+            );
+        }
     }
     eprintln!("done: request/reply");
 
@@ -758,6 +812,10 @@ async fn main() {
     )
     .await;
     let mut pipelined = js.clone();
+    pipelined.insert(
+        1,
+        (Tracing::HeaderOnly.name().to_owned(), Tracing::HeaderOnly),
+    );
     pipelined.push(("nats-otel `Pipeline`, tracing off".to_owned(), Tracing::Off));
     pipelined.push((
         "nats-otel `Pipeline`, all sampled".to_owned(),
@@ -768,7 +826,7 @@ async fn main() {
         &format!("JetStream publish, {JS_WINDOW} acks in flight, {JS_MESSAGES} messages × {ROUNDS} rounds"),
         &pipelined,
         |i| {
-            let mode = if i >= 3 { JsPublish::Pipeline } else { JsPublish::Window };
+            let mode = if i >= 4 { JsPublish::Pipeline } else { JsPublish::Window };
             js_publish(url, pipelined[i].1, mode, JS_MESSAGES)
         },
     )
@@ -849,6 +907,9 @@ async fn main() {
     );
     let report = header + &out;
     println!("{report}");
+    if std::env::var_os("BENCH_ONLY").is_some() {
+        return;
+    }
     if let Err(err) = std::fs::write("BENCHMARKS.md", &report) {
         eprintln!("could not write BENCHMARKS.md: {err}");
     }

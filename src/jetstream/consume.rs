@@ -99,6 +99,28 @@ impl ConsumerShared {
     }
 
     pub(crate) fn deliver(self: &Arc<Self>, message: Message) -> Delivery {
+        let tracing = self.inst.tracing_enabled();
+        if !tracing && !self.inst.metrics_enabled() {
+            // Nothing to record: only hand the producer's context to the handler.
+            let (context, producer) = self.inst.start_process(
+                &message.message,
+                self.process.name(),
+                &self.process,
+                None,
+                &[],
+                Vec::new(),
+            );
+            return Delivery {
+                message,
+                producer,
+                span: SpanEnd {
+                    owns_span: false,
+                    context,
+                },
+                timer: None,
+                shared: self.clone(),
+            };
+        }
         let mut extra = Vec::with_capacity(8);
         extra.push(KeyValue::new(
             semconv::MESSAGING_NATS_STREAM,
@@ -157,7 +179,6 @@ impl ConsumerShared {
                 ));
             }
         }
-        let tracing = self.inst.tracing_enabled();
         let (context, producer) = self.inst.start_process(
             &message.message,
             self.process.name(),

@@ -154,7 +154,17 @@ impl Context {
         subject: S,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
-        self.send_traced(subject.to_subject(), None, payload).await
+        if self.passthrough() {
+            let inner = self.inner.publish(subject, payload).await?;
+            return Ok(PublishAckFuture {
+                inner,
+                span: AckSpan {
+                    cx: None,
+                    timer: None,
+                },
+            });
+        }
+        Box::pin(self.send_traced(subject.to_subject(), None, payload)).await
     }
 
     /// Publishes with headers; trace context is added to them.
@@ -164,8 +174,7 @@ impl Context {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
-        self.send_traced(subject.to_subject(), Some(headers), payload)
-            .await
+        Box::pin(self.send_traced(subject.to_subject(), Some(headers), payload)).await
     }
 
     /// Publishes with a `Nats-Msg-Id`, so the stream drops repeats within its
@@ -252,6 +261,14 @@ impl Context {
 }
 
 impl Context {
+    /// Whether a publish needs nothing from this crate (no span, no metric, no
+    /// caller's trace to propagate).
+    fn passthrough(&self) -> bool {
+        !self.inst.tracing_enabled()
+            && !self.inst.metrics_enabled()
+            && !self.inst.has_ambient_span()
+    }
+
     fn injected(&self, cx: &opentelemetry::Context, headers: Option<HeaderMap>) -> HeaderMap {
         let mut headers = headers.unwrap_or_default();
         self.inst.inject(cx, &mut headers);

@@ -3,15 +3,15 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::{HeaderMap, Subject, ToSubject};
 use bytes::Bytes;
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{Backoff, Context};
 
@@ -130,6 +130,7 @@ impl Context {
             js: self.clone(),
             permits: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            driver: Arc::new(OnceLock::new()),
         }
     }
 }
@@ -137,14 +138,43 @@ impl Context {
 /// Publishes without waiting for each ack, with a bounded number in flight.
 ///
 /// Each publish returns an [`AckHandle`] at once (after waiting for room when
-/// `max_in_flight` acks are outstanding). The ack is awaited in the background, so
-/// every message's span ends when its own ack arrives, whether or not the handle is
-/// awaited yet.
+/// `max_in_flight` acks are outstanding). Acks are awaited in the background by one
+/// task per pipeline (not one per message), so every message's span ends when its
+/// own ack arrives, whether or not the handle is awaited yet.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     js: Context,
     permits: Arc<Semaphore>,
     max_in_flight: usize,
+    /// The background task's queue, started by the first publish.
+    driver: Arc<OnceLock<mpsc::UnboundedSender<Job>>>,
+}
+
+/// One ack for the background task to await.
+type Job = (
+    super::PublishAckFuture,
+    OwnedSemaphorePermit,
+    oneshot::Sender<Result<PublishAck, PublishError>>,
+);
+
+/// Awaits every queued ack concurrently, handing each result to its handle;
+/// ends once every pipeline clone is gone and the acks in flight have come.
+async fn drive(mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut acks = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => match job {
+                Some((ack, permit, reply)) => acks.push(async move {
+                    let result = ack.await;
+                    drop(permit);
+                    let _ = reply.send(result);
+                }),
+                None => break,
+            },
+            Some(()) = acks.next(), if !acks.is_empty() => {}
+        }
+    }
+    while acks.next().await.is_some() {}
 }
 
 impl Pipeline {
@@ -202,17 +232,23 @@ impl Pipeline {
             Some(id) => self.js.send_with_id(subject, id, headers, payload).await?,
             None => self.js.send_traced(subject, headers, payload).await?,
         };
-        Ok(AckHandle(tokio::spawn(async move {
-            let result = pending.await;
-            drop(permit);
-            result
-        })))
+        let driver = self.driver.get_or_init(|| {
+            let (sender, jobs) = mpsc::unbounded_channel();
+            tokio::spawn(drive(jobs));
+            sender
+        });
+        let (reply, handle) = oneshot::channel();
+        // The queue is unbounded, but the permits bound what is in it.
+        driver
+            .send((pending, permit, reply))
+            .map_err(|e| PublishError::with_source(PublishErrorKind::Other, e.to_string()))?;
+        Ok(AckHandle(handle))
     }
 }
 
 /// The ack of a pipelined publish; `.await` it for the [`PublishAck`].
 #[derive(Debug)]
-pub struct AckHandle(JoinHandle<Result<PublishAck, PublishError>>);
+pub struct AckHandle(oneshot::Receiver<Result<PublishAck, PublishError>>);
 
 impl IntoFuture for AckHandle {
     type Output = Result<PublishAck, PublishError>;
@@ -222,7 +258,8 @@ impl IntoFuture for AckHandle {
         Box::pin(async move {
             match self.0.await {
                 Ok(result) => result,
-                Err(join) => Err(PublishError::with_source(PublishErrorKind::Other, join)),
+                // The runtime shut down before the ack came.
+                Err(closed) => Err(PublishError::with_source(PublishErrorKind::Other, closed)),
             }
         })
     }

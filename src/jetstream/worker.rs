@@ -1,5 +1,6 @@
 //! The consumer worker.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -7,11 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::Message;
+use async_nats::StatusCode;
 use futures_util::{FutureExt as _, StreamExt as _};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::backoff::Backoff;
@@ -299,104 +302,257 @@ impl Worker {
         };
         let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut stopping = false;
-        let mut pull_failures = 0u64;
         let consumer = self.consumer.shared().clone();
-        while !stopping {
-            let first = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let mut held = vec![first];
-            while let Ok(permit) = permits.clone().try_acquire_owned() {
-                held.push(permit);
-            }
-            let start = SystemTime::now();
-            let batch = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                batch = self
-                    .consumer
-                    .inner()
-                    .batch()
-                    .max_messages(held.len())
-                    .expires(self.pull_expires)
-                    .messages() => batch,
-            };
-            let mut batch = match batch {
-                Ok(batch) => batch,
+        let client = self.js.inner().client();
+        // One subscription for every pull: a pull's replies go to `{prefix}.{id}`
+        // (statuses arrive on that subject), its messages to the same subscription.
+        // A subscription per pull would cost the server a SUB and an UNSUB each.
+        let prefix = client.new_inbox();
+        let mut inbox = loop {
+            match client.subscribe(format!("{prefix}.*")).await {
+                Ok(inbox) => break Some(inbox),
                 Err(err) => {
-                    consumer.record_receive_of(start, Vec::new(), Some(err.to_string()));
-                    // The connection is down or the stream is moving: wait and
-                    // pull again instead of spinning.
-                    pull_failures += 1;
-                    let pause = Backoff::default().delay(pull_failures.min(5));
+                    consumer.record_receive_of(
+                        SystemTime::now(),
+                        Vec::new(),
+                        Some(err.to_string()),
+                    );
                     tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(pause) => {}
+                        () = &mut shutdown => break None,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
-                    continue;
                 }
+            }
+        };
+        if let Some(inbox) = inbox.as_mut() {
+            let mut pulls = Pulls {
+                open: VecDeque::new(),
+                reserved: None,
+                next_id: 0,
+                consumer: consumer.clone(),
             };
-            pull_failures = 0;
-            // Hand each message to a handler as it arrives. Once asked to stop,
-            // keep draining this pull (it ends by `pull_expires`): the server has
-            // already assigned its messages to us, so they are in flight.
-            let mut producers = Vec::new();
-            let mut failure = None;
+            let mut stopping = false;
+            let mut pull_failures = 0u64;
+            // After a failed pull request, no new one until the open ones end.
+            let mut hold = false;
+            // With a pull open, wait for a few free slots before the next one
+            // instead of one pull per freed slot; with none open, pull at once.
+            let refill = u32::try_from((self.concurrency / 4).max(1)).unwrap_or(u32::MAX);
             loop {
-                let item = if stopping {
-                    batch.next().await
-                } else {
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => {
-                            stopping = true;
+                if stopping && pulls.open.is_empty() {
+                    break;
+                }
+                let want = if pulls.open.is_empty() { 1 } else { refill };
+                let deadline = pulls
+                    .open
+                    .iter()
+                    .map(|p| p.deadline)
+                    .min()
+                    .unwrap_or_else(|| tokio::time::Instant::now() + self.pull_expires);
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown, if !stopping => {
+                        // Keep draining the open pulls (they end by `pull_expires`):
+                        // the server has already assigned their messages to us.
+                        stopping = true;
+                    }
+                    message = inbox.next(), if !pulls.open.is_empty() => {
+                        let Some(message) = message else { break };
+                        if let Some(status) = message.status.filter(|s| *s != StatusCode::OK) {
+                            if status == StatusCode::IDLE_HEARTBEAT {
+                                continue;
+                            }
+                            let id = message
+                                .subject
+                                .as_str()
+                                .rsplit('.')
+                                .next()
+                                .and_then(|id| id.parse::<u64>().ok());
+                            // 408: the pull expired; 404: nothing to deliver. Any
+                            // other status ends the pull with a failure.
+                            let failure = (status != StatusCode::TIMEOUT
+                                && status != StatusCode::NOT_FOUND)
+                                .then(|| match &message.description {
+                                    Some(description) => format!("{status}: {description}"),
+                                    None => status.to_string(),
+                                });
+                            if failure.is_some() {
+                                pull_failures += 1;
+                            }
+                            if let Some(id) = id {
+                                pulls.end(id, failure);
+                            }
                             continue;
                         }
-                        item = batch.next() => item,
+                        let message = Message { message, context: self.js.inner().clone() };
+                        // The pull asked for as many messages as it reserved permits;
+                        // should the server send more, wait for one rather than drop
+                        // the message.
+                        let permit = match pulls.take_permit() {
+                            Some(permit) => permit,
+                            None => match permits.clone().acquire_owned().await {
+                                Ok(permit) => permit,
+                                Err(_) => break,
+                            },
+                        };
+                        pull_failures = 0;
+                        let delivery = consumer.deliver(message);
+                        pulls.received(delivery.producer_context().span().span_context().clone());
+                        let shared = shared.clone();
+                        let handler = handler.clone();
+                        tasks.spawn(async move {
+                            shared.handle(delivery, handler.as_ref()).await;
+                            drop(permit);
+                        });
+                        while tasks.try_join_next().is_some() {}
                     }
-                };
-                let Some(item) = item else { break };
-                let message = match item {
-                    Ok(message) => message,
-                    Err(err) => {
-                        failure = Some(err.to_string());
-                        break;
+                    () = tokio::time::sleep_until(deadline), if !pulls.open.is_empty() => {
+                        // No end status came (a reconnect loses pull requests):
+                        // give the pull up so its slots are not lost.
+                        pulls.expire(tokio::time::Instant::now());
                     }
-                };
-                // The pull asked for `held.len()` messages, so a permit is there;
-                // should the server send more, wait for one rather than drop it.
-                let permit = match held.pop() {
-                    Some(permit) => permit,
-                    None => match permits.clone().acquire_owned().await {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                };
-                let delivery = consumer.deliver(message);
-                producers.push(delivery.producer_context().span().span_context().clone());
-                let shared = shared.clone();
-                let handler = handler.clone();
-                tasks.spawn(async move {
-                    shared.handle(delivery, handler.as_ref()).await;
-                    drop(permit);
-                });
-                while tasks.try_join_next().is_some() {}
+                    permit = permits.clone().acquire_many_owned(want),
+                        if !stopping && (!hold || pulls.open.is_empty()) =>
+                    {
+                        let Ok(mut permit) = permit else { break };
+                        while let Ok(more) = permits.clone().try_acquire_owned() {
+                            permit.merge(more);
+                        }
+                        let requested = permit.num_permits();
+                        let start = SystemTime::now();
+                        let id = pulls.next_id;
+                        let request = self.consumer.inner().request_batch(
+                            BatchConfig {
+                                batch: requested,
+                                expires: Some(self.pull_expires),
+                                ..Default::default()
+                            },
+                            format!("{prefix}.{id}").into(),
+                        );
+                        match request.await {
+                            Ok(()) => {
+                                hold = false;
+                                pulls.opened(start, requested, permit, self.pull_expires);
+                            }
+                            Err(err) => {
+                                drop(permit);
+                                consumer.record_receive_of(start, Vec::new(), Some(err.to_string()));
+                                // The connection is down: wait and pull again
+                                // instead of spinning.
+                                pull_failures += 1;
+                                hold = true;
+                                if pulls.open.is_empty() {
+                                    let pause = Backoff::default().delay(pull_failures.min(5));
+                                    tokio::select! {
+                                        () = &mut shutdown => stopping = true,
+                                        () = tokio::time::sleep(pause) => {}
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
-            consumer.record_receive_of(start, producers, failure);
-            drop(held);
-            while tasks.try_join_next().is_some() {}
         }
+        drop(inbox);
         while tasks.join_next().await.is_some() {}
         if let Some(health) = health {
             health.abort();
         }
         counters.snapshot()
+    }
+}
+
+/// A pull request in flight.
+struct OpenPull {
+    id: u64,
+    start: SystemTime,
+    /// When to give up on an end status (`expires` plus a margin).
+    deadline: tokio::time::Instant,
+    requested: usize,
+    received: usize,
+    producers: Vec<opentelemetry::trace::SpanContext>,
+}
+
+/// The worker's open pulls, oldest first, and the handler slots they reserved.
+struct Pulls {
+    open: VecDeque<OpenPull>,
+    /// One permit per message asked for and not yet arrived.
+    reserved: Option<OwnedSemaphorePermit>,
+    next_id: u64,
+    consumer: Arc<super::consume::ConsumerShared>,
+}
+
+impl Pulls {
+    fn opened(
+        &mut self,
+        start: SystemTime,
+        requested: usize,
+        permit: OwnedSemaphorePermit,
+        expires: Duration,
+    ) {
+        self.open.push_back(OpenPull {
+            id: self.next_id,
+            start,
+            deadline: tokio::time::Instant::now() + expires + Duration::from_secs(5),
+            requested,
+            received: 0,
+            producers: Vec::new(),
+        });
+        self.next_id += 1;
+        match self.reserved.as_mut() {
+            Some(reserved) => reserved.merge(permit),
+            None => self.reserved = Some(permit),
+        }
+    }
+
+    fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        self.reserved.as_mut().and_then(|r| r.split(1))
+    }
+
+    /// A message arrived: the server fills pull requests in order, so it belongs
+    /// to the oldest open one, which ends once it has all it asked for.
+    fn received(&mut self, producer: opentelemetry::trace::SpanContext) {
+        let Some(pull) = self.open.iter_mut().find(|p| p.received < p.requested) else {
+            return;
+        };
+        pull.received += 1;
+        pull.producers.push(producer);
+        if pull.received == pull.requested {
+            let id = pull.id;
+            self.end(id, None);
+        }
+    }
+
+    /// Ends pull `id`: gives back the slots of messages that never came and
+    /// records its `receive` span.
+    fn end(&mut self, id: u64, failure: Option<String>) {
+        let Some(index) = self.open.iter().position(|p| p.id == id) else {
+            return;
+        };
+        let Some(pull) = self.open.remove(index) else {
+            return;
+        };
+        let unfilled = pull.requested.saturating_sub(pull.received);
+        if unfilled > 0 {
+            if let Some(reserved) = self.reserved.as_mut() {
+                drop(reserved.split(unfilled));
+            }
+        }
+        self.consumer
+            .record_receive_of(pull.start, pull.producers, failure);
+    }
+
+    fn expire(&mut self, now: tokio::time::Instant) {
+        let expired: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|p| p.deadline <= now)
+            .map(|p| p.id)
+            .collect();
+        for id in expired {
+            self.end(id, Some("pull request lost (no end status)".to_owned()));
+        }
     }
 }
 

@@ -574,3 +574,50 @@ async fn long_handlers_send_progress_so_ack_wait_does_not_expire() {
         "progress sent every third of ack_wait ({progress})"
     );
 }
+
+#[tokio::test]
+async fn worker_is_never_assigned_more_messages_than_free_handler_slots() {
+    let f = fixture().await;
+    const SLOTS: usize = 4;
+    const N: usize = 20;
+    for i in 0..N {
+        publish(&f.js, &format!("tasks.{i}"), "gated").await;
+    }
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opened = open.clone();
+    let worker = Worker::new(&f.js, f.consumer.clone()).concurrency(SLOTS);
+    let (stop, task) = spawn_worker(worker, move |_| {
+        let started_tx = started_tx.clone();
+        let gate = gate.clone();
+        let opened = opened.clone();
+        async move {
+            let released = gate.notified();
+            let _ = started_tx.send(());
+            if !opened.load(std::sync::atomic::Ordering::SeqCst) {
+                released.await;
+            }
+            Ok(())
+        }
+    });
+    for _ in 0..SLOTS {
+        recv(&mut started).await;
+    }
+    // Every slot is busy: the server has handed out exactly those messages and
+    // keeps the rest, so none sits in a client buffer while its ack_wait runs.
+    let state = consumer_state(&f).await;
+    assert_eq!(state.num_ack_pending, SLOTS);
+    assert_eq!(state.num_pending, (N - SLOTS) as u64);
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    release.notify_waiters();
+    for _ in SLOTS..N {
+        recv(&mut started).await;
+    }
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+    assert_eq!(stats.acked, N as u64);
+    let state = consumer_state(&f).await;
+    assert_eq!(state.num_ack_pending, 0);
+}
