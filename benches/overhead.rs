@@ -26,6 +26,7 @@ use opentelemetry_sdk::trace::{
 
 const ROUNDS: usize = 5;
 const CORE_MESSAGES: u64 = 200_000;
+const PUBLISH_MESSAGES: u64 = 500_000;
 const REQUESTS: usize = 2_000;
 const JS_MESSAGES: u64 = 50_000;
 const JS_SEQUENTIAL: u64 = 2_000;
@@ -736,9 +737,9 @@ async fn main() {
         let variants = named(&core);
         section(
             &mut out,
-            &format!("Core publish only, {size} B, {CORE_MESSAGES} messages × {ROUNDS} rounds"),
+            &format!("Core publish only, {size} B, {PUBLISH_MESSAGES} messages × {ROUNDS} rounds"),
             &variants,
-            |i| publish_only(url, variants[i].1, CORE_MESSAGES, size),
+            |i| publish_only(url, variants[i].1, PUBLISH_MESSAGES, size),
         )
         .await;
     }

@@ -508,3 +508,67 @@ async fn hooks_add_attributes_to_publish_and_process_spans() {
     assert_eq!(attr_str(&publish, "app.region").as_deref(), Some("eu"));
     assert_eq!(attr_str(&process, "app.tenant").as_deref(), Some("acme"));
 }
+
+#[tokio::test]
+async fn with_tracing_and_metrics_off_calls_pass_through_yet_a_callers_trace_still_propagates() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let inst = telemetry
+        .builder()
+        .with_tracing(false)
+        .with_metrics(false)
+        .build();
+    let client = telemetry.connect(&server, inst).await;
+    let js = nats_otel::jetstream::new(&client);
+    js.inner()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "PASS".to_owned(),
+            subjects: vec!["pass.js".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let raw = server.raw_client().await;
+    let mut wire = raw.subscribe("pass.>").await.unwrap();
+    sync(&raw).await;
+
+    // Nothing of ours to record and no caller's span: untouched plain messages.
+    client.publish("pass.core", "1".into()).await.unwrap();
+    assert!(next(&mut wire).await.headers.is_none());
+    js.publish("pass.js", "2".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(next(&mut wire).await.headers.is_none());
+
+    // Inside a caller's span, that span's context is carried on every path.
+    let tracer = telemetry.provider.tracer("test");
+    let cx = Context::current_with_span(tracer.start("caller"));
+    let trace_id = cx.span().span_context().trace_id().to_string();
+    let _guard = cx.clone().attach();
+    client.publish("pass.core", "3".into()).await.unwrap();
+    js.publish("pass.js", "4".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let message = next(&mut wire).await;
+        let traceparent = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_owned())
+            .expect("traceparent carried");
+        assert!(traceparent.contains(&trace_id), "{traceparent}");
+    }
+    cx.span().end();
+    // The caller's own span is the only one: nats-otel recorded nothing.
+    let names: Vec<String> = telemetry
+        .spans()
+        .into_iter()
+        .map(|s| s.name.into_owned())
+        .collect();
+    assert_eq!(names, ["caller"]);
+}
