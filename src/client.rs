@@ -12,7 +12,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
 
 use crate::error::error_type;
-use crate::instrumentation::{record_failure, Instrumentation};
+use crate::instrumentation::{record_failure, Compressed, Instrumentation};
 use crate::metrics::OpTimer;
 use crate::names::SpanName;
 use crate::semconv;
@@ -91,6 +91,8 @@ pub struct Client {
     metric_common: Arc<[KeyValue]>,
     // Keeps the health callbacks reporting while any clone of this client lives.
     _health: Option<Arc<crate::health::Health>>,
+    #[cfg(feature = "compression")]
+    compression: Option<crate::compression::Compression>,
 }
 
 impl Client {
@@ -141,6 +143,8 @@ impl Client {
             metric_common: crate::metrics::metric_common(&common).into(),
             common: common.into(),
             _health: health,
+            #[cfg(feature = "compression")]
+            compression: None,
         }
     }
 
@@ -162,6 +166,50 @@ impl Client {
         })
     }
 
+    /// Applies this publisher's compression: the headers and payload to send, and
+    /// the original size and what was done when the payload was compressed.
+    #[allow(clippy::type_complexity)]
+    fn compress(
+        &self,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> (Option<HeaderMap>, Bytes, Option<(usize, Compressed)>) {
+        #[cfg(feature = "compression")]
+        if let Some(compression) = &self.compression {
+            let original = payload.len();
+            let (headers, payload, size) = compression.apply(headers, payload);
+            let compressed = size.map(|size| {
+                (
+                    original,
+                    Compressed {
+                        encoding: compression.codec().token(),
+                        size,
+                    },
+                )
+            });
+            return (headers, payload, compressed);
+        }
+        (headers, payload, None)
+    }
+
+    /// This client, compressing the payloads it publishes (core NATS and JetStream
+    /// contexts made from it) with `compression`, or not at all with `None`.
+    /// Requests are not compressed. Clones share the connection.
+    #[cfg(feature = "compression")]
+    pub fn with_compression(
+        mut self,
+        compression: Option<crate::compression::Compression>,
+    ) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// The compression this client applies to what it publishes.
+    #[cfg(feature = "compression")]
+    pub fn compression(&self) -> Option<crate::compression::Compression> {
+        self.compression
+    }
+
     fn with_publish_time(&self, headers: Option<HeaderMap>) -> Option<HeaderMap> {
         if !self.inst.publish_time_header() {
             return headers;
@@ -178,6 +226,10 @@ impl Client {
     /// publish-time header and no caller's trace to propagate. Such calls go
     /// straight to async-nats, without even this crate's future around them.
     fn passthrough(&self) -> bool {
+        #[cfg(feature = "compression")]
+        if self.compression.is_some() {
+            return false;
+        }
         !self.inst.tracing_enabled()
             && !self.inst.metrics_enabled()
             && !self.inst.publish_time_header()
@@ -349,6 +401,7 @@ impl Client {
             name,
             request.headers.as_ref(),
             body_size,
+            None,
             &self.common,
         );
         let had_headers = request.headers.is_some();
@@ -438,8 +491,9 @@ impl Client {
             .name_if_needed(semconv::operation::PUBLISH, subject.as_str());
         let timer = self.timer(semconv::operation::PUBLISH, name.as_ref());
         let headers = self.with_publish_time(headers);
+        let (headers, payload, compressed) = self.compress(headers, payload);
         let result = self
-            .send_inner(subject, name.as_ref(), reply, headers, payload)
+            .send_inner(subject, name.as_ref(), reply, headers, payload, compressed)
             .await;
         if let Some(timer) = timer {
             let error = result.as_ref().err().map(|e| error_type(&e.kind()));
@@ -456,6 +510,7 @@ impl Client {
         reply: Option<Subject>,
         headers: Option<HeaderMap>,
         payload: Bytes,
+        compressed: Option<(usize, Compressed)>,
     ) -> Result<(), PublishError> {
         let Some(name) = name.filter(|_| self.inst.tracing_enabled()) else {
             let headers = match self.inst.ambient_context() {
@@ -464,12 +519,17 @@ impl Client {
             };
             return self.raw_publish(subject, reply, headers, payload).await;
         };
+        let (body_size, compressed) = match compressed {
+            Some((original, compressed)) => (original, Some(compressed)),
+            None => (payload.len(), None),
+        };
         let cx = self.inst.start_send(
             semconv::operation::PUBLISH,
             subject.as_str(),
             name,
             headers.as_ref(),
-            payload.len(),
+            body_size,
+            compressed,
             &self.common,
         );
         let had_headers = headers.is_some();

@@ -68,6 +68,8 @@ struct Inner {
     inbox_prefix: String,
     publish_hook: Option<PublishHook>,
     process_hook: Option<ProcessHook>,
+    #[cfg_attr(not(feature = "compression"), allow(dead_code))]
+    max_decoded: usize,
 }
 
 impl fmt::Debug for Instrumentation {
@@ -113,6 +115,12 @@ impl Instrumentation {
     /// Whether core publishes carry the `Nats-Otel-Published` header.
     pub(crate) fn publish_time_header(&self) -> bool {
         self.inner.publish_time_header
+    }
+
+    /// The largest payload a compressed message may decode to.
+    #[cfg_attr(not(feature = "compression"), allow(dead_code))]
+    pub(crate) fn max_decoded_size(&self) -> usize {
+        self.inner.max_decoded
     }
 
     /// The meter instruments are created from.
@@ -167,6 +175,7 @@ impl Instrumentation {
     /// Starts a PRODUCER span named `name` for a send-type operation (`publish`,
     /// `request`) to `subject` under the current context and returns the context
     /// holding it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start_send(
         &self,
         operation: &'static str,
@@ -174,9 +183,10 @@ impl Instrumentation {
         name: &SpanName,
         headers: Option<&HeaderMap>,
         body_size: usize,
+        compressed: Option<Compressed>,
         common: &[KeyValue],
     ) -> Context {
-        let mut attributes = Vec::with_capacity(common.len() + 8);
+        let mut attributes = Vec::with_capacity(common.len() + 10);
         attributes.extend_from_slice(common);
         attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
         attributes.push(KeyValue::new(
@@ -201,6 +211,9 @@ impl Instrumentation {
             semconv::MESSAGING_MESSAGE_BODY_SIZE,
             body_size as i64,
         ));
+        if let Some(compressed) = compressed {
+            compressed.push_attributes(&mut attributes);
+        }
         if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_MESSAGE_ID,
@@ -321,6 +334,64 @@ impl Instrumentation {
     }
 }
 
+/// Why a delivered payload could not be decoded ([`crate::compression::DecodeError`]
+/// with feature `compression`; without it nothing is decoded).
+#[cfg(feature = "compression")]
+pub(crate) type DecodeFailure = crate::compression::DecodeError;
+/// Why a delivered payload could not be decoded (never, without feature `compression`).
+#[cfg(not(feature = "compression"))]
+pub(crate) type DecodeFailure = std::convert::Infallible;
+
+/// Decodes a delivered message's compressed payload in place (feature
+/// `compression`): what was on the wire, or why it could not be decoded.
+pub(crate) fn decode_in_place(
+    inst: &Instrumentation,
+    message: &mut Message,
+) -> (Option<Compressed>, Option<DecodeFailure>) {
+    #[cfg(feature = "compression")]
+    {
+        match crate::compression::decode_message(message, inst.max_decoded_size()) {
+            Ok(compressed) => (compressed, None),
+            Err(error) => (None, Some(error)),
+        }
+    }
+    #[cfg(not(feature = "compression"))]
+    {
+        let _ = (inst, message);
+        (None, None)
+    }
+}
+
+/// Marks the process span in `cx` failed for an undecodable payload.
+pub(crate) fn record_decode_failure(cx: &Context, failure: Option<&DecodeFailure>) {
+    #[cfg(feature = "compression")]
+    if let Some(error) = failure {
+        record_failure(cx, error.error_type(), error.to_string());
+    }
+    #[cfg(not(feature = "compression"))]
+    let _ = (cx, failure);
+}
+
+/// A payload sent or received compressed: its encoding and size on the wire.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Compressed {
+    pub(crate) encoding: &'static str,
+    pub(crate) size: usize,
+}
+
+impl Compressed {
+    pub(crate) fn push_attributes(self, attributes: &mut Vec<KeyValue>) {
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_NATS_BODY_COMPRESSED_SIZE,
+            self.size as i64,
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_NATS_CONTENT_ENCODING,
+            self.encoding,
+        ));
+    }
+}
+
 /// Records a failed operation on the span in `cx`: `error.type` and an error status.
 pub(crate) fn record_failure(cx: &Context, error_type: &str, message: String) {
     let span = cx.span();
@@ -362,6 +433,7 @@ pub struct InstrumentationBuilder {
     inbox_prefix: String,
     publish_hook: Option<PublishHook>,
     process_hook: Option<ProcessHook>,
+    max_decoded: usize,
 }
 
 impl Default for InstrumentationBuilder {
@@ -378,6 +450,7 @@ impl Default for InstrumentationBuilder {
             inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
             publish_hook: None,
             process_hook: None,
+            max_decoded: 16 * 1024 * 1024,
         }
     }
 }
@@ -482,6 +555,15 @@ impl InstrumentationBuilder {
         self
     }
 
+    /// The largest size a compressed payload may decode to before it is rejected
+    /// as [`DecodeError::TooLarge`](crate::compression::DecodeError::TooLarge)
+    /// (default 16 MiB).
+    #[cfg(feature = "compression")]
+    pub fn with_max_decoded_size(mut self, bytes: usize) -> Self {
+        self.max_decoded = bytes;
+        self
+    }
+
     /// Builds the settings, resolving global providers now.
     pub fn build(self) -> Instrumentation {
         let meter = self
@@ -505,6 +587,7 @@ impl InstrumentationBuilder {
                 inbox_prefix: self.inbox_prefix,
                 publish_hook: self.publish_hook,
                 process_hook: self.process_hook,
+                max_decoded: self.max_decoded,
             }),
         }
     }

@@ -79,6 +79,9 @@
 //!
 //! * `otlp` — [`otlp::init`]: providers and propagators from `OTEL_*` variables,
 //!   OTLP over gRPC or HTTP, with a guard that flushes on drop.
+//! * `compression` — [`compression`]: opt-in zstd/gzip payload compression marked
+//!   by `Content-Encoding`, decoded transparently (and boundedly) by every
+//!   instrumented consumer.
 //! * `tracing` — [`tracing_interop`]: log correlation helpers for `tracing` users.
 //!   (A publish inside a `#[tracing::instrument]` span is its child with
 //!   tracing-opentelemetry installed, feature or not.)
@@ -88,6 +91,8 @@
 #![forbid(unsafe_code)]
 
 mod client;
+#[cfg(feature = "compression")]
+pub mod compression;
 pub mod destination;
 mod error;
 pub mod health;

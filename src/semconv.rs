@@ -26,8 +26,15 @@ pub const MESSAGING_DESTINATION_TEMPORARY: &str = "messaging.destination.tempora
 pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
 /// `messaging.message.id`: `Nats-Msg-Id` when present.
 pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
-/// `messaging.message.body.size`: payload size in bytes (headers excluded).
+/// `messaging.message.body.size`: payload size in bytes (headers excluded); for a
+/// compressed payload, its uncompressed size (as the conventions ask).
 pub const MESSAGING_MESSAGE_BODY_SIZE: &str = "messaging.message.body.size";
+/// `messaging.nats.message.body.compressed_size`: the payload's size on the wire
+/// when it was compressed (`Content-Encoding` zstd or gzip).
+pub const MESSAGING_NATS_BODY_COMPRESSED_SIZE: &str = "messaging.nats.message.body.compressed_size";
+/// `messaging.nats.content_encoding`: the payload's `Content-Encoding` when it was
+/// compressed.
+pub const MESSAGING_NATS_CONTENT_ENCODING: &str = "messaging.nats.content_encoding";
 /// `messaging.batch.message_count`: number of messages in a batch operation.
 pub const MESSAGING_BATCH_MESSAGE_COUNT: &str = "messaging.batch.message_count";
 /// `messaging.client.id`: the client id the server assigned to this connection.

@@ -13,7 +13,9 @@ use futures_util::Stream;
 use opentelemetry::trace::{FutureExt, TraceContextExt};
 use opentelemetry::{Context, ContextGuard, KeyValue};
 
-use crate::instrumentation::{record_exception, Instrumentation};
+use crate::instrumentation::{
+    decode_in_place, record_decode_failure, record_exception, DecodeFailure, Instrumentation,
+};
 use crate::metrics::ProcessTimer;
 use crate::names::SpanName;
 
@@ -111,15 +113,21 @@ impl Subscriber {
 
     /// Wraps a received message the way the stream does (extract context, start the
     /// `process` span).
-    fn deliver(&self, message: Message) -> Delivery {
+    fn deliver(&self, mut message: Message) -> Delivery {
+        let (compressed, decode_error) = decode_in_place(&self.inst, &mut message);
+        let mut extra = Vec::new();
+        if let Some(compressed) = compressed.filter(|_| self.inst.tracing_enabled()) {
+            compressed.push_attributes(&mut extra);
+        }
         let (context, producer) = self.inst.start_process(
             &message,
             self.name.name(),
             &self.name,
             self.group.as_deref(),
             &self.common,
-            Vec::new(),
+            extra,
         );
+        record_decode_failure(&context, decode_error.as_ref());
         let published = self
             .inst
             .metrics_enabled()
@@ -135,6 +143,7 @@ impl Subscriber {
                 context,
             },
             timer: ProcessTimer::start(self.inst.instruments(), &self.metric_attributes, published),
+            decode_error,
         }
     }
 }
@@ -177,6 +186,8 @@ pub struct Delivery {
     producer: Context,
     span: SpanEnd,
     timer: Option<ProcessTimer>,
+    #[cfg_attr(not(feature = "compression"), allow(dead_code))]
+    decode_error: Option<DecodeFailure>,
 }
 
 impl fmt::Debug for Delivery {
@@ -200,9 +211,17 @@ impl Deref for Delivery {
 }
 
 impl Delivery {
-    /// The message.
+    /// The message (its payload already decoded when it arrived compressed).
     pub fn message(&self) -> &Message {
         &self.message
+    }
+
+    /// Why the message's compressed payload could not be decoded: the message is
+    /// then delivered as it arrived (still encoded, `Content-Encoding` kept) and
+    /// its `process` span carries the error. Check it before trusting the payload.
+    #[cfg(feature = "compression")]
+    pub fn decode_error(&self) -> Option<&crate::compression::DecodeError> {
+        self.decode_error.as_ref()
     }
 
     /// The process span's context (the producer's context when tracing is off).

@@ -17,7 +17,10 @@ use futures_util::{Stream, StreamExt};
 use opentelemetry::trace::{FutureExt, Link, SpanBuilder, SpanContext, SpanKind, TraceContextExt};
 use opentelemetry::{ContextGuard, KeyValue};
 
-use crate::instrumentation::{record_exception, record_failure, Instrumentation};
+use crate::instrumentation::{
+    decode_in_place, record_decode_failure, record_exception, record_failure, DecodeFailure,
+    Instrumentation,
+};
 use crate::metrics::ProcessTimer;
 use crate::names::SpanName;
 use crate::semconv;
@@ -98,7 +101,8 @@ impl ConsumerShared {
         self.process.template()
     }
 
-    pub(crate) fn deliver(self: &Arc<Self>, message: Message) -> Delivery {
+    pub(crate) fn deliver(self: &Arc<Self>, mut message: Message) -> Delivery {
+        let (compressed, decode_error) = decode_in_place(&self.inst, &mut message.message);
         let tracing = self.inst.tracing_enabled();
         if !tracing && !self.inst.metrics_enabled() {
             // Nothing to record: only hand the producer's context to the handler.
@@ -119,9 +123,13 @@ impl ConsumerShared {
                 },
                 timer: None,
                 shared: self.clone(),
+                decode_error,
             };
         }
-        let mut extra = Vec::with_capacity(8);
+        let mut extra = Vec::with_capacity(10);
+        if let Some(compressed) = compressed {
+            compressed.push_attributes(&mut extra);
+        }
         extra.push(KeyValue::new(
             semconv::MESSAGING_NATS_STREAM,
             self.stream_value.clone(),
@@ -187,6 +195,7 @@ impl ConsumerShared {
             &self.common,
             if tracing { extra } else { Vec::new() },
         );
+        record_decode_failure(&context, decode_error.as_ref());
         Delivery {
             message,
             producer,
@@ -196,6 +205,7 @@ impl ConsumerShared {
             },
             timer: ProcessTimer::start(self.inst.instruments(), &self.metric_attributes, published),
             shared: self.clone(),
+            decode_error,
         }
     }
 
@@ -491,6 +501,8 @@ pub struct Delivery {
     span: SpanEnd,
     timer: Option<ProcessTimer>,
     shared: Arc<ConsumerShared>,
+    #[cfg_attr(not(feature = "compression"), allow(dead_code))]
+    decode_error: Option<DecodeFailure>,
 }
 
 impl fmt::Debug for Delivery {
@@ -513,6 +525,14 @@ impl Delivery {
     /// The JetStream message.
     pub fn message(&self) -> &Message {
         &self.message
+    }
+
+    /// Why the message's compressed payload could not be decoded: the message is
+    /// then delivered as it arrived (still encoded) and its `process` span carries
+    /// the error; the [`Worker`](super::Worker) dead-letters such messages.
+    #[cfg(feature = "compression")]
+    pub fn decode_error(&self) -> Option<&crate::compression::DecodeError> {
+        self.decode_error.as_ref()
     }
 
     /// The name of the consumer that delivered the message.

@@ -78,6 +78,8 @@ pub fn new(client: &Client) -> Context {
         inst: client.instrumentation().clone(),
         common: client.common(),
         metric_common: client.metric_common(),
+        #[cfg(feature = "compression")]
+        compression: client.compression(),
     }
 }
 
@@ -89,6 +91,8 @@ pub fn wrap(client: &Client, inner: async_nats::jetstream::Context) -> Context {
         inst: client.instrumentation().clone(),
         common: client.common(),
         metric_common: client.metric_common(),
+        #[cfg(feature = "compression")]
+        compression: client.compression(),
     }
 }
 
@@ -99,9 +103,22 @@ pub struct Context {
     inst: Instrumentation,
     common: Arc<[KeyValue]>,
     metric_common: Arc<[KeyValue]>,
+    #[cfg(feature = "compression")]
+    compression: Option<crate::compression::Compression>,
 }
 
 impl Context {
+    /// This context, compressing what it publishes with `compression` (or not at
+    /// all with `None`); by default it compresses as the client it was made from.
+    #[cfg(feature = "compression")]
+    pub fn with_compression(
+        mut self,
+        compression: Option<crate::compression::Compression>,
+    ) -> Self {
+        self.compression = compression;
+        self
+    }
+
     /// The untraced async-nats context (stream and consumer management).
     pub fn inner(&self) -> &async_nats::jetstream::Context {
         &self.inner
@@ -211,6 +228,30 @@ impl Context {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
+        #[cfg(feature = "compression")]
+        let (headers, payload, compressed) = match &self.compression {
+            Some(compression) => {
+                let original = payload.len();
+                let (headers, payload, size) = compression.apply(headers, payload);
+                let compressed = size.map(|size| {
+                    (
+                        original,
+                        crate::instrumentation::Compressed {
+                            encoding: compression.codec().token(),
+                            size,
+                        },
+                    )
+                });
+                (headers, payload, compressed)
+            }
+            None => (headers, payload, None),
+        };
+        #[cfg(not(feature = "compression"))]
+        let compressed: Option<(usize, crate::instrumentation::Compressed)> = None;
+        let (body_size, compressed) = match compressed {
+            Some((original, compressed)) => (original, Some(compressed)),
+            None => (payload.len(), None),
+        };
         let name = self
             .inst
             .name_if_needed(semconv::operation::PUBLISH, subject.as_str());
@@ -232,7 +273,8 @@ impl Context {
                 subject.as_str(),
                 name,
                 headers.as_ref(),
-                payload.len(),
+                body_size,
+                compressed,
                 &self.common,
             )),
             _ => None,
@@ -264,6 +306,10 @@ impl Context {
     /// Whether a publish needs nothing from this crate (no span, no metric, no
     /// caller's trace to propagate).
     fn passthrough(&self) -> bool {
+        #[cfg(feature = "compression")]
+        if self.compression.is_some() {
+            return false;
+        }
         !self.inst.tracing_enabled()
             && !self.inst.metrics_enabled()
             && !self.inst.has_ambient_span()

@@ -603,6 +603,14 @@ impl Shared {
             }
         }
 
+        #[cfg(feature = "compression")]
+        if let Some(error) = delivery.decode_error() {
+            // The handler would only see bytes it cannot read: no retry can help.
+            let reason = format!("undecodable payload: {error}");
+            self.dead_letter(&delivery, &reason, delivered).await;
+            return;
+        }
+
         Counters::bump(&self.counters.handled);
         let run = AssertUnwindSafe(handler(delivery.message().clone())).catch_unwind();
         let outcome = delivery.in_span(self.with_progress(&delivery, run)).await;

@@ -10,6 +10,8 @@ mod service;
 mod support;
 mod worker;
 
+#[cfg(feature = "compression")]
+mod compression;
 mod fault;
 mod hostile;
 #[cfg(feature = "tracing")]

@@ -621,3 +621,82 @@ async fn worker_is_never_assigned_more_messages_than_free_handler_slots() {
     let state = consumer_state(&f).await;
     assert_eq!(state.num_ack_pending, 0);
 }
+
+#[cfg(feature = "compression")]
+#[tokio::test]
+async fn undecodable_payloads_are_dead_lettered_with_the_reason_and_never_handled() {
+    use crate::compression::{encoded, text, zstd_bomb};
+    let f = fixture().await;
+    let dead_letters = DeadLetter::default();
+    dead_letter::ensure_stream(&f.js, "DLQ", &dead_letters)
+        .await
+        .unwrap();
+    let good = zstd::bulk::compress(&text(50_000), 3).unwrap();
+    let truncated = bytes::Bytes::copy_from_slice(&good[..good.len() - 7]);
+    let raw = f.js.inner();
+    for (subject, payload) in [
+        ("tasks.truncated", truncated),
+        ("tasks.bomb", zstd_bomb(8192)),
+    ] {
+        raw.publish_with_headers(subject, encoded("zstd"), payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // One well-formed compressed task goes through to the handler, decoded.
+    let compressing =
+        f.js.clone()
+            .with_compression(Some(nats_otel::compression::Compression::zstd()));
+    compressing
+        .publish("tasks.fine", text(50_000))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let worker = Worker::new(&f.js, f.consumer.clone()).max_deliver(3);
+    let (stop, task) = spawn_worker(worker, move |message| {
+        let _ = seen_tx.send((message.subject.to_string(), message.payload.len()));
+        async { Ok(()) }
+    });
+    let dlq_stream = f.js.inner().get_stream("DLQ").await.unwrap();
+    let dlq_consumer = dlq_stream
+        .create_consumer(pull::Config::default())
+        .await
+        .unwrap();
+    let mut dlq_messages = dlq_consumer.messages().await.unwrap();
+    let mut reasons = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let copy = next(&mut dlq_messages).await.unwrap();
+        let reason = copy
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(dlq::REASON))
+            .map(|v| v.as_str().to_owned())
+            .unwrap();
+        reasons.insert(copy.subject.to_string(), reason);
+    }
+    assert_eq!(recv(&mut seen).await, ("tasks.fine".to_owned(), 50_000));
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+
+    let truncated = &reasons["dlq.tasks.truncated"];
+    assert!(
+        truncated.starts_with("undecodable payload: corrupt zstd payload"),
+        "{truncated}"
+    );
+    let bomb = &reasons["dlq.tasks.bomb"];
+    assert!(
+        bomb.starts_with("undecodable payload: zstd payload decodes to more than"),
+        "{bomb}"
+    );
+    // Not retried, never handed to the handler, nothing left pending.
+    assert_eq!(stats.handled, 1);
+    assert_eq!(stats.retried, 0);
+    assert_eq!(stats.dead_lettered, 2);
+    let state = consumer_state(&f).await;
+    assert_eq!(state.num_ack_pending, 0);
+    assert_eq!(state.num_pending, 0);
+}
