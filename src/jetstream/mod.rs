@@ -392,17 +392,41 @@ pub struct PublishAckFuture {
 
 impl IntoFuture for PublishAckFuture {
     type Output = Result<PublishAck, PublishError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+    type IntoFuture = AckFuture;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let PublishAckFuture { inner, mut span } = self;
-            let result = inner.await;
-            match &result {
-                Ok(ack) => span.acked(ack),
-                Err(err) => span.fail(err),
-            }
-            result
-        })
+        AckFuture {
+            inner: self.inner.into_future(),
+            span: self.span,
+        }
+    }
+}
+
+/// The future of a [`PublishAckFuture`]: resolves to the [`PublishAck`], ending
+/// the publish span with what the ack says.
+pub struct AckFuture {
+    inner: <InnerAckFuture as IntoFuture>::IntoFuture,
+    span: AckSpan,
+}
+
+impl std::fmt::Debug for AckFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for AckFuture {
+    type Output = Result<PublishAck, PublishError>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let result = std::task::ready!(self.inner.as_mut().poll(cx));
+        match &result {
+            Ok(ack) => self.span.acked(ack),
+            Err(err) => self.span.fail(err),
+        }
+        std::task::Poll::Ready(result)
     }
 }
