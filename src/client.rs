@@ -11,7 +11,7 @@ use bytes::Bytes;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
 
-use crate::error::error_type;
+use crate::error::{error_type, request_error_type};
 use crate::instrumentation::{record_failure, Compressed, Instrumentation};
 use crate::metrics::OpTimer;
 use crate::names::SpanName;
@@ -21,7 +21,11 @@ use crate::subscriber::Subscriber;
 /// Connects to `addrs` with default options and the default [`Instrumentation`]
 /// (global tracer, meter and propagator).
 pub async fn connect<A: ToServerAddrs>(addrs: A) -> Result<Client, ConnectError> {
-    connect_with_options(addrs, ConnectOptions::new()).await
+    // Fresh options carry no callback of the caller's to keep: take the events,
+    // so reconnects are counted and refused request subjects fail fast.
+    Instrumentation::default()
+        .connect_with_event_callback(addrs, ConnectOptions::new(), |_| async {})
+        .await
 }
 
 /// Connects with `options` passed to async-nats unchanged (name, auth, TLS,
@@ -91,6 +95,8 @@ pub struct Client {
     metric_common: Arc<[KeyValue]>,
     // Keeps the health callbacks reporting while any clone of this client lives.
     _health: Option<Arc<crate::health::Health>>,
+    // Connection events, when connected through an event callback of ours.
+    events: Option<Arc<crate::health::EventCounters>>,
     #[cfg(feature = "compression")]
     compression: Option<crate::compression::Compression>,
 }
@@ -134,15 +140,16 @@ impl Client {
             ));
             common.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
         }
-        let health = inst
-            .metrics_enabled()
-            .then(|| crate::health::register(inst.meter(), inner.clone(), events, common.clone()));
+        let health = inst.metrics_enabled().then(|| {
+            crate::health::register(inst.meter(), inner.clone(), events.clone(), common.clone())
+        });
         Self {
             inner,
             inst,
             metric_common: crate::metrics::metric_common(&common).into(),
             common: common.into(),
             _health: health,
+            events,
             #[cfg(feature = "compression")]
             compression: None,
         }
@@ -374,11 +381,45 @@ impl Client {
             .send_request_inner(subject, name.as_ref(), request)
             .await;
         if let Some(timer) = timer {
-            let error = result.as_ref().err().map(|e| error_type(&e.kind()));
+            let error = result.as_ref().err().map(request_error_type);
             timer.count_sent(error.as_deref());
             timer.finish(error.as_deref());
         }
         result
+    }
+
+    /// Sends `request`, failing fast when the server refuses its subject (seen
+    /// when this client receives the connection's events).
+    async fn request_or_refused(
+        &self,
+        subject: Subject,
+        request: Request,
+    ) -> Result<Message, RequestError> {
+        let Some(events) = &self.events else {
+            return self.inner.send_request(subject, request).await;
+        };
+        let mut refused = events.violations();
+        let wanted = subject.as_str().to_owned();
+        let send = self.inner.send_request(subject, request);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                result = &mut send => return result,
+                seen = refused.recv() => match seen {
+                    Ok(denied) if *denied == *wanted => {
+                        return Err(RequestError::with_source(
+                            async_nats::client::RequestErrorKind::Other,
+                            crate::error::PermissionViolation { subject: wanted },
+                        ));
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    // No more events: just wait for the request.
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return send.await;
+                    }
+                },
+            }
+        }
     }
 
     async fn send_request_inner(
@@ -410,13 +451,13 @@ impl Client {
         if !had_headers && headers.is_empty() {
             request.headers = None;
         }
-        let result = self.inner.send_request(subject, request).await;
+        let result = self.request_or_refused(subject, request).await;
         match &result {
             Ok(reply) => cx.span().set_attribute(KeyValue::new(
                 semconv::MESSAGING_NATS_REPLY_BODY_SIZE,
                 reply.payload.len() as i64,
             )),
-            Err(err) => record_failure(&cx, &error_type(&err.kind()), err.to_string()),
+            Err(err) => record_failure(&cx, &request_error_type(err), err.to_string()),
         }
         cx.span().end();
         result

@@ -31,6 +31,44 @@ pub fn error_type<K: Debug>(kind: &K) -> String {
     out
 }
 
+/// The server refused to let this connection publish to a subject (NATS reports
+/// this after the fact, as a connection-level error). Returned, as the source of
+/// a [`RequestError`](async_nats::client::RequestError) of kind `Other`, by a
+/// request whose subject was refused, instead of waiting for its timeout; its
+/// span gets `error.type = permissions_violation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionViolation {
+    /// The refused subject.
+    pub subject: String,
+}
+
+impl std::fmt::Display for PermissionViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "permissions violation: the server refused this connection's publish to {:?}",
+            self.subject
+        )
+    }
+}
+
+impl std::error::Error for PermissionViolation {}
+
+/// `error.type` for a [`PermissionViolation`].
+pub(crate) const PERMISSIONS_VIOLATION: &str = "permissions_violation";
+
+/// The `error.type` of a failed request: `permissions_violation` when the server
+/// refused its subject, else from the kind.
+pub(crate) fn request_error_type(error: &async_nats::client::RequestError) -> String {
+    let refused = std::error::Error::source(error)
+        .is_some_and(|source| source.downcast_ref::<PermissionViolation>().is_some());
+    if refused {
+        PERMISSIONS_VIOLATION.to_owned()
+    } else {
+        error_type(&error.kind())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! | `messaging.nats.client.connection.state` | observable gauge | `1` | 1 connected, 0 otherwise |
 //! | `messaging.nats.client.reconnects` | observable counter | `{reconnect}` | connection events |
 //! | `messaging.nats.client.slow_consumers` | observable counter | `{event}` | slow-consumer events |
+//! | `messaging.nats.client.permission_violations` | observable counter | `{event}` | server's permission errors |
 //!
 //! Attributes: `messaging.system`, `server.address`, `server.port`,
 //! `messaging.client.id` (one series per connection). The event-based counters need
@@ -44,19 +45,56 @@ pub mod names {
     pub const RECONNECTS: &str = "messaging.nats.client.reconnects";
     /// Slow-consumer events (messages dropped for a subscriber that fell behind).
     pub const SLOW_CONSUMERS: &str = "messaging.nats.client.slow_consumers";
+    /// Publishes the server refused for lack of permission (reported by the
+    /// server after the fact, not per publish call).
+    pub const PERMISSION_VIOLATIONS: &str = "messaging.nats.client.permission_violations";
 }
 
 /// Counts connection events; shared between the event callback and the metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct EventCounters {
     reconnects: AtomicU64,
     slow_consumers: AtomicU64,
+    permission_violations: AtomicU64,
     seen_disconnect: AtomicBool,
+    /// Subjects the server refused a publish to, for requests waiting on them.
+    violations: tokio::sync::broadcast::Sender<Arc<str>>,
+}
+
+impl Default for EventCounters {
+    fn default() -> Self {
+        Self {
+            reconnects: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            permission_violations: AtomicU64::new(0),
+            seen_disconnect: AtomicBool::new(false),
+            violations: tokio::sync::broadcast::channel(64).0,
+        }
+    }
+}
+
+/// The subject of a `Permissions Violation for Publish to "<subject>"` error.
+pub(crate) fn denied_publish_subject(error: &str) -> Option<&str> {
+    let rest = error.strip_prefix("Permissions Violation for Publish to ")?;
+    let rest = rest.strip_prefix('"').unwrap_or(rest);
+    Some(rest.split('"').next().unwrap_or(rest).trim())
 }
 
 impl EventCounters {
+    /// Subjects the server refuses publishes to, from now on.
+    pub(crate) fn violations(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.violations.subscribe()
+    }
+
     pub(crate) fn record(&self, event: &Event) {
         match event {
+            Event::ServerError(async_nats::ServerError::Other(error)) => {
+                if let Some(subject) = denied_publish_subject(error) {
+                    self.permission_violations.fetch_add(1, Ordering::Relaxed);
+                    // No receiver (no request waiting) is fine.
+                    let _ = self.violations.send(Arc::from(subject));
+                }
+            }
             Event::Disconnected => self.seen_disconnect.store(true, Ordering::Relaxed),
             Event::Connected if self.seen_disconnect.swap(false, Ordering::Relaxed) => {
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -135,6 +173,11 @@ pub(crate) fn register(
         h.events
             .as_ref()
             .map_or(0, |e| e.slow_consumers.load(Ordering::Relaxed))
+    });
+    stat(names::PERMISSION_VIOLATIONS, "{event}", |h| {
+        h.events
+            .as_ref()
+            .map_or(0, |e| e.permission_violations.load(Ordering::Relaxed))
     });
     let weak_state = weak.clone();
     meter

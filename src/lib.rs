@@ -111,7 +111,7 @@ pub mod tracing_interop;
 
 pub use client::{connect, connect_with_options, Client};
 pub use destination::{DefaultSubjectMapper, SubjectMapper, SubjectTemplates};
-pub use error::error_type;
+pub use error::{error_type, PermissionViolation};
 pub use instrumentation::{
     Instrumentation, InstrumentationBuilder, ProcessHook, ProcessParenting, PublishHook,
 };

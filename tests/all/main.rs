@@ -24,3 +24,4 @@ mod otlp;
 mod propagation;
 mod pubsub;
 mod request_reply;
+mod secure;

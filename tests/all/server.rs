@@ -12,13 +12,25 @@ pub struct NatsServer {
     child: Child,
     port: u16,
     store: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra command-line arguments (`-c server.conf`, TLS flags …).
+    pub fn start_with(extra: &[&str]) -> Self {
         let store = tempfile::tempdir().expect("temp dir for JetStream");
-        let (child, port) = Self::spawn(store.path(), None);
-        Self { child, port, store }
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        let (child, port) = Self::spawn(store.path(), None, &extra);
+        Self {
+            child,
+            port,
+            store,
+            extra,
+        }
     }
 
     /// Kills the server with SIGKILL (no clean shutdown) and starts a new one on
@@ -27,7 +39,7 @@ impl NatsServer {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, port) = Self::spawn(self.store.path(), Some(self.port));
+        let (child, port) = Self::spawn(self.store.path(), Some(self.port), &self.extra);
         assert_eq!(port, self.port, "restarted on the same port");
         self.child = child;
     }
@@ -42,15 +54,16 @@ impl NatsServer {
     /// Starts the server again on the same port and store after [`kill`](Self::kill).
     #[allow(dead_code)]
     pub fn restart(&mut self) {
-        let (child, port) = Self::spawn(self.store.path(), Some(self.port));
+        let (child, port) = Self::spawn(self.store.path(), Some(self.port), &self.extra);
         assert_eq!(port, self.port, "restarted on the same port");
         self.child = child;
     }
 
-    fn spawn(store: &std::path::Path, port: Option<u16>) -> (Child, u16) {
+    fn spawn(store: &std::path::Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
         let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut child = Command::new(&bin)
+            .args(extra)
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(store)
             .stdout(Stdio::null())

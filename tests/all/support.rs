@@ -5,8 +5,8 @@ use std::time::Duration;
 use nats_otel::{Client, Instrumentation, InstrumentationBuilder};
 
 pub use crate::server::NatsServer;
+use nats_otel::W3cPropagator as TraceContextPropagator;
 use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 
 /// An SDK tracer provider exporting synchronously to memory.
@@ -15,7 +15,73 @@ pub struct Telemetry {
     pub provider: SdkTracerProvider,
 }
 
+/// What the suite puts in its passwords, tokens and secret payloads: no exported
+/// span, in any test, may carry it.
+pub const SECRET_MARKER: &str = "s3cr3t";
+
+/// Fails if any name, attribute, event, link or status of `spans` contains one of
+/// `secrets` or an NKey seed, or if a body attribute is anything but a size.
+pub fn assert_no_secrets_in(spans: &[SpanData], secrets: &[&str]) {
+    let check = |span: &str, what: &str, text: &str| {
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "span {span:?}: {what} carries a secret ({secret:?})"
+            );
+        }
+        // NKey seeds: 58 base32 characters starting with 'S'.
+        for word in text.split(|c: char| !c.is_ascii_alphanumeric()) {
+            let seed_like = word.len() == 58
+                && word.starts_with('S')
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            assert!(!seed_like, "span {span:?}: {what} carries an NKey seed");
+        }
+    };
+    for span in spans {
+        let name = span.name.as_ref();
+        check(name, "name", name);
+        let kvs = span
+            .attributes
+            .iter()
+            .chain(span.events.events.iter().flat_map(|e| e.attributes.iter()))
+            .chain(span.links.links.iter().flat_map(|l| l.attributes.iter()));
+        for kv in kvs {
+            check(name, kv.key.as_str(), &kv.value.as_str());
+            if kv.key.as_str().contains("body") {
+                assert!(
+                    matches!(kv.value, opentelemetry::Value::I64(_)),
+                    "span {name:?}: {} must be a size, is {:?}",
+                    kv.key,
+                    kv.value
+                );
+            }
+        }
+        if let opentelemetry::trace::Status::Error { description } = &span.status {
+            check(name, "status", description);
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        // Every test's spans are scanned, not only the secure ones'.
+        if std::thread::panicking() {
+            return;
+        }
+        if let Ok(spans) = self.exporter.get_finished_spans() {
+            assert_no_secrets_in(&spans, &[SECRET_MARKER]);
+        }
+    }
+}
+
 impl Telemetry {
+    /// Fails if any exported span carries one of `secrets` (see [`assert_no_secrets_in`]).
+    pub fn assert_no_secrets(&self, secrets: &[&str]) {
+        assert_no_secrets_in(&self.spans(), secrets);
+    }
+
     pub fn new() -> Self {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
