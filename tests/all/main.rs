@@ -10,6 +10,7 @@ mod service;
 mod support;
 mod worker;
 
+mod cluster;
 #[cfg(feature = "compression")]
 mod compression;
 mod fault;

@@ -129,3 +129,68 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
+
+/// Three (or more) nats-servers forming one JetStream cluster on loopback, each
+/// with its own store; killed and cleaned up on drop.
+#[allow(dead_code)]
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+    pub names: Vec<String>,
+}
+
+#[allow(dead_code)]
+impl NatsCluster {
+    pub fn start(size: usize) -> Self {
+        // Route ports must be known before the servers start: reserve free ones.
+        let route_ports: Vec<u16> = (0..size)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .expect("a free port")
+            })
+            .collect();
+        let routes = |me: usize| {
+            route_ports
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != me)
+                .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let names: Vec<String> = (0..size).map(|i| format!("node-{i}")).collect();
+        let nodes = (0..size)
+            .map(|i| {
+                let cluster = format!("nats://127.0.0.1:{}", route_ports[i]);
+                let routes = routes(i);
+                NatsServer::start_with(&[
+                    "--name",
+                    &names[i],
+                    "--cluster_name",
+                    "nats-otel-test",
+                    "--cluster",
+                    &cluster,
+                    "--routes",
+                    &routes,
+                ])
+            })
+            .collect();
+        Self { nodes, names }
+    }
+
+    /// Every node's client URL, for a client that fails over between them.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// SIGKILLs the node called `name`.
+    pub fn kill(&mut self, name: &str) {
+        let index = self
+            .names
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no node {name}"));
+        self.nodes[index].kill();
+    }
+}
