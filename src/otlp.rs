@@ -16,21 +16,25 @@
 //! | `OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER` | `otlp` or `none` | `otlp` |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio` | `parentbased_always_on` |
 //! | `OTEL_PROPAGATORS` | comma list of `tracecontext`, `baggage`, `none` | `tracecontext,baggage` |
+//! | `OTEL_EXPORTER_OTLP_TIMEOUT` / `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` | span export timeout, ms | 10000 |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms) | the batch span processor: spans buffered (dropped beyond, so memory stays bounded when the collector is down), spans per export, export interval | 2048, 512, 5000 |
 //!
-//! Headers, timeouts, compression (`OTEL_EXPORTER_OTLP_HEADERS` …) and batch
-//! settings (`OTEL_BSP_*`, `OTEL_METRIC_EXPORT_INTERVAL`) are read by the exporter and
-//! SDK themselves. The gRPC exporter needs a Tokio runtime: call [`init`] from inside
+//! Headers and compression (`OTEL_EXPORTER_OTLP_HEADERS` …) and
+//! `OTEL_METRIC_EXPORT_INTERVAL` are read by the exporter and SDK themselves. The gRPC exporter needs a Tokio runtime: call [`init`] from inside
 //! a multi-threaded one (`#[tokio::main]`).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::{global, KeyValue};
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::BaggagePropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfig, BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use opentelemetry_sdk::Resource;
 
 /// Why [`init`] could not set telemetry up.
@@ -144,8 +148,25 @@ pub fn init() -> Result<TelemetryGuard, SetupError> {
     init_with(Settings::from_env())
 }
 
-/// Sets telemetry up from `settings`. See the [module docs](self).
+/// Sets telemetry up from `settings` and installs the providers and propagator as
+/// the globals. See the [module docs](self).
 pub fn init_with(settings: Settings) -> Result<TelemetryGuard, SetupError> {
+    let propagator = propagator(&settings)?;
+    let guard = providers(settings)?;
+    global::set_text_map_propagator(propagator);
+    if let Some(provider) = &guard.tracer_provider {
+        global::set_tracer_provider(provider.clone());
+    }
+    if let Some(provider) = &guard.meter_provider {
+        global::set_meter_provider(provider.clone());
+    }
+    Ok(guard)
+}
+
+/// Builds the providers `settings` describe without installing any global: pass
+/// them to [`InstrumentationBuilder`](crate::InstrumentationBuilder) yourself (and
+/// [`propagator`] for the propagator).
+pub fn providers(settings: Settings) -> Result<TelemetryGuard, SetupError> {
     if settings
         .var("OTEL_SDK_DISABLED")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
@@ -155,7 +176,7 @@ pub fn init_with(settings: Settings) -> Result<TelemetryGuard, SetupError> {
             meter_provider: None,
         });
     }
-    let propagator = propagator(&settings)?;
+    propagator(&settings)?;
     let resource = resource(&settings);
     let sampler = sampler(&settings)?;
 
@@ -163,7 +184,10 @@ pub fn init_with(settings: Settings) -> Result<TelemetryGuard, SetupError> {
         .with_resource(resource.clone())
         .with_sampler(sampler);
     if exporter_enabled(&settings, "OTEL_TRACES_EXPORTER")? {
-        tracer_builder = tracer_builder.with_batch_exporter(span_exporter(&settings)?);
+        let processor = BatchSpanProcessor::builder(span_exporter(&settings)?)
+            .with_batch_config(batch_config(&settings)?)
+            .build();
+        tracer_builder = tracer_builder.with_span_processor(processor);
     }
     let tracer_provider = tracer_builder.build();
 
@@ -172,10 +196,6 @@ pub fn init_with(settings: Settings) -> Result<TelemetryGuard, SetupError> {
         meter_builder = meter_builder.with_periodic_exporter(metric_exporter(&settings)?);
     }
     let meter_provider = meter_builder.build();
-
-    global::set_text_map_propagator(propagator);
-    global::set_tracer_provider(tracer_provider.clone());
-    global::set_meter_provider(meter_provider.clone());
     Ok(TelemetryGuard {
         tracer_provider: Some(tracer_provider),
         meter_provider: Some(meter_provider),
@@ -318,7 +338,47 @@ fn require_runtime(protocol: Protocol) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// A positive whole number from `var`, if set.
+fn number(settings: &Settings, var: &str) -> Result<Option<u64>, SetupError> {
+    match settings.var(var) {
+        None => Ok(None),
+        Some(value) => match value.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(SetupError::new(format!(
+                "{var}={value:?}: expected a positive whole number"
+            ))),
+        },
+    }
+}
+
+/// The batch span processor's settings: the SDK's (which read the process
+/// environment), overridden by `OTEL_BSP_*` in `settings`.
+fn batch_config(settings: &Settings) -> Result<BatchConfig, SetupError> {
+    let mut config = BatchConfigBuilder::default();
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = number(settings, "OTEL_BSP_MAX_QUEUE_SIZE")? {
+        config = config.with_max_queue_size(size(n));
+    }
+    if let Some(n) = number(settings, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? {
+        config = config.with_max_export_batch_size(size(n));
+    }
+    if let Some(ms) = number(settings, "OTEL_BSP_SCHEDULE_DELAY")? {
+        config = config.with_scheduled_delay(Duration::from_millis(ms));
+    }
+    Ok(config.build())
+}
+
+/// The span export timeout from `settings`, if set.
+fn export_timeout(settings: &Settings) -> Result<Option<Duration>, SetupError> {
+    let ms = match number(settings, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")? {
+        Some(ms) => Some(ms),
+        None => number(settings, "OTEL_EXPORTER_OTLP_TIMEOUT")?,
+    };
+    Ok(ms.map(Duration::from_millis))
+}
+
 fn span_exporter(settings: &Settings) -> Result<SpanExporter, SetupError> {
+    let timeout = export_timeout(settings)?;
     let protocol = protocol(settings, "TRACES")?;
     require_runtime(protocol)?;
     let endpoint = endpoint(settings, "TRACES", protocol);
@@ -328,6 +388,9 @@ fn span_exporter(settings: &Settings) -> Result<SpanExporter, SetupError> {
             if let Some(e) = endpoint {
                 b = b.with_endpoint(e);
             }
+            if let Some(t) = timeout {
+                b = b.with_timeout(t);
+            }
             b.build()
         }
         Protocol::HttpProtobuf => {
@@ -336,6 +399,9 @@ fn span_exporter(settings: &Settings) -> Result<SpanExporter, SetupError> {
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
             if let Some(e) = endpoint {
                 b = b.with_endpoint(e);
+            }
+            if let Some(t) = timeout {
+                b = b.with_timeout(t);
             }
             b.build()
         }
@@ -428,6 +494,27 @@ mod tests {
             .contains("http/json"));
         let s = Settings::from_vars([("OTEL_TRACES_EXPORTER", "zipkin")]);
         assert!(exporter_enabled(&s, "OTEL_TRACES_EXPORTER").is_err());
+        for (var, value) in [
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-5"),
+        ] {
+            let s = Settings::from_vars([(var, value)]);
+            let err = batch_config(&s).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(value), "{err}");
+        }
+        let s = Settings::from_vars([("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]);
+        assert!(export_timeout(&s).unwrap_err().to_string().contains("soon"));
+        let s = Settings::from_vars([
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "9000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "250"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "65536"),
+        ]);
+        assert_eq!(
+            export_timeout(&s).unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert!(batch_config(&s).is_ok());
     }
 
     #[test]

@@ -146,3 +146,99 @@ impl HasSpanContext for opentelemetry::Context {
         self.span().span_context().is_valid()
     }
 }
+
+/// This process's resident memory in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// The bound this test states: traced messaging with the collector down grows
+/// the process by less than this, whatever the message count (the batch queue
+/// holds at most 2048 spans and drops the rest).
+const OUTAGE_RSS_BOUND: u64 = 64 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_down_messaging_completes_memory_stays_bounded_and_export_resumes() {
+    // A port nothing listens on: every export is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let guard = nats_otel::otlp::providers(Settings::from_vars([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_METRICS_EXPORTER", "none".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".to_owned()),
+    ]))
+    .expect("telemetry setup");
+    let inst = nats_otel::Instrumentation::builder()
+        .with_tracer_provider(guard.tracer_provider().expect("tracing on"))
+        .with_propagator(nats_otel::W3cPropagator::new())
+        .with_metrics(false)
+        .build();
+    let server = NatsServer::start();
+    let client = inst
+        .connect(server.url(), async_nats::ConnectOptions::new())
+        .await
+        .unwrap();
+
+    const MESSAGES: usize = 200_000;
+    let before = rss();
+    let started = std::time::Instant::now();
+    for i in 0..MESSAGES {
+        client
+            .publish(format!("outage.{}", i % 16), "x".into())
+            .await
+            .expect("publishing is unaffected by the collector");
+    }
+    sync(client.inner()).await;
+    let grown = rss().saturating_sub(before);
+    eprintln!(
+        "collector down: {MESSAGES} traced publishes in {:?}, RSS grew {:.1} MiB (bound {} MiB)",
+        started.elapsed(),
+        grown as f64 / (1 << 20) as f64,
+        OUTAGE_RSS_BOUND >> 20
+    );
+    assert!(grown < OUTAGE_RSS_BOUND, "RSS grew {grown} bytes");
+
+    // The collector comes back on the same address: export resumes.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Receiver(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut exported = 0;
+    for round in 0..50 {
+        client
+            .publish("outage.back", format!("{round}").into())
+            .await
+            .unwrap();
+        let request = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+        if let Ok(Some(request)) = request {
+            exported += request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum::<usize>();
+            break;
+        }
+    }
+    assert!(exported > 0, "spans reach the collector once it is back");
+    tokio::task::spawn_blocking(move || drop(guard))
+        .await
+        .unwrap();
+}
