@@ -1,7 +1,7 @@
 //! The cost of nats-otel against raw async-nats, measured in one run with the
 //! variants interleaved (A B C … A B C …) over several rounds.
 //!
-//! `cargo bench --bench overhead` starts its own nats-server, prints a table of
+//! `cargo bench --bench overhead --features otlp` starts its own nats-server, prints a table of
 //! medians with min–max and the ratio to raw async-nats, and writes it to
 //! `BENCHMARKS.md`. Client CPU per message comes from this process's CPU time
 //! (`/proc/self/stat`), so it includes the async-nats connection task.
@@ -18,6 +18,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use nats_otel::{Instrumentation, W3cPropagator};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
@@ -33,6 +39,7 @@ const JS_SEQUENTIAL: u64 = 2_000;
 const JS_WINDOW: usize = 256;
 const POOL_MESSAGES: u64 = 200_000;
 const POOL_PUBLISHERS: usize = 4;
+const OUTAGE_MESSAGES: u64 = 200_000;
 
 /// Counts exported spans and throws them away.
 #[derive(Debug, Clone, Default)]
@@ -682,6 +689,129 @@ fn table(out: &mut String, title: &str, rows: &[Row]) {
     }
 }
 
+/// How the OTLP collector behaves in the outage table.
+#[derive(Clone, Copy, PartialEq)]
+enum Collector {
+    /// An in-process gRPC receiver that accepts every export.
+    Up,
+    /// Nothing listens: every connection is refused.
+    Down,
+    /// Connections are accepted and never answered.
+    BlackHole,
+}
+
+/// Counts the spans a gRPC OTLP receiver gets.
+struct CountingReceiver(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for CountingReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// This process's resident memory in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+struct OutageSample {
+    sample: Sample,
+    received: u64,
+    rss_growth: u64,
+}
+
+/// Traced publish-only through `otlp::providers` with the documented batch
+/// settings, the collector `collector`.
+async fn outage(url: &str, collector: Collector, n: u64) -> OutageSample {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let port = listener.local_addr().expect("address").port();
+    let received = Arc::new(AtomicU64::new(0));
+    let server = match collector {
+        Collector::Up => Some(tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(CountingReceiver(received.clone())))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        )),
+        Collector::Down => {
+            drop(listener);
+            None
+        }
+        Collector::BlackHole => Some(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+            Ok(())
+        })),
+    };
+    let guard = nats_otel::otlp::providers(nats_otel::otlp::Settings::from_vars([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_METRICS_EXPORTER", "none".to_owned()),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "262144".to_owned()),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000".to_owned()),
+    ]))
+    .expect("telemetry setup");
+    let inst = Instrumentation::builder()
+        .with_tracer_provider(guard.tracer_provider().expect("tracing on"))
+        .with_propagator(W3cPropagator::new())
+        .with_metrics(false)
+        .build();
+    let raw = async_nats::connect(url).await.expect("connect");
+    let client = nats_otel::Client::new(raw.clone(), inst);
+    let payload = Bytes::from_static(b"xxxxxxxxxxxxxxxx");
+    let before = rss();
+    let start_cpu = cpu_seconds();
+    let started = Instant::now();
+    for _ in 0..n {
+        let _ = client.publish("bench.outage", payload.clone()).await;
+    }
+    sync(&raw).await;
+    let sample = Sample {
+        per_second: n as f64 / started.elapsed().as_secs_f64(),
+        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / n as f64,
+        dropped: 0,
+    };
+    let rss_growth = rss().saturating_sub(before);
+    // Shutting down waits for exports the collector never answers; do it off
+    // the runtime, bounded by the export timeout.
+    let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
+    if let Some(server) = server {
+        server.abort();
+    }
+    OutageSample {
+        sample,
+        received: received.load(Ordering::Relaxed),
+        rss_growth,
+    }
+}
+
 /// Runs `measure` for every variant, interleaved, `ROUNDS` times, and appends the
 /// table.
 async fn section<F, Fut>(out: &mut String, title: &str, variants: &[(String, Tracing)], measure: F)
@@ -885,6 +1015,52 @@ async fn main() {
     )
     .await;
 
+    let title = format!(
+        "Collector outage: traced publish-only, 16 B, {OUTAGE_MESSAGES} messages × {ROUNDS} rounds"
+    );
+    if selected(&title) {
+        let collectors = [
+            ("collector up", Collector::Up),
+            ("collector down (connection refused)", Collector::Down),
+            (
+                "collector black-holing (accepts, never answers)",
+                Collector::BlackHole,
+            ),
+        ];
+        let mut results: Vec<Vec<OutageSample>> = collectors.iter().map(|_| Vec::new()).collect();
+        for _ in 0..ROUNDS {
+            for (i, (_, collector)) in collectors.iter().enumerate() {
+                results[i].push(outage(url, *collector, OUTAGE_MESSAGES).await);
+            }
+        }
+        let before = out.len();
+        let _ = writeln!(out, "\n### {title}\n");
+        let _ = writeln!(
+            out,
+            "| collector | msg/s median (min–max) | × collector up | client CPU µs/msg | spans received | RSS growth MiB (max) |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        let mut up = None;
+        for ((name, _), samples) in collectors.iter().zip(results.iter()) {
+            let mut rates: Vec<f64> = samples.iter().map(|s| s.sample.per_second).collect();
+            let mut cpu: Vec<f64> = samples.iter().map(|s| s.sample.cpu_us).collect();
+            let min = rates.iter().cloned().fold(f64::INFINITY, f64::min);
+            let max = rates.iter().cloned().fold(0.0, f64::max);
+            let m = median(&mut rates);
+            let base = *up.get_or_insert(m);
+            let received: u64 = samples.iter().map(|s| s.received).sum();
+            let growth = samples.iter().map(|s| s.rss_growth).max().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "| {name} | {m:.0} ({min:.0}–{max:.0}) | {:.2} | {:.2} | {received} | {:.1} |",
+                m / base,
+                median(&mut cpu),
+                growth as f64 / (1 << 20) as f64
+            );
+        }
+        eprint!("{}", &out[before..]);
+    }
+
     let version = std::process::Command::new(
         std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into()),
     )
@@ -896,7 +1072,7 @@ async fn main() {
         .map(|n| n.get())
         .unwrap_or(0);
     let header = format!(
-        "# Benchmarks\n\nGenerated by `cargo bench --bench overhead` (release build). Machine: {cpus} CPUs, \
+        "# Benchmarks\n\nGenerated by `cargo bench --bench overhead --features otlp` (release build). Machine: {cpus} CPUs, \
          {version} on loopback, async-nats 0.51, opentelemetry 0.33. Variants run interleaved in one \
          process, {ROUNDS} rounds each; throughput is the median with min–max; \"× raw\" is the ratio of \
          the median to the first row of the same table. Client CPU is this process's user+system time per \

@@ -38,6 +38,52 @@ pub mod headers {
     pub const ORIGINAL_TRACEPARENT: &str = "Dlq-Original-Traceparent";
 }
 
+/// The provenance a dead-lettered copy carries, read back from its headers (for a
+/// tool that inspects or replays dead letters). Every field comes from the
+/// network: values are as found (or `None` when missing or not a number).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeadLetterInfo {
+    /// `Dlq-Reason`.
+    pub reason: String,
+    /// `Dlq-Source-Stream`.
+    pub stream: Option<String>,
+    /// `Dlq-Source-Sequence`.
+    pub sequence: Option<u64>,
+    /// `Dlq-Source-Subject`.
+    pub subject: Option<String>,
+    /// `Dlq-Consumer`.
+    pub consumer: Option<String>,
+    /// `Dlq-Delivery-Count`.
+    pub delivery_count: Option<u64>,
+    /// `Dlq-Original-Traceparent`.
+    pub original_traceparent: Option<String>,
+}
+
+impl DeadLetterInfo {
+    /// Reads the provenance headers; `None` unless the message carries a
+    /// `Dlq-Reason` (it is not a dead letter). Header names match without regard
+    /// to case.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let get = |name: &str| -> Option<String> {
+            headers
+                .iter()
+                .find(|(key, _)| AsRef::<str>::as_ref(*key).eq_ignore_ascii_case(name))
+                .and_then(|(_, values)| values.first())
+                .map(|value| value.as_str().trim().to_owned())
+        };
+        let number = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+        Some(Self {
+            reason: get(headers::REASON)?,
+            stream: get(headers::SOURCE_STREAM),
+            sequence: number(headers::SOURCE_SEQUENCE),
+            subject: get(headers::SOURCE_SUBJECT),
+            consumer: get(headers::CONSUMER),
+            delivery_count: number(headers::DELIVERY_COUNT),
+            original_traceparent: get(headers::ORIGINAL_TRACEPARENT),
+        })
+    }
+}
+
 /// Longest reason kept in the header; longer ones are cut on a char boundary.
 const MAX_REASON_LEN: usize = 1024;
 

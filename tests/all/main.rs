@@ -14,6 +14,8 @@ mod cluster;
 #[cfg(feature = "compression")]
 mod compression;
 mod fault;
+#[cfg(feature = "compression")]
+mod fuzz;
 mod hostile;
 #[cfg(feature = "tracing")]
 mod interop;

@@ -210,6 +210,13 @@ async fn poison_message_is_dead_lettered_with_provenance_and_termed() {
     assert_eq!(get(dlq::SOURCE_SUBJECT).as_deref(), Some("tasks.resize"));
     assert_eq!(get(dlq::DELIVERY_COUNT).as_deref(), Some("2"));
     assert_eq!(get(dlq::CONSUMER).as_deref(), Some("workers"));
+    // The same provenance, read back the way a replay tool would.
+    let info = dead_letter::DeadLetterInfo::from_headers(headers).expect("a dead letter");
+    assert_eq!(info.reason, "transient: image decoder crashed");
+    assert_eq!(info.stream.as_deref(), Some("TASKS"));
+    assert_eq!(info.sequence, Some(sequence));
+    assert_eq!(info.subject.as_deref(), Some("tasks.resize"));
+    assert_eq!(info.delivery_count, Some(2));
     let traceparent = get("traceparent").expect("trace context on the dead letter");
     assert!(
         traceparent.contains(&original_trace.to_string()),
