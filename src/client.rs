@@ -155,6 +155,11 @@ impl Client {
         }
     }
 
+    /// The connection's events, when this client receives them.
+    pub(crate) fn events(&self) -> Option<Arc<crate::health::EventCounters>> {
+        self.events.clone()
+    }
+
     /// Connection attributes of this client's metrics.
     pub(crate) fn metric_common(&self) -> Arc<[KeyValue]> {
         self.metric_common.clone()

@@ -59,7 +59,12 @@ pub(crate) struct EventCounters {
     seen_disconnect: AtomicBool,
     /// Subjects the server refused a publish to, for requests waiting on them.
     violations: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// The last refusals and when they came, for acks that time out.
+    recent: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, Arc<str>)>>,
 }
+
+/// How many recent refusals are remembered.
+const RECENT_REFUSALS: usize = 64;
 
 impl Default for EventCounters {
     fn default() -> Self {
@@ -69,6 +74,7 @@ impl Default for EventCounters {
             permission_violations: AtomicU64::new(0),
             seen_disconnect: AtomicBool::new(false),
             violations: tokio::sync::broadcast::channel(64).0,
+            recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
     }
 }
@@ -81,6 +87,14 @@ pub(crate) fn denied_publish_subject(error: &str) -> Option<&str> {
 }
 
 impl EventCounters {
+    /// Whether the server refused a publish to `subject` at or after `since`.
+    pub(crate) fn refused_since(&self, subject: &str, since: std::time::Instant) -> bool {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .iter()
+            .any(|(at, refused)| *at >= since && **refused == *subject)
+    }
+
     /// Subjects the server refuses publishes to, from now on.
     pub(crate) fn violations(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
         self.violations.subscribe()
@@ -91,8 +105,16 @@ impl EventCounters {
             Event::ServerError(async_nats::ServerError::Other(error)) => {
                 if let Some(subject) = denied_publish_subject(error) {
                     self.permission_violations.fetch_add(1, Ordering::Relaxed);
+                    let subject: Arc<str> = Arc::from(subject);
+                    {
+                        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                        if recent.len() == RECENT_REFUSALS {
+                            recent.pop_front();
+                        }
+                        recent.push_back((std::time::Instant::now(), subject.clone()));
+                    }
                     // No receiver (no request waiting) is fine.
-                    let _ = self.violations.send(Arc::from(subject));
+                    let _ = self.violations.send(subject);
                 }
             }
             Event::Disconnected => self.seen_disconnect.store(true, Ordering::Relaxed),

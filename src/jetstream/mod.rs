@@ -67,7 +67,6 @@ use bytes::Bytes;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 
-use crate::error::error_type;
 use crate::instrumentation::{record_failure, Instrumentation};
 use crate::{semconv, Client};
 
@@ -78,6 +77,7 @@ pub fn new(client: &Client) -> Context {
         inst: client.instrumentation().clone(),
         common: client.common(),
         metric_common: client.metric_common(),
+        events: client.events(),
         #[cfg(feature = "compression")]
         compression: client.compression(),
     }
@@ -91,6 +91,7 @@ pub fn wrap(client: &Client, inner: async_nats::jetstream::Context) -> Context {
         inst: client.instrumentation().clone(),
         common: client.common(),
         metric_common: client.metric_common(),
+        events: client.events(),
         #[cfg(feature = "compression")]
         compression: client.compression(),
     }
@@ -103,6 +104,7 @@ pub struct Context {
     inst: Instrumentation,
     common: Arc<[KeyValue]>,
     metric_common: Arc<[KeyValue]>,
+    events: Option<Arc<crate::health::EventCounters>>,
     #[cfg(feature = "compression")]
     compression: Option<crate::compression::Compression>,
 }
@@ -178,6 +180,7 @@ impl Context {
                 span: AckSpan {
                     cx: None,
                     timer: None,
+                    refusal: None,
                 },
             });
         }
@@ -290,8 +293,14 @@ impl Context {
         if let Some(headers) = headers.filter(|h| !h.is_empty()) {
             message = message.headers(headers);
         }
+        // When the server refuses the subject, the ack never comes: remember what to
+        // look for if it times out.
+        let refusal = self
+            .events
+            .clone()
+            .map(|events| (events, subject.clone(), std::time::Instant::now()));
         let result = self.inner.send_publish(subject, message).await;
-        let mut span = AckSpan { cx, timer };
+        let mut span = AckSpan { cx, timer, refusal };
         match result {
             Ok(inner) => Ok(PublishAckFuture { inner, span }),
             Err(err) => {
@@ -327,6 +336,11 @@ impl Context {
 struct AckSpan {
     cx: Option<opentelemetry::Context>,
     timer: Option<crate::metrics::OpTimer>,
+    refusal: Option<(
+        Arc<crate::health::EventCounters>,
+        async_nats::Subject,
+        std::time::Instant,
+    )>,
 }
 
 impl std::fmt::Debug for AckSpan {
@@ -336,8 +350,24 @@ impl std::fmt::Debug for AckSpan {
 }
 
 impl AckSpan {
+    /// `err`, or a [`PermissionViolation`](crate::PermissionViolation) when the
+    /// server refused this publish's subject since it was sent.
+    fn explain(&self, err: PublishError) -> PublishError {
+        match &self.refusal {
+            Some((events, subject, since)) if events.refused_since(subject.as_str(), *since) => {
+                PublishError::with_source(
+                    async_nats::jetstream::context::PublishErrorKind::Other,
+                    crate::error::PermissionViolation {
+                        subject: subject.to_string(),
+                    },
+                )
+            }
+            _ => err,
+        }
+    }
+
     fn fail(&mut self, err: &PublishError) {
-        let error = error_type(&err.kind());
+        let error = crate::error::publish_error_type(err);
         if let Some(cx) = &self.cx {
             record_failure(cx, &error, err.to_string());
         }
@@ -423,6 +453,7 @@ impl Future for AckFuture {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let result = std::task::ready!(self.inner.as_mut().poll(cx));
+        let result = result.map_err(|err| self.span.explain(err));
         match &result {
             Ok(ack) => self.span.acked(ack),
             Err(err) => self.span.fail(err),

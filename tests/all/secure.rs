@@ -161,7 +161,7 @@ async fn wrong_credentials_fail_clearly() {
 }
 
 #[tokio::test]
-async fn a_denied_request_fails_fast_with_permissions_violation_on_its_span() {
+async fn denied_requests_and_jetstream_publishes_report_permissions_violation_on_their_spans() {
     let dir = tempfile::tempdir().unwrap();
     let (server, cert) = secure_server(
         dir.path(),
@@ -206,6 +206,36 @@ async fn a_denied_request_fails_fast_with_permissions_violation_on_its_span() {
         span.status,
         opentelemetry::trace::Status::Error { .. }
     ));
+    // A JetStream publish to a refused subject: its ack can never come, and when it
+    // times out the error and span say why.
+    let inner = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(800))
+        .build(client.inner().clone());
+    let js = nats_otel::jetstream::wrap(&client, inner);
+    js.inner()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "SECRET".to_owned(),
+            subjects: vec!["secret.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = js
+        .publish("secret.ledger", PAYLOAD.into())
+        .await
+        .unwrap()
+        .await
+        .expect_err("refused");
+    let refused = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<nats_otel::PermissionViolation>())
+        .expect("a permission violation, not a bare timeout");
+    assert_eq!(refused.subject, "secret.ledger");
+    let span = telemetry.span("publish secret.ledger");
+    assert_eq!(
+        attr_str(&span, semconv::ERROR_TYPE).as_deref(),
+        Some("permissions_violation")
+    );
+
     // Allowed subjects still work on the same connection.
     round_trip(&telemetry, &client, "open.news").await;
     telemetry.assert_no_secrets(&[PASSWORD, PAYLOAD]);
