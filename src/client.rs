@@ -11,8 +11,8 @@ use bytes::Bytes;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
 
-use crate::error::{error_type, request_error_type};
-use crate::instrumentation::{record_failure, Compressed, Instrumentation};
+use crate::error::{error_type, refusal_or_kind};
+use crate::instrumentation::{record_failure, Compressed, Instrumentation, Prepared};
 use crate::metrics::OpTimer;
 use crate::names::SpanName;
 use crate::semconv;
@@ -178,29 +178,11 @@ impl Client {
         })
     }
 
-    /// Applies this publisher's compression: the headers and payload to send, and
-    /// the original size and what was done when the payload was compressed.
-    #[allow(clippy::type_complexity)]
-    fn compress(
-        &self,
-        headers: Option<HeaderMap>,
-        payload: Bytes,
-    ) -> (Option<HeaderMap>, Bytes, Option<(usize, Compressed)>) {
+    /// Applies this publisher's compression, if any.
+    fn compress(&self, headers: Option<HeaderMap>, payload: Bytes) -> Prepared {
         #[cfg(feature = "compression")]
-        if let Some(compression) = &self.compression {
-            let original = payload.len();
-            let (headers, payload, size) = compression.apply(headers, payload);
-            let compressed = size.map(|size| {
-                (
-                    original,
-                    Compressed {
-                        encoding: compression.codec().token(),
-                        size,
-                    },
-                )
-            });
-            return (headers, payload, compressed);
-        }
+        return crate::instrumentation::compress(self.compression.as_ref(), headers, payload);
+        #[cfg(not(feature = "compression"))]
         (headers, payload, None)
     }
 
@@ -386,7 +368,7 @@ impl Client {
             .send_request_inner(subject, name.as_ref(), request)
             .await;
         if let Some(timer) = timer {
-            let error = result.as_ref().err().map(request_error_type);
+            let error = result.as_ref().err().map(refusal_or_kind);
             timer.count_sent(error.as_deref());
             timer.finish(error.as_deref());
         }
@@ -462,7 +444,7 @@ impl Client {
                 semconv::MESSAGING_NATS_REPLY_BODY_SIZE,
                 reply.payload.len() as i64,
             )),
-            Err(err) => record_failure(&cx, &request_error_type(err), err.to_string()),
+            Err(err) => record_failure(&cx, &refusal_or_kind(err), err.to_string()),
         }
         cx.span().end();
         result

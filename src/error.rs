@@ -57,21 +57,12 @@ impl std::error::Error for PermissionViolation {}
 /// `error.type` for a [`PermissionViolation`].
 pub(crate) const PERMISSIONS_VIOLATION: &str = "permissions_violation";
 
-/// The `error.type` of a failed JetStream publish: `permissions_violation` when
-/// the server refused its subject, else from the kind.
-pub(crate) fn publish_error_type(error: &async_nats::jetstream::context::PublishError) -> String {
-    let refused = std::error::Error::source(error)
-        .is_some_and(|source| source.downcast_ref::<PermissionViolation>().is_some());
-    if refused {
-        PERMISSIONS_VIOLATION.to_owned()
-    } else {
-        error_type(&error.kind())
-    }
-}
-
-/// The `error.type` of a failed request: `permissions_violation` when the server
-/// refused its subject, else from the kind.
-pub(crate) fn request_error_type(error: &async_nats::client::RequestError) -> String {
+/// The `error.type` of a failed request or JetStream publish:
+/// `permissions_violation` when the server refused its subject, else from the kind.
+pub(crate) fn refusal_or_kind<K>(error: &async_nats::error::Error<K>) -> String
+where
+    K: Clone + Debug + std::fmt::Display + PartialEq,
+{
     let refused = std::error::Error::source(error)
         .is_some_and(|source| source.downcast_ref::<PermissionViolation>().is_some());
     if refused {

@@ -362,6 +362,34 @@ pub(crate) fn decode_in_place(
     }
 }
 
+/// What a compressing publisher sends: the headers and payload, and the original
+/// size and what was done when the payload was compressed.
+pub(crate) type Prepared = (Option<HeaderMap>, bytes::Bytes, Option<(usize, Compressed)>);
+
+/// Applies `compression` (feature `compression`) to a payload about to be sent.
+#[cfg(feature = "compression")]
+pub(crate) fn compress(
+    compression: Option<&crate::compression::Compression>,
+    headers: Option<HeaderMap>,
+    payload: bytes::Bytes,
+) -> Prepared {
+    let Some(compression) = compression else {
+        return (headers, payload, None);
+    };
+    let original = payload.len();
+    let (headers, payload, size) = compression.apply(headers, payload);
+    let compressed = size.map(|size| {
+        (
+            original,
+            Compressed {
+                encoding: compression.codec().token(),
+                size,
+            },
+        )
+    });
+    (headers, payload, compressed)
+}
+
 /// Marks the process span in `cx` failed for an undecodable payload.
 pub(crate) fn record_decode_failure(cx: &Context, failure: Option<&DecodeFailure>) {
     #[cfg(feature = "compression")]

@@ -232,23 +232,8 @@ impl Context {
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
         #[cfg(feature = "compression")]
-        let (headers, payload, compressed) = match &self.compression {
-            Some(compression) => {
-                let original = payload.len();
-                let (headers, payload, size) = compression.apply(headers, payload);
-                let compressed = size.map(|size| {
-                    (
-                        original,
-                        crate::instrumentation::Compressed {
-                            encoding: compression.codec().token(),
-                            size,
-                        },
-                    )
-                });
-                (headers, payload, compressed)
-            }
-            None => (headers, payload, None),
-        };
+        let (headers, payload, compressed) =
+            crate::instrumentation::compress(self.compression.as_ref(), headers, payload);
         #[cfg(not(feature = "compression"))]
         let compressed: Option<(usize, crate::instrumentation::Compressed)> = None;
         let (body_size, compressed) = match compressed {
@@ -367,7 +352,7 @@ impl AckSpan {
     }
 
     fn fail(&mut self, err: &PublishError) {
-        let error = crate::error::publish_error_type(err);
+        let error = crate::error::refusal_or_kind(err);
         if let Some(cx) = &self.cx {
             record_failure(cx, &error, err.to_string());
         }
