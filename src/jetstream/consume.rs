@@ -37,6 +37,9 @@ pub(crate) struct ConsumerShared {
     pub(crate) health_attributes: Arc<[KeyValue]>,
     /// `process {template}`; its template is the consumer's.
     pub(crate) process: SpanName,
+    /// `receive`, then the settle operations on the same template, built once.
+    receive: SpanName,
+    settle: [(&'static str, SpanName); 5],
     pub(crate) stream: String,
     pub(crate) consumer: String,
     /// `stream` and `consumer` as attribute values shared by every span.
@@ -82,7 +85,18 @@ impl ConsumerShared {
             semconv::MESSAGING_CONSUMER_GROUP_NAME,
             info.name.clone(),
         ));
+        let template = process.template();
+        let settle = [
+            semconv::settle::ACK,
+            semconv::settle::DOUBLE_ACK,
+            semconv::settle::NAK,
+            semconv::settle::TERM,
+            semconv::settle::PROGRESS,
+        ]
+        .map(|operation| (operation, SpanName::new(operation, template)));
         Arc::new(Self {
+            receive: SpanName::new(semconv::operation::RECEIVE, template),
+            settle,
             process,
             inst,
             common,
@@ -283,13 +297,11 @@ impl ConsumerShared {
             semconv::MESSAGING_BATCH_MESSAGE_COUNT,
             count as i64,
         ));
-        let builder = SpanBuilder::from_name(
-            SpanName::new(semconv::operation::RECEIVE, self.template()).name(),
-        )
-        .with_kind(SpanKind::Client)
-        .with_start_time(start)
-        .with_attributes(attributes)
-        .with_links(links);
+        let builder = SpanBuilder::from_name(self.receive.name())
+            .with_kind(SpanKind::Client)
+            .with_start_time(start)
+            .with_attributes(attributes)
+            .with_links(links);
         let cx = self
             .inst
             .start_span(builder, &opentelemetry::Context::current());
@@ -691,7 +703,11 @@ impl Delivery {
                 delay.as_secs_f64(),
             ));
         }
-        let builder = SpanBuilder::from_name(SpanName::new(operation, shared.template()).name())
+        let name = match shared.settle.iter().find(|(op, _)| *op == operation) {
+            Some((_, name)) => name.name(),
+            None => SpanName::new(operation, shared.template()).name(),
+        };
+        let builder = SpanBuilder::from_name(name)
             .with_kind(SpanKind::Client)
             .with_attributes(attributes);
         shared.inst.start_span(builder, &self.span.context)

@@ -2,7 +2,6 @@
 //! the stream leader is killed.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull;
@@ -24,8 +23,8 @@ where
     loop {
         match op().await {
             Ok(value) => return value,
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
+            // Nothing announces "JetStream ready" to a client: retry with a pause.
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(err) => panic!("{what}: {err}"),
@@ -70,10 +69,10 @@ async fn worker_loses_no_acknowledged_message_when_the_stream_leader_is_killed()
     .await;
     let consumer = js.pull_consumer(consumer);
 
-    let processed = Arc::new(Mutex::new(HashSet::new()));
+    // Every handled message id, as the handler sees it.
+    let (processed_tx, mut processed) = tokio::sync::mpsc::unbounded_channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = {
-        let processed = processed.clone();
         let worker = Worker::new(&js, consumer)
             .pull_expires(Duration::from_millis(500))
             .backoff(Backoff::List(vec![Duration::from_millis(100)]));
@@ -84,13 +83,10 @@ async fn worker_loses_no_acknowledged_message_when_the_stream_leader_is_killed()
                     .as_ref()
                     .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
                     .map(|v| v.as_str().to_owned());
-                let processed = processed.clone();
-                async move {
-                    if let Some(id) = id {
-                        processed.lock().unwrap().insert(id);
-                    }
-                    Ok(())
+                if let Some(id) = id {
+                    let _ = processed_tx.send(id);
                 }
+                async { Ok(()) }
             },
             async move {
                 let _ = stopped.await;
@@ -147,20 +143,15 @@ async fn worker_loses_no_acknowledged_message_when_the_stream_leader_is_killed()
     );
 
     // Every acknowledged message is processed; redeliveries are allowed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let missing = {
-            let seen = processed.lock().unwrap();
-            acknowledged.iter().filter(|id| !seen.contains(*id)).count()
-        };
-        if missing == 0 {
-            break;
+    let mut missing: HashSet<&str> = acknowledged.iter().map(String::as_str).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(deadline, processed.recv()).await {
+            Ok(Some(id)) => {
+                missing.remove(id.as_str());
+            }
+            _ => panic!("{} acknowledged messages never processed", missing.len()),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} acknowledged messages never processed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = stop.send(());
     let stats = worker.await.unwrap();
