@@ -18,6 +18,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use nats_otel::{Instrumentation, W3cPropagator};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::KeyValue;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -25,6 +30,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
     SpanProcessor,
@@ -33,13 +39,14 @@ use opentelemetry_sdk::trace::{
 const ROUNDS: usize = 5;
 const CORE_MESSAGES: u64 = 200_000;
 const PUBLISH_MESSAGES: u64 = 500_000;
-const REQUESTS: usize = 2_000;
+const REQUESTS: usize = 5_000;
 const JS_MESSAGES: u64 = 50_000;
-const JS_SEQUENTIAL: u64 = 2_000;
+const JS_SEQUENTIAL: u64 = 5_000;
 const JS_WINDOW: usize = 256;
 const POOL_MESSAGES: u64 = 200_000;
 const POOL_PUBLISHERS: usize = 4;
 const OUTAGE_MESSAGES: u64 = 200_000;
+const SDK_SPANS: u64 = 500_000;
 
 /// Counts exported spans and throws them away.
 #[derive(Debug, Clone, Default)]
@@ -83,8 +90,50 @@ impl SpanProcessor for CountingProcessor {
 }
 
 /// This process's user+system CPU seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// CPU seconds used so far by this process (`client`) and by the benchmark's
+/// nats-server (`server`).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    client: f64,
+    server: f64,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, other: Cpu) -> Cpu {
+        Cpu {
+            client: self.client - other.client,
+            server: self.server - other.server,
+        }
+    }
+}
+
+impl std::ops::Mul<f64> for Cpu {
+    type Output = Cpu;
+    fn mul(self, k: f64) -> Cpu {
+        Cpu {
+            client: self.client * k,
+            server: self.server * k,
+        }
+    }
+}
+
+impl std::ops::Div<f64> for Cpu {
+    type Output = Cpu;
+    fn div(self, k: f64) -> Cpu {
+        Cpu {
+            client: self.client / k,
+            server: self.server / k,
+        }
+    }
+}
+
+/// The benchmark's nats-server, whose CPU time is reported beside the client's.
+static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// User+system CPU seconds of the process whose `stat` file is `path`.
+fn process_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state(0) … utime(11) stime(12), in clock ticks (100/s).
@@ -95,6 +144,15 @@ fn cpu_seconds() -> f64 {
             .unwrap_or(0.0)
     };
     (ticks(11) + ticks(12)) / 100.0
+}
+
+fn cpu_seconds() -> Cpu {
+    Cpu {
+        client: process_cpu_seconds("/proc/self/stat"),
+        server: SERVER_PID
+            .get()
+            .map_or(0.0, |pid| process_cpu_seconds(&format!("/proc/{pid}/stat"))),
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -111,6 +169,9 @@ enum Tracing {
     Dropped,
     /// Every message sampled, with the SDK's default batch settings (queue 2048).
     SampledDefaultQueue,
+    /// No nats-otel: producer and consumer spans written by hand on raw
+    /// async-nats with the SDK's `TraceContextPropagator`, every message sampled.
+    HandWritten,
 }
 
 impl Tracing {
@@ -122,6 +183,7 @@ impl Tracing {
             Tracing::Sampled => "nats-otel, all sampled",
             Tracing::Dropped => "nats-otel, sampler drops",
             Tracing::SampledDefaultQueue => "nats-otel, all sampled, default batch queue",
+            Tracing::HandWritten => "hand-written OTel on raw async-nats, all sampled",
         }
     }
 }
@@ -135,7 +197,7 @@ struct Telemetry {
 fn telemetry(tracing: Tracing) -> Option<Telemetry> {
     let exported = Counting::default();
     let sampler = match tracing {
-        Tracing::Sampled | Tracing::SampledDefaultQueue => Sampler::AlwaysOn,
+        Tracing::Sampled | Tracing::SampledDefaultQueue | Tracing::HandWritten => Sampler::AlwaysOn,
         Tracing::Dropped => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
         _ => return None,
     };
@@ -180,7 +242,8 @@ fn instrumentation(tracing: Tracing, telemetry: &Option<Telemetry>) -> Instrumen
 #[derive(Clone, Copy, Default)]
 struct Sample {
     per_second: f64,
-    cpu_us: f64,
+    /// CPU µs per message, of this process and of the server.
+    cpu_us: Cpu,
     dropped: u64,
 }
 
@@ -230,6 +293,63 @@ async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
             }
             let _ = publisher.await;
         }
+        Tracing::HandWritten => {
+            let provider = &telemetry.as_ref().expect("sampled telemetry").provider;
+            let tracer = Arc::new(provider.tracer("hand-written"));
+            let mut sub = raw.subscribe("bench.core").await.expect("subscribe");
+            sync(&raw).await;
+            start_cpu = cpu_seconds();
+            started = Instant::now();
+            let publisher = {
+                let raw = raw.clone();
+                let tracer = tracer.clone();
+                tokio::spawn(async move {
+                    let propagator = TraceContextPropagator::new();
+                    for _ in 0..n {
+                        let span = tracer
+                            .span_builder("publish bench.core")
+                            .with_kind(SpanKind::Producer)
+                            .with_attributes([
+                                KeyValue::new("messaging.system", "nats"),
+                                KeyValue::new("messaging.operation.type", "send"),
+                                KeyValue::new("messaging.destination.name", "bench.core"),
+                                KeyValue::new("messaging.message.body.size", size as i64),
+                            ])
+                            .start(&*tracer);
+                        let cx = opentelemetry::Context::current_with_span(span);
+                        let mut headers = async_nats::HeaderMap::new();
+                        propagator.inject_context(&cx, &mut HandInjector(&mut headers));
+                        let _ = raw
+                            .publish_with_headers("bench.core", headers, payload.clone())
+                            .await;
+                        cx.span().end();
+                    }
+                })
+            };
+            let propagator = TraceContextPropagator::new();
+            for _ in 0..n {
+                let Some(message) = sub.next().await else {
+                    break;
+                };
+                let parent = match &message.headers {
+                    Some(headers) => propagator.extract(&HandExtractor(headers)),
+                    None => opentelemetry::Context::new(),
+                };
+                let mut span = tracer
+                    .span_builder("process bench.core")
+                    .with_kind(SpanKind::Consumer)
+                    .with_attributes([
+                        KeyValue::new("messaging.system", "nats"),
+                        KeyValue::new("messaging.operation.type", "process"),
+                        KeyValue::new("messaging.destination.name", "bench.core"),
+                        KeyValue::new("messaging.message.body.size", message.payload.len() as i64),
+                    ])
+                    .start_with_context(&*tracer, &parent);
+                drop(message);
+                span.end();
+            }
+            let _ = publisher.await;
+        }
         _ => {
             let client = Client(nats_otel::Client::new(
                 raw.clone(),
@@ -267,6 +387,42 @@ async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
 }
 
 struct Client(nats_otel::Client);
+
+/// What a hand-written instrumentation injects with: plain `HeaderMap::insert`.
+struct HandInjector<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for HandInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+/// What a hand-written instrumentation extracts with.
+struct HandExtractor<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for HandExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+/// The sample of `n` messages that started at `started` / `start_cpu` and have
+/// all been handled now; flushes `telemetry` to count its drops (not timed).
+fn measured(n: u64, started: Instant, start_cpu: Cpu, telemetry: Option<Telemetry>) -> Sample {
+    let sample = Sample {
+        per_second: n as f64 / started.elapsed().as_secs_f64(),
+        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / n as f64,
+        dropped: 0,
+    };
+    Sample {
+        dropped: finish(telemetry),
+        ..sample
+    }
+}
 
 /// Flushes the span pipeline; returns how many ended spans never reached the
 /// exporter (a sampler's drops are not counted: those spans never record).
@@ -353,15 +509,7 @@ async fn publish_only(url: &str, tracing: Tracing, n: u64, size: usize) -> Sampl
         }
     }
     sync(&raw).await;
-    let sample = Sample {
-        per_second: n as f64 / started.elapsed().as_secs_f64(),
-        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / n as f64,
-        dropped: 0,
-    };
-    Sample {
-        dropped: finish(telemetry),
-        ..sample
-    }
+    measured(n, started, start_cpu, telemetry)
 }
 
 /// `POOL_PUBLISHERS` tasks publishing 16 B messages, through one shared
@@ -398,15 +546,7 @@ async fn pool(url: &str, tracing: Tracing, connections: usize) -> Sample {
         sync(raw).await;
     }
     let n = per_task * POOL_PUBLISHERS as u64;
-    let sample = Sample {
-        per_second: n as f64 / started.elapsed().as_secs_f64(),
-        cpu_us: (cpu_seconds() - start_cpu) * 1e6 / n as f64,
-        dropped: 0,
-    };
-    Sample {
-        dropped: finish(telemetry),
-        ..sample
-    }
+    measured(n, started, start_cpu, telemetry)
 }
 
 /// A fresh memory stream for one measurement.
@@ -642,6 +782,127 @@ async fn js_consume(url: &str, tracing: Tracing, mode: JsConsume, n: u64) -> Sam
     }
 }
 
+/// What one span costs in the OpenTelemetry SDK alone, with no NATS and no
+/// nats-otel: `n` spans with nine messaging attributes (and one link when `link`)
+/// started and ended through a `BoxedTracer`, with the benchmark's batch processor
+/// and discarding exporter. Client CPU µs per span (the export thread included).
+fn sdk_span_cost(tracing: Tracing, link: bool, n: u64) -> Sample {
+    let telemetry = telemetry(tracing);
+    let provider = &telemetry.as_ref().expect("sdk telemetry").provider;
+    let tracer = opentelemetry::global::BoxedTracer::new(Box::new(provider.tracer("sdk-floor")));
+    let linked = opentelemetry::trace::SpanContext::new(
+        opentelemetry::trace::TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128),
+        opentelemetry::trace::SpanId::from(0x00f0_67aa_0ba9_02b7_u64),
+        opentelemetry::trace::TraceFlags::SAMPLED,
+        true,
+        Default::default(),
+    );
+    let start_cpu = cpu_seconds();
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut builder = opentelemetry::trace::SpanBuilder::from_name("publish bench.core")
+            .with_kind(SpanKind::Producer)
+            .with_attributes(vec![
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.client.id", "42"),
+                KeyValue::new("server.address", "127.0.0.1"),
+                KeyValue::new("server.port", 4222_i64),
+                KeyValue::new("messaging.operation.name", "publish"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.destination.name", "bench.core"),
+                KeyValue::new("messaging.destination.template", "bench.core"),
+                KeyValue::new("messaging.message.body.size", 16_i64),
+            ]);
+        if link {
+            builder = builder.with_links(vec![opentelemetry::trace::Link::with_context(
+                linked.clone(),
+            )]);
+        }
+        let parent = opentelemetry::Context::new();
+        let span = tracer.build_with_context(builder, &parent);
+        let cx = parent.with_span(span);
+        cx.span().end();
+    }
+    measured(n, started, start_cpu, telemetry)
+}
+
+/// The SDK's own cost per span (client CPU µs), measured by `sdk_span_cost`.
+#[derive(Clone, Copy)]
+struct SdkCost {
+    /// A recorded span without links.
+    plain: f64,
+    /// A recorded span with one link (a process span of a traced message).
+    linked: f64,
+}
+
+/// A target from the issue: `ratio`× the median of row `of` (`label` names it).
+struct Target {
+    ratio: f64,
+    of: usize,
+    label: &'static str,
+}
+
+/// The best any instrumentation built on the SDK could do on this box, from a
+/// measured baseline row: while the box's CPUs are saturated, throughput is
+/// inversely proportional to the CPU (client + server) spent per message, and
+/// instrumentation adds at least the SDK's own cost of its spans. Also states
+/// how much CPU per message `target` leaves for instrumentation. Returns
+/// sentences for the report.
+fn ceiling(rows: &[Row], baseline: usize, spans_us: f64, spans: &str, target: Target) -> String {
+    let rate_of =
+        |row: &Row| median(&mut row.samples.iter().map(|s| s.per_second).collect::<Vec<_>>());
+    let (Some(row), Some(reference)) = (rows.get(baseline), rows.get(target.of)) else {
+        return String::new();
+    };
+    let rate = rate_of(row);
+    let client = median(
+        &mut row
+            .samples
+            .iter()
+            .map(|s| s.cpu_us.client)
+            .collect::<Vec<_>>(),
+    );
+    let server = median(
+        &mut row
+            .samples
+            .iter()
+            .map(|s| s.cpu_us.server)
+            .collect::<Vec<_>>(),
+    );
+    let raw = rows.first().map(rate_of).unwrap_or(rate);
+    let total = client + server;
+    let best = rate * total / (total + spans_us);
+    let wanted = target.ratio * rate_of(reference);
+    // CPU per message the box can spend at the target rate, minus the baseline's.
+    let budget = rate * total / wanted - total;
+    let verdict = if budget <= 0.0 {
+        "nothing: the baseline row alone is slower than the target".to_owned()
+    } else {
+        format!(
+            "{budget:.2} µs per message for all instrumentation work, spans included, \
+             against the SDK's own {spans_us:.2} µs"
+        )
+    };
+    format!(
+        "\nCeiling for any SDK-based instrumentation: the \"{}\" row uses {:.2} CPUs \
+         ({:.2} µs client + {:.2} µs server per message at {:.0} msg/s). Adding only the SDK's \
+         own cost of {spans} ({:.2} µs, from the SDK table) gives at most {:.0} msg/s: \
+         {:.2}× raw, {:.2}× of that row. The target, {}× {} ({:.0} msg/s), leaves {verdict}.\n",
+        row.name,
+        rate * total / 1e6,
+        client,
+        server,
+        rate,
+        spans_us,
+        best,
+        best / raw,
+        best / rate,
+        target.ratio,
+        target.label,
+        wanted,
+    )
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
@@ -663,13 +924,14 @@ fn table(out: &mut String, title: &str, rows: &[Row]) {
     let _ = writeln!(out, "\n### {title}\n");
     let _ = writeln!(
         out,
-        "| variant | msg/s median (min–max) | × raw | client CPU µs/msg | spans dropped |"
+        "| variant | msg/s median (min–max) | × raw | client CPU µs/msg | server CPU µs/msg | spans dropped |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
     let mut raw_median = None;
     for row in rows {
         let mut rates: Vec<f64> = row.samples.iter().map(|s| s.per_second).collect();
-        let mut cpu: Vec<f64> = row.samples.iter().map(|s| s.cpu_us).collect();
+        let mut cpu: Vec<f64> = row.samples.iter().map(|s| s.cpu_us.client).collect();
+        let mut server: Vec<f64> = row.samples.iter().map(|s| s.cpu_us.server).collect();
         let min = rates.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = rates.iter().cloned().fold(0.0, f64::max);
         let m = median(&mut rates);
@@ -677,13 +939,14 @@ fn table(out: &mut String, title: &str, rows: &[Row]) {
         let dropped: u64 = row.samples.iter().map(|s| s.dropped).sum();
         let _ = writeln!(
             out,
-            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.2} | {} |",
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.2} | {:.2} | {} |",
             row.name,
             m,
             min,
             max,
             m / raw,
             median(&mut cpu),
+            median(&mut server),
             dropped
         );
     }
@@ -814,13 +1077,18 @@ async fn outage(url: &str, collector: Collector, n: u64) -> OutageSample {
 
 /// Runs `measure` for every variant, interleaved, `ROUNDS` times, and appends the
 /// table.
-async fn section<F, Fut>(out: &mut String, title: &str, variants: &[(String, Tracing)], measure: F)
+async fn section<F, Fut>(
+    out: &mut String,
+    title: &str,
+    variants: &[(String, Tracing)],
+    measure: F,
+) -> Vec<Row>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Sample>,
 {
     if !selected(title) {
-        return;
+        return Vec::new();
     }
     let mut rows: Vec<Row> = variants
         .iter()
@@ -837,12 +1105,15 @@ where
     let before = out.len();
     table(out, title, &rows);
     eprint!("{}", &out[before..]);
+    rows
 }
 
-/// Whether `BENCH_ONLY` (a substring of section titles, for partial runs while
-/// developing) selects the section `title`.
+/// Whether `BENCH_ONLY` (substrings of section titles separated by `|`, for
+/// partial runs while developing) selects the section `title`.
 fn selected(title: &str) -> bool {
-    std::env::var("BENCH_ONLY").map_or(true, |only| title.contains(only.as_str()))
+    std::env::var("BENCH_ONLY").map_or(true, |only| {
+        only.split('|').any(|part| title.contains(part))
+    })
 }
 
 fn named(variants: &[Tracing]) -> Vec<(String, Tracing)> {
@@ -852,9 +1123,51 @@ fn named(variants: &[Tracing]) -> Vec<(String, Tracing)> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let server = server::NatsServer::start();
+    let _ = SERVER_PID.set(server.pid());
     let url = server.url();
     let url = url.as_str();
     let mut out = String::new();
+
+    let sdk_variants = vec![
+        ("recorded span".to_owned(), Tracing::Sampled),
+        ("recorded span with one link".to_owned(), Tracing::Sampled),
+        (
+            "span a parent-based sampler drops".to_owned(),
+            Tracing::Dropped,
+        ),
+    ];
+    let sdk_rows = section(
+        &mut out,
+        &format!(
+            "OpenTelemetry SDK alone (no NATS, no nats-otel): one span per \"message\", \
+             9 attributes, {SDK_SPANS} spans × {ROUNDS} rounds"
+        ),
+        &sdk_variants,
+        |i| {
+            let tracing = sdk_variants[i].1;
+            async move { sdk_span_cost(tracing, i == 1, SDK_SPANS) }
+        },
+    )
+    .await;
+    let sdk_cpu = |i: usize| {
+        sdk_rows.get(i).map(|r| {
+            median(
+                &mut r
+                    .samples
+                    .iter()
+                    .map(|s| s.cpu_us.client)
+                    .collect::<Vec<_>>(),
+            )
+        })
+    };
+    let sdk = match (sdk_cpu(0), sdk_cpu(1)) {
+        (Some(plain), Some(linked)) => Some(SdkCost { plain, linked }),
+        _ => None,
+    };
+    let note = |out: &mut String, line: String| {
+        eprint!("{line}");
+        out.push_str(&line);
+    };
 
     let core = [
         Tracing::Raw,
@@ -875,19 +1188,36 @@ async fn main() {
     }
     for size in [16usize, 1024] {
         let mut variants = named(&core);
+        variants.push((Tracing::HandWritten.name().to_owned(), Tracing::HandWritten));
         if size == 16 {
             variants.push((
                 Tracing::SampledDefaultQueue.name().to_owned(),
                 Tracing::SampledDefaultQueue,
             ));
         }
-        section(
+        let rows = section(
             &mut out,
             &format!("Core pub→sub, {size} B, {CORE_MESSAGES} messages × {ROUNDS} rounds"),
             &variants,
             |i| pub_sub(url, variants[i].1, CORE_MESSAGES, size),
         )
         .await;
+        if let Some(sdk) = sdk {
+            note(
+                &mut out,
+                ceiling(
+                    &rows,
+                    1,
+                    sdk.plain + sdk.linked,
+                    "a producer span and a linked process span",
+                    Target {
+                        ratio: 0.70,
+                        of: 1,
+                        label: "the header-only row",
+                    },
+                ),
+            );
+        }
     }
 
     let rr_variants = [
@@ -952,7 +1282,7 @@ async fn main() {
         "nats-otel `Pipeline`, all sampled".to_owned(),
         Tracing::Sampled,
     ));
-    section(
+    let rows = section(
         &mut out,
         &format!("JetStream publish, {JS_WINDOW} acks in flight, {JS_MESSAGES} messages × {ROUNDS} rounds"),
         &pipelined,
@@ -962,13 +1292,45 @@ async fn main() {
         },
     )
     .await;
-    section(
+    if let Some(sdk) = sdk {
+        note(
+            &mut out,
+            ceiling(
+                &rows,
+                1,
+                sdk.plain,
+                "one publish span",
+                Target {
+                    ratio: 0.85,
+                    of: 0,
+                    label: "raw",
+                },
+            ),
+        );
+    }
+    let rows = section(
         &mut out,
         &format!("JetStream pull consume + ack, {JS_MESSAGES} messages × {ROUNDS} rounds"),
         &js,
         |i| js_consume(url, js[i].1, JsConsume::Loop, JS_MESSAGES),
     )
     .await;
+    if let Some(sdk) = sdk {
+        note(
+            &mut out,
+            ceiling(
+                &rows,
+                0,
+                2.0 * sdk.plain,
+                "a process span and an ack span",
+                Target {
+                    ratio: 0.85,
+                    of: 0,
+                    label: "raw",
+                },
+            ),
+        );
+    }
     let worker = vec![
         ("hand-written loop, raw async-nats".to_owned(), Tracing::Raw),
         ("nats-otel `Worker`, tracing off".to_owned(), Tracing::Off),
@@ -1043,7 +1405,7 @@ async fn main() {
         let mut up = None;
         for ((name, _), samples) in collectors.iter().zip(results.iter()) {
             let mut rates: Vec<f64> = samples.iter().map(|s| s.sample.per_second).collect();
-            let mut cpu: Vec<f64> = samples.iter().map(|s| s.sample.cpu_us).collect();
+            let mut cpu: Vec<f64> = samples.iter().map(|s| s.sample.cpu_us.client).collect();
             let min = rates.iter().cloned().fold(f64::INFINITY, f64::min);
             let max = rates.iter().cloned().fold(0.0, f64::max);
             let m = median(&mut rates);
@@ -1076,11 +1438,16 @@ async fn main() {
          {version} on loopback, async-nats 0.51, opentelemetry 0.33. Variants run interleaved in one \
          process, {ROUNDS} rounds each; throughput is the median with min–max; \"× raw\" is the ratio of \
          the median to the first row of the same table. Client CPU is this process's user+system time per \
-         message (it includes the publisher, the subscriber and the async-nats connection tasks). \
-         nats-otel variants use `W3cPropagator`. Sampled variants use a batch span processor \
+         message (it includes the publisher, the subscriber and the async-nats connection tasks); \
+         server CPU is the nats-server process's, per message. Client and server share the same \
+         {cpus} CPUs. nats-otel variants use `W3cPropagator`; the hand-written variant uses the \
+         SDK's `TraceContextPropagator` and plain `HeaderMap` calls, as an application would \
+         without this crate. Sampled variants use a batch span processor \
          (queue 262144, batches of 4096, 200 ms delay) exporting to a discarding exporter, except the \
          \"default batch queue\" row (the SDK defaults: queue 2048, batches of 512, 5 s delay); \
-         \"spans dropped\" counts spans that ended but never reached the exporter, over all rounds.\n"
+         \"spans dropped\" counts spans that ended but never reached the exporter, over all rounds. \
+         The first table measures the SDK alone; the \"Ceiling\" lines under the traced tables \
+         use it to bound what any instrumentation built on the SDK can reach on this machine.\n"
     );
     let report = header + &out;
     println!("{report}");

@@ -1,18 +1,22 @@
 //! The instrumented client: async-nats's `Client` API, traced.
 
+use std::future::Future;
 use std::sync::Arc;
 
+use async_nats::client::traits::Publisher;
 use async_nats::client::{FlushError, PublishError, Request, RequestError, SubscribeError};
 use async_nats::connection::State;
+use async_nats::message::OutboundMessage;
 use async_nats::{
     ConnectError, ConnectOptions, HeaderMap, Message, ServerInfo, Subject, ToServerAddrs, ToSubject,
 };
 use bytes::Bytes;
+use futures_util::FutureExt;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
 
 use crate::error::{error_type, refusal_or_kind};
-use crate::instrumentation::{record_failure, Compressed, Instrumentation, Prepared};
+use crate::instrumentation::{record_failure, Instrumentation, Prepared};
 use crate::metrics::OpTimer;
 use crate::names::SpanName;
 use crate::semconv;
@@ -355,24 +359,64 @@ impl Client {
         Box::pin(self.send_request_traced(subject.to_subject(), request)).await
     }
 
-    async fn send_request_traced(
+    /// The traced request: name, timer, span and headers are prepared
+    /// synchronously; the future holds the request itself, the span and the timer.
+    fn send_request_traced(
         &self,
         subject: Subject,
-        request: Request,
-    ) -> Result<Message, RequestError> {
+        mut request: Request,
+    ) -> impl Future<Output = Result<Message, RequestError>> + Send + '_ {
         let name = self
             .inst
             .name_if_needed(semconv::operation::REQUEST, subject.as_str());
         let timer = self.timer(semconv::operation::REQUEST, name.as_ref());
-        let result = self
-            .send_request_inner(subject, name.as_ref(), request)
-            .await;
-        if let Some(timer) = timer {
-            let error = result.as_ref().err().map(refusal_or_kind);
-            timer.count_sent(error.as_deref());
-            timer.finish(error.as_deref());
-        }
-        result
+        let cx = match name.as_ref().filter(|_| self.inst.tracing_enabled()) {
+            Some(name) => {
+                let body_size = request.payload.as_ref().map_or(0, Bytes::len);
+                let cx = self.inst.start_send(
+                    semconv::operation::REQUEST,
+                    subject.as_str(),
+                    name,
+                    request.headers.as_ref(),
+                    body_size,
+                    None,
+                    &self.common,
+                );
+                let had_headers = request.headers.is_some();
+                let headers = request.headers.get_or_insert_with(HeaderMap::new);
+                self.inst.inject(&cx, headers);
+                if !had_headers && headers.is_empty() {
+                    request.headers = None;
+                }
+                Some(cx)
+            }
+            None => {
+                if let Some(cx) = self.inst.ambient_context() {
+                    self.inst
+                        .inject(&cx, request.headers.get_or_insert_with(HeaderMap::new));
+                }
+                None
+            }
+        };
+        self.request_or_refused(subject, request)
+            .map(move |result| {
+                if let Some(cx) = cx {
+                    match &result {
+                        Ok(reply) => cx.span().set_attribute(KeyValue::new(
+                            semconv::MESSAGING_NATS_REPLY_BODY_SIZE,
+                            reply.payload.len() as i64,
+                        )),
+                        Err(err) => record_failure(&cx, &refusal_or_kind(err), err.to_string()),
+                    }
+                    cx.span().end();
+                }
+                if let Some(timer) = timer {
+                    let error = result.as_ref().err().map(refusal_or_kind);
+                    timer.count_sent(error.as_deref());
+                    timer.finish(error.as_deref());
+                }
+                result
+            })
     }
 
     /// Sends `request`, failing fast when the server refuses its subject (seen
@@ -407,47 +451,6 @@ impl Client {
                 },
             }
         }
-    }
-
-    async fn send_request_inner(
-        &self,
-        subject: Subject,
-        name: Option<&SpanName>,
-        mut request: Request,
-    ) -> Result<Message, RequestError> {
-        let Some(name) = name.filter(|_| self.inst.tracing_enabled()) else {
-            if let Some(cx) = self.inst.ambient_context() {
-                self.inst
-                    .inject(&cx, request.headers.get_or_insert_with(HeaderMap::new));
-            }
-            return self.inner.send_request(subject, request).await;
-        };
-        let body_size = request.payload.as_ref().map_or(0, Bytes::len);
-        let cx = self.inst.start_send(
-            semconv::operation::REQUEST,
-            subject.as_str(),
-            name,
-            request.headers.as_ref(),
-            body_size,
-            None,
-            &self.common,
-        );
-        let had_headers = request.headers.is_some();
-        let headers = request.headers.get_or_insert_with(HeaderMap::new);
-        self.inst.inject(&cx, headers);
-        if !had_headers && headers.is_empty() {
-            request.headers = None;
-        }
-        let result = self.request_or_refused(subject, request).await;
-        match &result {
-            Ok(reply) => cx.span().set_attribute(KeyValue::new(
-                semconv::MESSAGING_NATS_REPLY_BODY_SIZE,
-                reply.payload.len() as i64,
-            )),
-            Err(err) => record_failure(&cx, &refusal_or_kind(err), err.to_string()),
-        }
-        cx.span().end();
-        result
     }
 
     /// Subscribes to `subject` (wildcards allowed). The subscription pattern is the
@@ -507,69 +510,74 @@ impl Client {
         self.inner.connection_state()
     }
 
-    async fn send(
+    /// The traced publish: the span is started and the headers are built
+    /// synchronously, so the returned future holds only the async-nats publish,
+    /// the span's context and the timer. Keeping it small matters: it is boxed
+    /// per message, and allocations above ~1 KiB miss the allocator's per-thread
+    /// cache.
+    fn send(
         &self,
         subject: Subject,
         reply: Option<Subject>,
         headers: Option<HeaderMap>,
         payload: Bytes,
-    ) -> Result<(), PublishError> {
+    ) -> impl Future<Output = Result<(), PublishError>> + Send + '_ {
         let name = self
             .inst
             .name_if_needed(semconv::operation::PUBLISH, subject.as_str());
         let timer = self.timer(semconv::operation::PUBLISH, name.as_ref());
         let headers = self.with_publish_time(headers);
         let (headers, payload, compressed) = self.compress(headers, payload);
-        let result = self
-            .send_inner(subject, name.as_ref(), reply, headers, payload, compressed)
-            .await;
-        if let Some(timer) = timer {
-            let error = result.as_ref().err().map(|e| error_type(&e.kind()));
-            timer.count_sent(error.as_deref());
-            timer.finish(error.as_deref());
-        }
-        result
-    }
-
-    async fn send_inner(
-        &self,
-        subject: Subject,
-        name: Option<&SpanName>,
-        reply: Option<Subject>,
-        headers: Option<HeaderMap>,
-        payload: Bytes,
-        compressed: Option<(usize, Compressed)>,
-    ) -> Result<(), PublishError> {
-        let Some(name) = name.filter(|_| self.inst.tracing_enabled()) else {
-            let headers = match self.inst.ambient_context() {
-                Some(cx) => Some(self.injected(&cx, headers)),
-                None => headers,
-            };
-            return self.raw_publish(subject, reply, headers, payload).await;
+        let (cx, headers) = match name.as_ref().filter(|_| self.inst.tracing_enabled()) {
+            Some(name) => {
+                let (body_size, compressed) = match compressed {
+                    Some((original, compressed)) => (original, Some(compressed)),
+                    None => (payload.len(), None),
+                };
+                let cx = self.inst.start_send(
+                    semconv::operation::PUBLISH,
+                    subject.as_str(),
+                    name,
+                    headers.as_ref(),
+                    body_size,
+                    compressed,
+                    &self.common,
+                );
+                let had_headers = headers.is_some();
+                let injected = self.injected(&cx, headers);
+                // A no-op tracer yields no context to inject: keep the cheaper PUB path.
+                let headers = (had_headers || !injected.is_empty()).then_some(injected);
+                (Some(cx), headers)
+            }
+            None => match self.inst.ambient_context() {
+                Some(cx) => (None, Some(self.injected(&cx, headers))),
+                None => (None, headers),
+            },
         };
-        let (body_size, compressed) = match compressed {
-            Some((original, compressed)) => (original, Some(compressed)),
-            None => (payload.len(), None),
-        };
-        let cx = self.inst.start_send(
-            semconv::operation::PUBLISH,
-            subject.as_str(),
-            name,
-            headers.as_ref(),
-            body_size,
-            compressed,
-            &self.common,
+        let publish = Publisher::publish_message(
+            &self.inner,
+            OutboundMessage {
+                subject,
+                reply,
+                payload,
+                headers,
+            },
         );
-        let had_headers = headers.is_some();
-        let injected = self.injected(&cx, headers);
-        // A no-op tracer yields no context to inject: keep the cheaper PUB path.
-        let headers = (had_headers || !injected.is_empty()).then_some(injected);
-        let result = self.raw_publish(subject, reply, headers, payload).await;
-        if let Err(err) = &result {
-            record_failure(&cx, &error_type(&err.kind()), err.to_string());
-        }
-        cx.span().end();
-        result
+        // `map`, not an async block: a block would hold the publish future twice.
+        publish.map(move |result| {
+            if let Some(cx) = cx {
+                if let Err(err) = &result {
+                    record_failure(&cx, &error_type(&err.kind()), err.to_string());
+                }
+                cx.span().end();
+            }
+            if let Some(timer) = timer {
+                let error = result.as_ref().err().map(|e| error_type(&e.kind()));
+                timer.count_sent(error.as_deref());
+                timer.finish(error.as_deref());
+            }
+            result
+        })
     }
 
     fn injected(&self, cx: &Context, headers: Option<HeaderMap>) -> HeaderMap {
@@ -577,23 +585,37 @@ impl Client {
         self.inst.inject(cx, &mut headers);
         headers
     }
+}
 
-    async fn raw_publish(
-        &self,
-        subject: Subject,
-        reply: Option<Subject>,
-        headers: Option<HeaderMap>,
-        payload: Bytes,
-    ) -> Result<(), PublishError> {
-        match (reply, headers) {
-            (None, None) => self.inner.publish(subject, payload).await,
-            (None, Some(h)) => self.inner.publish_with_headers(subject, h, payload).await,
-            (Some(r), None) => self.inner.publish_with_reply(subject, r, payload).await,
-            (Some(r), Some(h)) => {
-                self.inner
-                    .publish_with_reply_and_headers(subject, r, h, payload)
-                    .await
-            }
-        }
+#[cfg(test)]
+mod tests {
+    /// glibc serves allocations of up to 1032-byte chunks (requests of about
+    /// 1016 bytes) from a lock-free per-thread cache; larger ones take the arena
+    /// lock, which the connection task contends for when it frees headers. The
+    /// traced publish futures are boxed once per message, so they must fit.
+    const PER_THREAD_CACHE_LIMIT: usize = 1016;
+
+    #[tokio::test]
+    async fn traced_publish_futures_fit_the_allocators_per_thread_cache() {
+        // No server is needed: the futures are built, never polled.
+        let raw = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:9")
+            .await
+            .expect("connect with retry returns at once");
+        let client = super::Client::new(raw, crate::Instrumentation::builder().build());
+        let publish = client.send("a".into(), None, None, bytes::Bytes::new());
+        assert!(
+            std::mem::size_of_val(&publish) <= PER_THREAD_CACHE_LIMIT,
+            "core publish future is {} bytes",
+            std::mem::size_of_val(&publish)
+        );
+        let js = crate::jetstream::new(&client);
+        let js_publish = js.send_traced("a".into(), None, bytes::Bytes::new());
+        assert!(
+            std::mem::size_of_val(&js_publish) <= PER_THREAD_CACHE_LIMIT,
+            "JetStream publish future is {} bytes",
+            std::mem::size_of_val(&js_publish)
+        );
     }
 }

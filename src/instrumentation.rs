@@ -60,7 +60,7 @@ struct Inner {
     tracer: BoxedTracer,
     tracing: bool,
     meter: Meter,
-    instruments: Option<crate::metrics::Instruments>,
+    instruments: Option<Arc<crate::metrics::Instruments>>,
     publish_time_header: bool,
     propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
     parenting: ProcessParenting,
@@ -108,7 +108,7 @@ impl Instrumentation {
     }
 
     /// The instruments, when metrics are on.
-    pub(crate) fn instruments(&self) -> Option<&crate::metrics::Instruments> {
+    pub(crate) fn instruments(&self) -> Option<&Arc<crate::metrics::Instruments>> {
         self.inner.instruments.as_ref()
     }
 
@@ -252,7 +252,9 @@ impl Instrumentation {
             return (producer.clone(), producer);
         }
         let subject = message.subject.as_str();
-        let mut attributes = Vec::with_capacity(common.len() + 8 + extra.len());
+        // `extra`'s buffer is reused: callers size it for everything pushed here.
+        let mut attributes = extra;
+        attributes.reserve(common.len() + 8);
         attributes.extend_from_slice(common);
         attributes.push(KeyValue::new(
             semconv::MESSAGING_OPERATION_NAME,
@@ -296,7 +298,6 @@ impl Instrumentation {
                 id.as_str().to_owned(),
             ));
         }
-        attributes.extend(extra);
         if let Some(hook) = &self.inner.process_hook {
             hook(message, &mut attributes);
         }
@@ -599,7 +600,7 @@ impl InstrumentationBuilder {
             .unwrap_or_else(|| global::meter_with_scope(scope()));
         let instruments = self
             .metrics
-            .then(|| crate::metrics::Instruments::new(&meter));
+            .then(|| Arc::new(crate::metrics::Instruments::new(&meter)));
         Instrumentation {
             inner: Arc::new(Inner {
                 tracer: self

@@ -235,7 +235,7 @@ pub(crate) fn now_unix_nanos() -> i128 {
 
 /// Times one client operation and records `messaging.client.operation.duration`.
 pub(crate) struct OpTimer {
-    instruments: Instruments,
+    instruments: std::sync::Arc<Instruments>,
     attributes: Vec<KeyValue>,
     started: std::time::Instant,
 }
@@ -243,7 +243,7 @@ pub(crate) struct OpTimer {
 impl OpTimer {
     /// Starts timing if metrics are on; `attributes` is only built then.
     pub(crate) fn start(
-        instruments: Option<&Instruments>,
+        instruments: Option<&std::sync::Arc<Instruments>>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Option<Self> {
         instruments.map(|instruments| Self {
@@ -283,7 +283,7 @@ impl OpTimer {
 /// Records `messaging.process.duration` (and end-to-end latency when the publish
 /// time is known) when a delivered message is done with.
 pub(crate) struct ProcessTimer {
-    instruments: Instruments,
+    instruments: std::sync::Arc<Instruments>,
     attributes: std::sync::Arc<[KeyValue]>,
     started: std::time::Instant,
     published_unix_nanos: Option<i128>,
@@ -293,7 +293,7 @@ pub(crate) struct ProcessTimer {
 impl ProcessTimer {
     /// Counts the message as consumed and starts timing its processing.
     pub(crate) fn start(
-        instruments: Option<&Instruments>,
+        instruments: Option<&std::sync::Arc<Instruments>>,
         attributes: &std::sync::Arc<[KeyValue]>,
         published_unix_nanos: Option<i128>,
     ) -> Option<Self> {

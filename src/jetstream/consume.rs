@@ -138,9 +138,11 @@ impl ConsumerShared {
                 timer: None,
                 shared: self.clone(),
                 decode_error,
+                sequence: None,
             };
         }
-        let mut extra = Vec::with_capacity(10);
+        // Sized for everything the process span carries (see `start_process`).
+        let mut extra = Vec::with_capacity(self.common.len() + 18);
         if let Some(compressed) = compressed {
             compressed.push_attributes(&mut extra);
         }
@@ -157,7 +159,9 @@ impl ConsumerShared {
             .as_ref()
             .is_some_and(|h| h.get(async_nats::header::NATS_MESSAGE_ID).is_some());
         let mut published = None;
+        let mut sequence = None;
         if let Ok(info) = message.info() {
+            sequence = Some((info.stream_sequence, info.delivered));
             let stored = info.published.unix_timestamp_nanos();
             published = Some(stored);
             if let Some(instruments) = self.inst.instruments() {
@@ -220,6 +224,7 @@ impl ConsumerShared {
             timer: ProcessTimer::start(self.inst.instruments(), &self.metric_attributes, published),
             shared: self.clone(),
             decode_error,
+            sequence,
         }
     }
 
@@ -515,6 +520,9 @@ pub struct Delivery {
     shared: Arc<ConsumerShared>,
     #[cfg_attr(not(feature = "compression"), allow(dead_code))]
     decode_error: Option<DecodeFailure>,
+    /// Stream sequence and delivery count, read from the reply subject once on
+    /// delivery (when something records them) for the settle span.
+    sequence: Option<(u64, i64)>,
 }
 
 impl fmt::Debug for Delivery {
@@ -592,7 +600,7 @@ impl Delivery {
     }
 
     /// The instruments, when metrics are on.
-    pub(crate) fn instruments(&self) -> Option<&crate::metrics::Instruments> {
+    pub(crate) fn instruments(&self) -> Option<&std::sync::Arc<crate::metrics::Instruments>> {
         self.shared.inst.instruments()
     }
 
@@ -664,7 +672,7 @@ impl Delivery {
 
     fn start_settle(&self, operation: &'static str, kind: AckKind) -> opentelemetry::Context {
         let shared = &self.shared;
-        let mut attributes = Vec::with_capacity(shared.common.len() + 8);
+        let mut attributes = Vec::with_capacity(shared.common.len() + 9);
         attributes.extend_from_slice(&shared.common);
         attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
         attributes.push(KeyValue::new(
@@ -687,15 +695,16 @@ impl Delivery {
             semconv::MESSAGING_NATS_STREAM,
             shared.stream_value.clone(),
         ));
-        if let Ok(info) = self.message.info() {
+        let sequence = self.sequence.or_else(|| {
+            let info = self.message.info().ok()?;
+            Some((info.stream_sequence, info.delivered))
+        });
+        if let Some((stream_sequence, delivered)) = sequence {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_NATS_STREAM_SEQUENCE,
-                clamp(info.stream_sequence),
+                clamp(stream_sequence),
             ));
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_NATS_DELIVERED,
-                info.delivered,
-            ));
+            attributes.push(KeyValue::new(semconv::MESSAGING_NATS_DELIVERED, delivered));
         }
         if let AckKind::Nak(Some(delay)) = kind {
             attributes.push(KeyValue::new(

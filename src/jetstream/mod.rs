@@ -64,6 +64,7 @@ use async_nats::jetstream::context::{PublishAckFuture as InnerAckFuture, Publish
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::{HeaderMap, ToSubject};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 
@@ -225,12 +226,16 @@ impl Context {
         self.send_traced(subject, Some(headers), payload).await
     }
 
-    pub(crate) async fn send_traced(
+    /// The traced publish. The span is started and the headers are built
+    /// synchronously, so the returned future holds only async-nats's publish,
+    /// the span and the timer (it is boxed per message: small enough for the
+    /// allocator's per-thread cache).
+    pub(crate) fn send_traced(
         &self,
         subject: async_nats::Subject,
         headers: Option<HeaderMap>,
         payload: Bytes,
-    ) -> Result<PublishAckFuture, PublishError> {
+    ) -> impl Future<Output = Result<PublishAckFuture, PublishError>> + Send + '_ {
         #[cfg(feature = "compression")]
         let (headers, payload, compressed) =
             crate::instrumentation::compress(self.compression.as_ref(), headers, payload);
@@ -284,15 +289,16 @@ impl Context {
             .events
             .clone()
             .map(|events| (events, subject.clone(), std::time::Instant::now()));
-        let result = self.inner.send_publish(subject, message).await;
         let mut span = AckSpan { cx, timer, refusal };
-        match result {
-            Ok(inner) => Ok(PublishAckFuture { inner, span }),
-            Err(err) => {
-                span.fail(&err);
-                Err(err)
-            }
-        }
+        self.inner
+            .send_publish(subject, message)
+            .map(move |result| match result {
+                Ok(inner) => Ok(PublishAckFuture { inner, span }),
+                Err(err) => {
+                    span.fail(&err);
+                    Err(err)
+                }
+            })
     }
 }
 
@@ -368,19 +374,15 @@ impl AckSpan {
             timer.finish(None);
         }
         if let Some(cx) = &self.cx {
-            let span = cx.span();
-            span.set_attribute(KeyValue::new(
-                semconv::MESSAGING_NATS_STREAM,
-                ack.stream.clone(),
-            ));
-            span.set_attribute(KeyValue::new(
-                semconv::MESSAGING_NATS_STREAM_SEQUENCE,
-                i64::try_from(ack.sequence).unwrap_or(i64::MAX),
-            ));
-            span.set_attribute(KeyValue::new(
-                semconv::MESSAGING_NATS_DUPLICATE,
-                ack.duplicate,
-            ));
+            // One lock of the span for the three.
+            cx.span().set_attributes([
+                KeyValue::new(semconv::MESSAGING_NATS_STREAM, ack.stream.clone()),
+                KeyValue::new(
+                    semconv::MESSAGING_NATS_STREAM_SEQUENCE,
+                    i64::try_from(ack.sequence).unwrap_or(i64::MAX),
+                ),
+                KeyValue::new(semconv::MESSAGING_NATS_DUPLICATE, ack.duplicate),
+            ]);
         }
     }
 }

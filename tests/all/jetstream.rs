@@ -224,6 +224,11 @@ async fn publish_process_ack_is_one_trace() {
         attr_str(&settle, semconv::MESSAGING_OPERATION_TYPE).as_deref(),
         Some("settle")
     );
+    assert_eq!(
+        attr(&settle, semconv::MESSAGING_NATS_STREAM_SEQUENCE),
+        Some(seq.into()),
+        "the settle span names the message it settles"
+    );
     assert!(telemetry.spans().iter().all(|s| !s.name.contains("$JS")));
 }
 

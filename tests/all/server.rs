@@ -33,6 +33,12 @@ impl NatsServer {
         }
     }
 
+    /// The server's process id (the benchmark reads its CPU time).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server with SIGKILL (no clean shutdown) and starts a new one on
     /// the same port and store directory.
     #[allow(dead_code)]
