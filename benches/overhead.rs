@@ -849,30 +849,16 @@ struct Target {
 /// how much CPU per message `target` leaves for instrumentation. Returns
 /// sentences for the report.
 fn ceiling(rows: &[Row], baseline: usize, spans_us: f64, spans: &str, target: Target) -> String {
-    let rate_of =
-        |row: &Row| median(&mut row.samples.iter().map(|s| s.per_second).collect::<Vec<_>>());
     let (Some(row), Some(reference)) = (rows.get(baseline), rows.get(target.of)) else {
         return String::new();
     };
-    let rate = rate_of(row);
-    let client = median(
-        &mut row
-            .samples
-            .iter()
-            .map(|s| s.cpu_us.client)
-            .collect::<Vec<_>>(),
-    );
-    let server = median(
-        &mut row
-            .samples
-            .iter()
-            .map(|s| s.cpu_us.server)
-            .collect::<Vec<_>>(),
-    );
-    let raw = rows.first().map(rate_of).unwrap_or(rate);
+    let rate = row.median(|s| s.per_second);
+    let client = row.median(|s| s.cpu_us.client);
+    let server = row.median(|s| s.cpu_us.server);
+    let raw = rows.first().map_or(rate, |r| r.median(|s| s.per_second));
     let total = client + server;
     let best = rate * total / (total + spans_us);
-    let wanted = target.ratio * rate_of(reference);
+    let wanted = target.ratio * reference.median(|s| s.per_second);
     // CPU per message the box can spend at the target rate, minus the baseline's.
     let budget = rate * total / wanted - total;
     let verdict = if budget <= 0.0 {
@@ -920,6 +906,13 @@ struct Row {
     samples: Vec<Sample>,
 }
 
+impl Row {
+    /// The median over this row's rounds of `value`.
+    fn median(&self, value: impl Fn(&Sample) -> f64) -> f64 {
+        median(&mut self.samples.iter().map(value).collect::<Vec<_>>())
+    }
+}
+
 fn table(out: &mut String, title: &str, rows: &[Row]) {
     let _ = writeln!(out, "\n### {title}\n");
     let _ = writeln!(
@@ -929,12 +922,10 @@ fn table(out: &mut String, title: &str, rows: &[Row]) {
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     let mut raw_median = None;
     for row in rows {
-        let mut rates: Vec<f64> = row.samples.iter().map(|s| s.per_second).collect();
-        let mut cpu: Vec<f64> = row.samples.iter().map(|s| s.cpu_us.client).collect();
-        let mut server: Vec<f64> = row.samples.iter().map(|s| s.cpu_us.server).collect();
+        let rates: Vec<f64> = row.samples.iter().map(|s| s.per_second).collect();
         let min = rates.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = rates.iter().cloned().fold(0.0, f64::max);
-        let m = median(&mut rates);
+        let m = row.median(|s| s.per_second);
         let raw = *raw_median.get_or_insert(m);
         let dropped: u64 = row.samples.iter().map(|s| s.dropped).sum();
         let _ = writeln!(
@@ -945,8 +936,8 @@ fn table(out: &mut String, title: &str, rows: &[Row]) {
             min,
             max,
             m / raw,
-            median(&mut cpu),
-            median(&mut server),
+            row.median(|s| s.cpu_us.client),
+            row.median(|s| s.cpu_us.server),
             dropped
         );
     }
@@ -1149,17 +1140,7 @@ async fn main() {
         },
     )
     .await;
-    let sdk_cpu = |i: usize| {
-        sdk_rows.get(i).map(|r| {
-            median(
-                &mut r
-                    .samples
-                    .iter()
-                    .map(|s| s.cpu_us.client)
-                    .collect::<Vec<_>>(),
-            )
-        })
-    };
+    let sdk_cpu = |i: usize| sdk_rows.get(i).map(|r| r.median(|s| s.cpu_us.client));
     let sdk = match (sdk_cpu(0), sdk_cpu(1)) {
         (Some(plain), Some(linked)) => Some(SdkCost { plain, linked }),
         _ => None,
