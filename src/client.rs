@@ -12,13 +12,11 @@ use async_nats::{
 };
 use bytes::Bytes;
 use futures_util::FutureExt;
-use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
 
 use crate::error::{error_type, refusal_or_kind};
-use crate::instrumentation::{record_failure, Instrumentation, Prepared};
-use crate::metrics::OpTimer;
-use crate::names::SpanName;
+use crate::instrumentation::{Instrumentation, Prepared};
+use crate::operation::{self, Body, Operation, Start, Target, Telemetry};
 use crate::semconv;
 use crate::subscriber::Subscriber;
 
@@ -94,9 +92,7 @@ impl Instrumentation {
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: async_nats::Client,
-    inst: Instrumentation,
-    common: Arc<[KeyValue]>,
-    metric_common: Arc<[KeyValue]>,
+    telemetry: Telemetry,
     // Keeps the health callbacks reporting while any clone of this client lives.
     _health: Option<Arc<crate::health::Health>>,
     // Connection events, when connected through an event callback of ours.
@@ -126,32 +122,32 @@ impl Client {
             let unspecified = info.host.is_empty() || info.host == "0.0.0.0" || info.host == "::";
             (!unspecified).then(|| (info.host.clone(), info.port))
         });
-        let mut common = vec![KeyValue::new(
+        let mut connection = vec![KeyValue::new(
             semconv::MESSAGING_SYSTEM,
             semconv::MESSAGING_SYSTEM_NATS,
         )];
-        if info.client_id != 0 {
-            common.push(KeyValue::new(
-                semconv::MESSAGING_CLIENT_ID,
-                Arc::<str>::from(info.client_id.to_string()),
-            ));
-        }
         if let Some((host, port)) = address {
             // Shared, so cloning the attribute per span does not allocate.
-            common.push(KeyValue::new(
+            connection.push(KeyValue::new(
                 semconv::SERVER_ADDRESS,
                 Arc::<str>::from(host),
             ));
-            common.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+            connection.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
         }
+        let client_id = (info.client_id != 0).then(|| {
+            KeyValue::new(
+                semconv::MESSAGING_CLIENT_ID,
+                Arc::<str>::from(info.client_id.to_string()),
+            )
+        });
         let health = inst.metrics_enabled().then(|| {
-            crate::health::register(inst.meter(), inner.clone(), events.clone(), common.clone())
+            let mut attributes = connection.clone();
+            attributes.extend(client_id.clone());
+            crate::health::register(inst.meter(), inner.clone(), events.clone(), attributes)
         });
         Self {
             inner,
-            inst,
-            metric_common: crate::metrics::metric_common(&common).into(),
-            common: common.into(),
+            telemetry: Telemetry::new(inst, connection, client_id),
             _health: health,
             events,
             #[cfg(feature = "compression")]
@@ -164,22 +160,9 @@ impl Client {
         self.events.clone()
     }
 
-    /// Connection attributes of this client's metrics.
-    pub(crate) fn metric_common(&self) -> Arc<[KeyValue]> {
-        self.metric_common.clone()
-    }
-
-    fn timer(&self, operation: &'static str, name: Option<&SpanName>) -> Option<OpTimer> {
-        let name = name?;
-        OpTimer::start(self.inst.instruments(), || {
-            crate::metrics::attributes(
-                &self.metric_common,
-                operation,
-                semconv::operation_type::SEND,
-                name.template_value(),
-                None,
-            )
-        })
+    /// This connection's telemetry.
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     /// Applies this publisher's compression, if any.
@@ -209,7 +192,7 @@ impl Client {
     }
 
     fn with_publish_time(&self, headers: Option<HeaderMap>) -> Option<HeaderMap> {
-        if !self.inst.publish_time_header() {
+        if !self.telemetry.inst().publish_time_header() {
             return headers;
         }
         let mut headers = headers.unwrap_or_default();
@@ -228,10 +211,11 @@ impl Client {
         if self.compression.is_some() {
             return false;
         }
-        !self.inst.tracing_enabled()
-            && !self.inst.metrics_enabled()
-            && !self.inst.publish_time_header()
-            && !self.inst.has_ambient_span()
+        let inst = self.telemetry.inst();
+        !inst.tracing_enabled()
+            && !inst.metrics_enabled()
+            && !inst.publish_time_header()
+            && !inst.has_ambient_span()
     }
 
     /// The untraced async-nats client.
@@ -244,14 +228,9 @@ impl Client {
         self.inner
     }
 
-    /// Attributes every span of this connection carries.
-    pub(crate) fn common(&self) -> Arc<[KeyValue]> {
-        self.common.clone()
-    }
-
     /// The telemetry settings of this client.
     pub fn instrumentation(&self) -> &Instrumentation {
-        &self.inst
+        self.telemetry.inst()
     }
 
     /// Publishes `payload` to `subject` (a `publish <template>` span).
@@ -360,63 +339,63 @@ impl Client {
     }
 
     /// The traced request: name, timer, span and headers are prepared
-    /// synchronously; the future holds the request itself, the span and the timer.
+    /// synchronously; the future holds the request itself and the operation.
     fn send_request_traced(
         &self,
         subject: Subject,
         mut request: Request,
     ) -> impl Future<Output = Result<Message, RequestError>> + Send + '_ {
-        let name = self
-            .inst
-            .name_if_needed(semconv::operation::REQUEST, subject.as_str());
-        let timer = self.timer(semconv::operation::REQUEST, name.as_ref());
-        let cx = match name.as_ref().filter(|_| self.inst.tracing_enabled()) {
+        let telemetry = &self.telemetry;
+        let op = match telemetry.name_if_needed(operation::REQUEST, subject.as_str()) {
             Some(name) => {
-                let body_size = request.payload.as_ref().map_or(0, Bytes::len);
-                let cx = self.inst.start_send(
-                    semconv::operation::REQUEST,
-                    subject.as_str(),
-                    name,
-                    request.headers.as_ref(),
-                    body_size,
-                    None,
-                    &self.common,
-                );
-                let had_headers = request.headers.is_some();
-                let headers = request.headers.get_or_insert_with(HeaderMap::new);
-                self.inst.inject(&cx, headers);
-                if !had_headers && headers.is_empty() {
-                    request.headers = None;
-                }
-                Some(cx)
+                let target = Target::subject(telemetry.inst(), &name, subject.as_str());
+                let headers = request.headers.as_ref();
+                telemetry.start(operation::REQUEST, &target, Start::default(), || {
+                    let body = Body::plain(request.payload.as_ref().map_or(0, Bytes::len));
+                    telemetry
+                        .message_attributes(headers, body)
+                        .chain(telemetry.publish_hook_attributes(subject.as_str(), headers))
+                })
             }
-            None => {
-                if let Some(cx) = self.inst.ambient_context() {
-                    self.inst
-                        .inject(&cx, request.headers.get_or_insert_with(HeaderMap::new));
-                }
-                None
-            }
+            None => Operation::none(),
         };
+        if let Some(cx) = self.context_to_inject(&op) {
+            let had_headers = request.headers.is_some();
+            let headers = request.headers.get_or_insert_with(HeaderMap::new);
+            telemetry.inst().inject(&cx, headers);
+            // A no-op tracer yields no context to inject: keep the cheaper PUB path.
+            if !had_headers && headers.is_empty() {
+                request.headers = None;
+            }
+        }
+        let body_size = telemetry.inst().body_size_enabled();
         self.request_or_refused(subject, request)
             .map(move |result| {
-                if let Some(cx) = cx {
-                    match &result {
-                        Ok(reply) => cx.span().set_attribute(KeyValue::new(
-                            semconv::MESSAGING_NATS_REPLY_BODY_SIZE,
-                            reply.payload.len() as i64,
-                        )),
-                        Err(err) => record_failure(&cx, &refusal_or_kind(err), err.to_string()),
+                match &result {
+                    Ok(reply) => {
+                        if body_size {
+                            op.record(|| {
+                                [KeyValue::new(
+                                    semconv::MESSAGING_NATS_REPLY_BODY_SIZE,
+                                    reply.payload.len() as i64,
+                                )]
+                            });
+                        }
+                        op.succeed();
                     }
-                    cx.span().end();
-                }
-                if let Some(timer) = timer {
-                    let error = result.as_ref().err().map(refusal_or_kind);
-                    timer.count_sent(error.as_deref());
-                    timer.finish(error.as_deref());
+                    Err(err) => op.fail(&refusal_or_kind(err), err),
                 }
                 result
             })
+    }
+
+    /// The context a message carries: the operation's span, or the caller's when
+    /// nothing of ours is traced.
+    fn context_to_inject(&self, op: &Operation) -> Option<Context> {
+        match op.context() {
+            Some(cx) => Some(cx.clone()),
+            None => self.telemetry.inst().ambient_context(),
+        }
     }
 
     /// Sends `request`, failing fast when the server refuses its subject (seen
@@ -462,9 +441,7 @@ impl Client {
             inner,
             &subject,
             None,
-            self.inst.clone(),
-            self.common.clone(),
-            self.metric_common.clone(),
+            self.telemetry.clone(),
         ))
     }
 
@@ -484,9 +461,7 @@ impl Client {
             inner,
             &subject,
             Some(queue_group),
-            self.inst.clone(),
-            self.common.clone(),
-            self.metric_common.clone(),
+            self.telemetry.clone(),
         ))
     }
 
@@ -511,10 +486,9 @@ impl Client {
     }
 
     /// The traced publish: the span is started and the headers are built
-    /// synchronously, so the returned future holds only the async-nats publish,
-    /// the span's context and the timer. Keeping it small matters: it is boxed
-    /// per message, and allocations above ~1 KiB miss the allocator's per-thread
-    /// cache.
+    /// synchronously, so the returned future holds only the async-nats publish and
+    /// the operation. Keeping it small matters: it is boxed per message, and
+    /// allocations above ~1 KiB miss the allocator's per-thread cache.
     fn send(
         &self,
         subject: Subject,
@@ -522,37 +496,35 @@ impl Client {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> impl Future<Output = Result<(), PublishError>> + Send + '_ {
-        let name = self
-            .inst
-            .name_if_needed(semconv::operation::PUBLISH, subject.as_str());
-        let timer = self.timer(semconv::operation::PUBLISH, name.as_ref());
+        let telemetry = &self.telemetry;
         let headers = self.with_publish_time(headers);
         let (headers, payload, compressed) = self.compress(headers, payload);
-        let (cx, headers) = match name.as_ref().filter(|_| self.inst.tracing_enabled()) {
+        let op = match telemetry.name_if_needed(operation::PUBLISH, subject.as_str()) {
             Some(name) => {
-                let (body_size, compressed) = match compressed {
-                    Some((original, compressed)) => (original, Some(compressed)),
-                    None => (payload.len(), None),
+                let target = Target::subject(telemetry.inst(), &name, subject.as_str());
+                let body = match compressed {
+                    Some((size, compressed)) => Body {
+                        size,
+                        compressed: Some(compressed),
+                    },
+                    None => Body::plain(payload.len()),
                 };
-                let cx = self.inst.start_send(
-                    semconv::operation::PUBLISH,
-                    subject.as_str(),
-                    name,
-                    headers.as_ref(),
-                    body_size,
-                    compressed,
-                    &self.common,
-                );
+                telemetry.start(operation::PUBLISH, &target, Start::default(), || {
+                    telemetry.message_attributes(headers.as_ref(), body).chain(
+                        telemetry.publish_hook_attributes(subject.as_str(), headers.as_ref()),
+                    )
+                })
+            }
+            None => Operation::none(),
+        };
+        let headers = match self.context_to_inject(&op) {
+            Some(cx) => {
                 let had_headers = headers.is_some();
                 let injected = self.injected(&cx, headers);
                 // A no-op tracer yields no context to inject: keep the cheaper PUB path.
-                let headers = (had_headers || !injected.is_empty()).then_some(injected);
-                (Some(cx), headers)
+                (had_headers || !injected.is_empty()).then_some(injected)
             }
-            None => match self.inst.ambient_context() {
-                Some(cx) => (None, Some(self.injected(&cx, headers))),
-                None => (None, headers),
-            },
+            None => headers,
         };
         let publish = Publisher::publish_message(
             &self.inner,
@@ -565,24 +537,14 @@ impl Client {
         );
         // `map`, not an async block: a block would hold the publish future twice.
         publish.map(move |result| {
-            if let Some(cx) = cx {
-                if let Err(err) = &result {
-                    record_failure(&cx, &error_type(&err.kind()), err.to_string());
-                }
-                cx.span().end();
-            }
-            if let Some(timer) = timer {
-                let error = result.as_ref().err().map(|e| error_type(&e.kind()));
-                timer.count_sent(error.as_deref());
-                timer.finish(error.as_deref());
-            }
+            op.finish(&result, |err| error_type(&err.kind()));
             result
         })
     }
 
     fn injected(&self, cx: &Context, headers: Option<HeaderMap>) -> HeaderMap {
         let mut headers = headers.unwrap_or_default();
-        self.inst.inject(cx, &mut headers);
+        self.telemetry.inst().inject(cx, &mut headers);
         headers
     }
 }

@@ -9,14 +9,13 @@ use async_nats::{HeaderMap, Message};
 use opentelemetry::global::{self, BoxedTracer};
 use opentelemetry::metrics::{Meter, MeterProvider};
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{
-    Link, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer, TracerProvider,
-};
+use opentelemetry::trace::{SpanBuilder, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 
 use crate::destination::{
     is_temporary, DefaultSubjectMapper, SubjectMapper, DEFAULT_INBOX_PREFIX, TEMPORARY_DESTINATION,
 };
+use crate::error::{ErrorTypeHook, HandlerFailure};
 use crate::names::SpanName;
 use crate::propagation::{extract_context, inject_context};
 use crate::semconv;
@@ -31,7 +30,9 @@ pub type ProcessHook = Arc<dyn Fn(&Message, &mut Vec<KeyValue>) + Send + Sync>;
 /// How a `process` span relates to the producer's context carried by the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProcessParenting {
-    /// Child of the producer's span and one link to it (the conventions' default).
+    /// Child of the producer's span with one link to it (the conventions'
+    /// default), plus a link to the span current where processing starts (a
+    /// caller's loop span), if any.
     #[default]
     ChildAndLink,
     /// A new root span with one link to the producer's span.
@@ -68,6 +69,8 @@ struct Inner {
     inbox_prefix: String,
     publish_hook: Option<PublishHook>,
     process_hook: Option<ProcessHook>,
+    error_type_hook: Option<ErrorTypeHook>,
+    body_size: bool,
     #[cfg_attr(not(feature = "compression"), allow(dead_code))]
     max_decoded: usize,
 }
@@ -172,149 +175,41 @@ impl Instrumentation {
             .then(|| SpanName::new(operation, &self.template(subject)))
     }
 
-    /// Starts a PRODUCER span named `name` for a send-type operation (`publish`,
-    /// `request`) to `subject` under the current context and returns the context
-    /// holding it.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn start_send(
+    /// How `process` spans relate to the producer's context.
+    pub(crate) fn parenting(&self) -> ProcessParenting {
+        self.inner.parenting
+    }
+
+    /// Whether the opt-in body-size attributes are recorded.
+    pub(crate) fn body_size_enabled(&self) -> bool {
+        self.inner.body_size
+    }
+
+    /// The publish hook's attributes for a `publish`/`request` on `subject`.
+    pub(crate) fn publish_hook_attributes(
         &self,
-        operation: &'static str,
         subject: &str,
-        name: &SpanName,
         headers: Option<&HeaderMap>,
-        body_size: usize,
-        compressed: Option<Compressed>,
-        common: &[KeyValue],
-    ) -> Context {
-        let mut attributes = Vec::with_capacity(common.len() + 10);
-        attributes.extend_from_slice(common);
-        attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_OPERATION_TYPE,
-            semconv::operation_type::SEND,
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_DESTINATION_NAME,
-            name.subject_value(subject),
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_DESTINATION_TEMPLATE,
-            name.template_value(),
-        ));
-        if self.is_temporary(subject) {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_DESTINATION_TEMPORARY,
-                true,
-            ));
-        }
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_MESSAGE_BODY_SIZE,
-            body_size as i64,
-        ));
-        if let Some(compressed) = compressed {
-            compressed.push_attributes(&mut attributes);
-        }
-        if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_MESSAGE_ID,
-                id.as_str().to_owned(),
-            ));
-        }
+    ) -> Vec<KeyValue> {
+        let mut attributes = Vec::new();
         if let Some(hook) = &self.inner.publish_hook {
             hook(subject, headers, &mut attributes);
         }
-        let builder = SpanBuilder::from_name(name.name())
-            .with_kind(SpanKind::Producer)
-            .with_attributes(attributes);
-        Context::map_current(|parent| {
-            let span = self.inner.tracer.build_with_context(builder, parent);
-            parent.with_span(span)
-        })
+        attributes
     }
 
-    /// Starts the CONSUMER span `span_name` for a delivered message whose
-    /// destination template is `name`'s. Returns the process context and the
-    /// producer's (extracted) context.
-    pub(crate) fn start_process(
-        &self,
-        message: &Message,
-        span_name: Cow<'static, str>,
-        name: &SpanName,
-        group: Option<&str>,
-        common: &[KeyValue],
-        extra: Vec<KeyValue>,
-    ) -> (Context, Context) {
-        let producer = match &message.headers {
-            Some(headers) => self.extract(headers),
-            None => Context::new(),
-        };
-        if !self.inner.tracing {
-            return (producer.clone(), producer);
-        }
-        let subject = message.subject.as_str();
-        // `extra`'s buffer is reused: callers size it for everything pushed here.
-        let mut attributes = extra;
-        attributes.reserve(common.len() + 8);
-        attributes.extend_from_slice(common);
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_OPERATION_NAME,
-            semconv::operation::PROCESS,
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_OPERATION_TYPE,
-            semconv::operation_type::PROCESS,
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_DESTINATION_NAME,
-            name.subject_value(subject),
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_DESTINATION_TEMPLATE,
-            name.template_value(),
-        ));
-        if self.is_temporary(subject) {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_DESTINATION_TEMPORARY,
-                true,
-            ));
-        }
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_MESSAGE_BODY_SIZE,
-            message.payload.len() as i64,
-        ));
-        if let Some(group) = group {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_CONSUMER_GROUP_NAME,
-                group.to_owned(),
-            ));
-        }
-        if let Some(id) = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-        {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_MESSAGE_ID,
-                id.as_str().to_owned(),
-            ));
-        }
+    /// The process hook's attributes for a delivered `message`.
+    pub(crate) fn process_hook_attributes(&self, message: &Message) -> Vec<KeyValue> {
+        let mut attributes = Vec::new();
         if let Some(hook) = &self.inner.process_hook {
             hook(message, &mut attributes);
         }
-        let producer_span = producer.span().span_context().clone();
-        let mut builder = SpanBuilder::from_name(span_name)
-            .with_kind(SpanKind::Consumer)
-            .with_attributes(attributes);
-        if producer_span.is_valid() {
-            builder = builder.with_links(vec![Link::with_context(producer_span)]);
-        }
-        let parent = match self.inner.parenting {
-            ProcessParenting::ChildAndLink => producer.clone(),
-            // Keep baggage, drop the parent span.
-            ProcessParenting::LinkOnly => Context::new(),
-        };
-        let span = self.inner.tracer.build_with_context(builder, &parent);
-        (parent.with_span(span), producer)
+        attributes
+    }
+
+    /// The classification hook for handler errors, if one is set.
+    pub(crate) fn error_type_hook(&self) -> Option<&ErrorTypeHook> {
+        self.inner.error_type_hook.as_ref()
     }
 
     /// Starts a span from `builder` under `parent` with this instrumentation's tracer.
@@ -391,61 +286,11 @@ pub(crate) fn compress(
     (headers, payload, compressed)
 }
 
-/// Marks the process span in `cx` failed for an undecodable payload.
-pub(crate) fn record_decode_failure(cx: &Context, failure: Option<&DecodeFailure>) {
-    #[cfg(feature = "compression")]
-    if let Some(error) = failure {
-        record_failure(cx, error.error_type(), error.to_string());
-    }
-    #[cfg(not(feature = "compression"))]
-    let _ = (cx, failure);
-}
-
 /// A payload sent or received compressed: its encoding and size on the wire.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Compressed {
     pub(crate) encoding: &'static str,
     pub(crate) size: usize,
-}
-
-impl Compressed {
-    pub(crate) fn push_attributes(self, attributes: &mut Vec<KeyValue>) {
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_NATS_BODY_COMPRESSED_SIZE,
-            self.size as i64,
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_NATS_CONTENT_ENCODING,
-            self.encoding,
-        ));
-    }
-}
-
-/// Records a failed operation on the span in `cx`: `error.type` and an error status.
-pub(crate) fn record_failure(cx: &Context, error_type: &str, message: String) {
-    let span = cx.span();
-    if !span.is_recording() {
-        return;
-    }
-    span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type.to_owned()));
-    span.set_status(Status::error(message));
-}
-
-/// Records a handler failure: `error.type`, an `exception` event and error status.
-pub(crate) fn record_exception(cx: &Context, error_type: &str, message: String) {
-    let span = cx.span();
-    if !span.is_recording() {
-        return;
-    }
-    span.add_event(
-        semconv::EXCEPTION_EVENT,
-        vec![
-            KeyValue::new(semconv::EXCEPTION_TYPE, error_type.to_owned()),
-            KeyValue::new(semconv::EXCEPTION_MESSAGE, message.clone()),
-        ],
-    );
-    span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type.to_owned()));
-    span.set_status(Status::error(message));
 }
 
 /// Builder for [`Instrumentation`].
@@ -462,6 +307,8 @@ pub struct InstrumentationBuilder {
     inbox_prefix: String,
     publish_hook: Option<PublishHook>,
     process_hook: Option<ProcessHook>,
+    error_type_hook: Option<ErrorTypeHook>,
+    body_size: bool,
     max_decoded: usize,
 }
 
@@ -479,6 +326,8 @@ impl Default for InstrumentationBuilder {
             inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
             publish_hook: None,
             process_hook: None,
+            error_type_hook: None,
+            body_size: false,
             max_decoded: 16 * 1024 * 1024,
         }
     }
@@ -584,6 +433,41 @@ impl InstrumentationBuilder {
         self
     }
 
+    /// Classifies the errors handlers return or record (`process`,
+    /// `record_error`) into `error.type`: return `Some` to name the error, `None`
+    /// for the default (the error type's name, or `_OTHER` for types that say
+    /// nothing, such as `String`, `&str` and boxed `dyn Error`). Keep the values
+    /// few: they become metric attributes.
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// let inst = nats_otel::Instrumentation::builder()
+    ///     .with_error_type_hook(|failure| {
+    ///         failure
+    ///             .to_string()
+    ///             .starts_with("timeout")
+    ///             .then_some(Cow::Borrowed("timeout"))
+    ///     })
+    ///     .build();
+    /// # drop(inst);
+    /// ```
+    pub fn with_error_type_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&HandlerFailure<'_>) -> Option<Cow<'static, str>> + Send + Sync + 'static,
+    {
+        self.error_type_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Records the conventions' opt-in size attributes (default off, as the
+    /// conventions say): `messaging.message.body.size` on `publish`, `request` and
+    /// `process` spans, `messaging.nats.message.body.compressed_size` for
+    /// compressed payloads and `messaging.nats.reply.body.size` on requests.
+    pub fn with_message_body_size(mut self, enabled: bool) -> Self {
+        self.body_size = enabled;
+        self
+    }
+
     /// The largest size a compressed payload may decode to before it is rejected
     /// as [`DecodeError::TooLarge`](crate::compression::DecodeError::TooLarge)
     /// (default 16 MiB).
@@ -616,6 +500,8 @@ impl InstrumentationBuilder {
                 inbox_prefix: self.inbox_prefix,
                 publish_hook: self.publish_hook,
                 process_hook: self.process_hook,
+                error_type_hook: self.error_type_hook,
+                body_size: self.body_size,
                 max_decoded: self.max_decoded,
             }),
         }

@@ -38,25 +38,33 @@
 //! | `request`, `request_with_headers`, `send_request` (reply awaited inside) | `request {template}` | PRODUCER | `send` |
 //! | each message a [`Subscriber`] yields | `process {template}` | CONSUMER | `process` |
 //!
-//! Every span carries `messaging.system = "nats"`, `messaging.operation.name`,
-//! `messaging.destination.name` (the real subject), `messaging.destination.template`,
-//! `messaging.message.body.size`, `messaging.client.id`, `server.address`,
-//! `server.port`; inboxes add `messaging.destination.temporary = true`, queue
-//! subscriptions `messaging.consumer.group.name`, a `Nats-Msg-Id` header
-//! `messaging.message.id`, a request's reply `messaging.nats.reply.body.size`.
-//! Failures set `error.type` (the async-nats error kind in `snake_case`, e.g.
-//! `no_responders`, `timed_out`) and an error status; a failing handler adds an
-//! `exception` event. Keys are constants in [`semconv`].
-//!
-//! A `process` span is a child of the producer's span and carries one link to it
-//! ([`ProcessParenting::LinkOnly`] makes it a root with the link). A message without
-//! a valid trace context (missing, malformed, all-zero trace id) gets a fresh root
-//! span — never the context of the previous message or of the caller. An unsampled
-//! parent (`-00`) records nothing downstream while the decision keeps propagating.
-//!
 //! JetStream ([`jetstream`]), KV ([`jetstream::kv`]), Object Store
-//! ([`jetstream::object_store`]) and the Service API ([`service`]) are traced too;
-//! see their module docs for span names and attributes.
+//! ([`jetstream::object_store`]) and the Service API ([`service`]) follow the same
+//! contract; [`semconv`] has the full table of span names, kinds, operation types,
+//! attributes and `error.type` values, for every path (the README shows the same).
+//!
+//! Every span carries `messaging.system = "nats"`, `messaging.operation.name` and
+//! `.type`, `messaging.destination.name` (the real subject),
+//! `messaging.destination.template`, `messaging.client.id`, `server.address` and
+//! `server.port`; inboxes add `messaging.destination.temporary` and
+//! `.anonymous`, queue subscriptions `messaging.consumer.group.name`, a
+//! `Nats-Msg-Id` header `messaging.message.id`. Body sizes are opt-in
+//! ([`InstrumentationBuilder::with_message_body_size`]). Failures set `error.type`
+//! (the async-nats error kind in `snake_case`, e.g. `no_responders`, `timed_out`;
+//! for a handler's error, what [`InstrumentationBuilder::with_error_type_hook`]
+//! says or the error's type name) and an error status; a failing handler adds an
+//! `exception` event.
+//!
+//! Whatever the source, the application gets a [`Delivery`] with the same methods
+//! (`process`, `in_span`, `attach`, `record_error`, `context`,
+//! `producer_context`, `into_parts`). Its `process` span is a child of the
+//! producer's span and carries one link to it, plus a link to the span current
+//! where processing starts ([`ProcessParenting::LinkOnly`] makes it a root with
+//! the producer link). A message without a valid trace context (missing,
+//! malformed, all-zero trace id) gets a fresh root span — never the context of the
+//! previous message or of the caller. An unsampled parent (`-00`) records nothing
+//! downstream while the decision keeps propagating, and costs little: only what
+//! samplers read is computed before the sampler decides.
 //!
 //! # Cardinality
 //!
@@ -93,6 +101,7 @@
 mod client;
 #[cfg(feature = "compression")]
 pub mod compression;
+mod delivery;
 pub mod destination;
 mod error;
 pub mod health;
@@ -100,6 +109,7 @@ mod instrumentation;
 pub mod jetstream;
 pub mod metrics;
 mod names;
+mod operation;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod propagation;
@@ -110,10 +120,13 @@ mod subscriber;
 pub mod tracing_interop;
 
 pub use client::{connect, connect_with_options, Client};
+pub use delivery::Delivery;
 pub use destination::{DefaultSubjectMapper, SubjectMapper, SubjectTemplates};
-pub use error::{error_type, PermissionViolation};
+pub use error::{
+    error_type, handler_error_type, ErrorTypeHook, HandlerFailure, PermissionViolation,
+};
 pub use instrumentation::{
     Instrumentation, InstrumentationBuilder, ProcessHook, ProcessParenting, PublishHook,
 };
 pub use propagation::{HeaderExtractor, HeaderInjector, W3cPropagator};
-pub use subscriber::{handler_error_type, Delivery, Subscriber};
+pub use subscriber::Subscriber;

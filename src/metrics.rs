@@ -6,8 +6,8 @@
 //! |---|---|---|---|
 //! | `messaging.client.operation.duration` | histogram | `s` | publish (JetStream: until the PubAck), request, receive, settle, KV and Object Store operations |
 //! | `messaging.process.duration` | histogram | `s` | handler work (from delivery to the end of processing) |
-//! | `messaging.client.sent.messages` | counter | `{message}` | every publish and request |
-//! | `messaging.client.consumed.messages` | counter | `{message}` | every message handed to the application |
+//! | `messaging.client.sent.messages` | counter | `{message}` | every `send` operation: publish, request, KV and Object Store writes and deletions |
+//! | `messaging.client.consumed.messages` | counter | `{message}` | every message, request or watched change handed to the application |
 //! | `messaging.nats.queue_wait.duration` | histogram | `s` | JetStream: stored → delivered |
 //! | `messaging.nats.end_to_end.duration` | histogram | `s` | published → processing ended (JetStream timestamp, or the opt-in `Nats-Otel-Published` header on core NATS) |
 //! | `messaging.nats.consumer.lag` | gauge | `s` | JetStream: age of the message being delivered |
@@ -18,7 +18,8 @@
 //! Attributes: `messaging.system`, `messaging.operation.name`,
 //! `messaging.operation.type`, `messaging.destination.template` (never a raw
 //! subject), `messaging.consumer.group.name`, `server.address`, `server.port`, and
-//! `error.type` on failures. Latencies that compare two clocks (queue wait, lag,
+//! `error.type` on failures: the same operation name, type and template as the
+//! operation's span (see [`semconv`](crate::semconv)). Latencies that compare two clocks (queue wait, lag,
 //! end-to-end) are subject to clock skew between hosts.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -159,50 +160,12 @@ impl Instruments {
     }
 }
 
-/// The metric attributes of one operation on one destination.
-pub(crate) fn attributes(
-    common: &[KeyValue],
-    operation: &'static str,
-    operation_type: &'static str,
-    template: impl Into<opentelemetry::Value>,
-    group: Option<&str>,
-) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(common.len() + 5);
-    attributes.extend_from_slice(common);
-    attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
-    attributes.push(KeyValue::new(
-        semconv::MESSAGING_OPERATION_TYPE,
-        operation_type,
-    ));
-    attributes.push(KeyValue::new(
-        semconv::MESSAGING_DESTINATION_TEMPLATE,
-        template,
-    ));
-    if let Some(group) = group {
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_CONSUMER_GROUP_NAME,
-            group.to_owned(),
-        ));
-    }
-    attributes
-}
-
 /// `attributes` plus `error.type`.
 pub(crate) fn with_error(attributes: &[KeyValue], error_type: &str) -> Vec<KeyValue> {
     let mut with = Vec::with_capacity(attributes.len() + 1);
     with.extend_from_slice(attributes);
     with.push(KeyValue::new(semconv::ERROR_TYPE, error_type.to_owned()));
     with
-}
-
-/// The connection attributes metrics carry (no per-connection client id: it
-/// would make every connection its own series).
-pub(crate) fn metric_common(span_common: &[KeyValue]) -> Vec<KeyValue> {
-    span_common
-        .iter()
-        .filter(|kv| kv.key.as_str() != semconv::MESSAGING_CLIENT_ID)
-        .cloned()
-        .collect()
 }
 
 /// Seconds from `unix_nanos` to now, if not in the future.
@@ -241,15 +204,23 @@ pub(crate) struct OpTimer {
 }
 
 impl OpTimer {
-    /// Starts timing if metrics are on; `attributes` is only built then.
+    /// Starts timing if metrics are on (from `since`, when the operation began
+    /// earlier); `attributes` is only built then.
     pub(crate) fn start(
         instruments: Option<&std::sync::Arc<Instruments>>,
+        since: Option<SystemTime>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Option<Self> {
-        instruments.map(|instruments| Self {
+        let instruments = instruments?;
+        let now = std::time::Instant::now();
+        let started = since
+            .and_then(|since| since.elapsed().ok())
+            .and_then(|ago| now.checked_sub(ago))
+            .unwrap_or(now);
+        Some(Self {
             instruments: instruments.clone(),
             attributes: attributes(),
-            started: std::time::Instant::now(),
+            started,
         })
     }
 
@@ -287,7 +258,6 @@ pub(crate) struct ProcessTimer {
     attributes: std::sync::Arc<[KeyValue]>,
     started: std::time::Instant,
     published_unix_nanos: Option<i128>,
-    error: std::sync::OnceLock<String>,
 }
 
 impl ProcessTimer {
@@ -304,20 +274,13 @@ impl ProcessTimer {
             attributes: attributes.clone(),
             started: std::time::Instant::now(),
             published_unix_nanos,
-            error: std::sync::OnceLock::new(),
         })
     }
 
-    /// Marks the processing as failed with `error_type` (the first one wins).
-    pub(crate) fn fail(&self, error_type: &str) {
-        let _ = self.error.set(error_type.to_owned());
-    }
-}
-
-impl Drop for ProcessTimer {
-    fn drop(&mut self) {
+    /// Records the processing's duration, with `error.type` if it failed.
+    pub(crate) fn finish(self, error_type: Option<&str>) {
         let seconds = self.started.elapsed().as_secs_f64();
-        let attributes: std::borrow::Cow<'_, [KeyValue]> = match self.error.get() {
+        let attributes: std::borrow::Cow<'_, [KeyValue]> = match error_type {
             Some(e) => std::borrow::Cow::Owned(with_error(&self.attributes, e)),
             None => std::borrow::Cow::Borrowed(&self.attributes),
         };

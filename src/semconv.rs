@@ -1,12 +1,15 @@
-//! Attribute keys and values emitted by this crate.
+//! Attribute keys and values emitted by this crate, and the table of what every
+//! span carries.
 //!
 //! Names follow the OpenTelemetry messaging semantic conventions
 //! ([`SCHEMA_URL`]); NATS-specific attributes live under `messaging.nats.*`.
 //! Every key this crate writes is a constant here, so dashboards and tests can
 //! refer to them without string typos.
+//!
+#![doc = include_str!("conventions.md")]
 
 /// Schema URL of the semantic-conventions version these names follow.
-pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.37.0";
+pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.44.0";
 
 /// `messaging.system`: always [`MESSAGING_SYSTEM_NATS`].
 pub const MESSAGING_SYSTEM: &str = "messaging.system";
@@ -22,15 +25,21 @@ pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
 pub const MESSAGING_DESTINATION_TEMPLATE: &str = "messaging.destination.template";
 /// `messaging.destination.temporary`: `true` for inbox (reply) subjects.
 pub const MESSAGING_DESTINATION_TEMPORARY: &str = "messaging.destination.temporary";
+/// `messaging.destination.anonymous`: `true` for inbox (reply) subjects, whose
+/// names are generated.
+pub const MESSAGING_DESTINATION_ANONYMOUS: &str = "messaging.destination.anonymous";
 /// `messaging.consumer.group.name`: the queue group (or durable consumer).
 pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
 /// `messaging.message.id`: `Nats-Msg-Id` when present.
 pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
 /// `messaging.message.body.size`: payload size in bytes (headers excluded); for a
-/// compressed payload, its uncompressed size (as the conventions ask).
+/// compressed payload, its uncompressed size (as the conventions ask). Opt-in:
+/// recorded only with
+/// [`InstrumentationBuilder::with_message_body_size`](crate::InstrumentationBuilder::with_message_body_size).
 pub const MESSAGING_MESSAGE_BODY_SIZE: &str = "messaging.message.body.size";
 /// `messaging.nats.message.body.compressed_size`: the payload's size on the wire
-/// when it was compressed (`Content-Encoding` zstd or gzip).
+/// when it was compressed (`Content-Encoding` zstd or gzip). Opt-in, with
+/// [`MESSAGING_MESSAGE_BODY_SIZE`].
 pub const MESSAGING_NATS_BODY_COMPRESSED_SIZE: &str = "messaging.nats.message.body.compressed_size";
 /// `messaging.nats.content_encoding`: the payload's `Content-Encoding` when it was
 /// compressed.
@@ -43,10 +52,60 @@ pub const MESSAGING_CLIENT_ID: &str = "messaging.client.id";
 pub const SERVER_ADDRESS: &str = "server.address";
 /// `server.port`: port of the NATS server the client was pointed at.
 pub const SERVER_PORT: &str = "server.port";
-/// `error.type`: the error kind, in `snake_case` (`no_responders`, `timed_out`, …).
+/// `error.type`: the error kind, in `snake_case` (`no_responders`, `timed_out`, …);
+/// the values are listed in [`error_type`](mod@error_type).
 pub const ERROR_TYPE: &str = "error.type";
 
+/// `error.type` values this crate writes itself (besides async-nats error kinds in
+/// `snake_case`, Service API error codes, and handler error types; see the table in
+/// the [module docs](self)).
+pub mod error_type {
+    /// Nothing more specific is known (the conventions' fallback).
+    pub const OTHER: &str = "_OTHER";
+    /// The server refused this connection's publish to the subject.
+    pub const PERMISSIONS_VIOLATION: &str = "permissions_violation";
+    /// A [`Worker`](crate::jetstream::Worker) handler failed transiently.
+    pub const TRANSIENT: &str = "transient";
+    /// A [`Worker`](crate::jetstream::Worker) handler failed for good.
+    pub const FATAL: &str = "fatal";
+    /// A [`Worker`](crate::jetstream::Worker) handler panicked.
+    pub const PANIC: &str = "panic";
+    /// A compressed payload with an unknown `Content-Encoding`.
+    pub const UNKNOWN_CONTENT_ENCODING: &str = "unknown_content_encoding";
+    /// A compressed payload that does not decode.
+    pub const CORRUPT_PAYLOAD: &str = "corrupt_payload";
+    /// A compressed payload that decodes past the configured limit.
+    pub const DECODED_PAYLOAD_TOO_LARGE: &str = "decoded_payload_too_large";
+    /// An object read whose content did not match its digest.
+    pub const DIGEST_MISMATCH: &str = "digest_mismatch";
+    /// An object read that failed for another reason.
+    pub const READ: &str = "read";
+}
+
+/// Span events and their attribute keys.
+pub mod event {
+    /// The [`Worker`](crate::jetstream::Worker) sent the message back for a retry.
+    pub const RETRY: &str = "retry";
+    /// The message was dead-lettered (copied, then terminated).
+    pub const DEAD_LETTER: &str = "dead_letter";
+    /// The dead-letter copy could not be published; the message is redelivered.
+    pub const DEAD_LETTER_FAILED: &str = "dead_letter_failed";
+    /// The message's id was already processed: acknowledged without the handler.
+    pub const DUPLICATE_SKIPPED: &str = "duplicate_skipped";
+    /// `messaging.nats.retry.delay`: seconds until the redelivery.
+    pub const RETRY_DELAY: &str = "messaging.nats.retry.delay";
+    /// `messaging.nats.retry.reason`: why the handler failed.
+    pub const RETRY_REASON: &str = "messaging.nats.retry.reason";
+    /// `messaging.nats.dlq.subject`: where the dead-letter copy went.
+    pub const DLQ_SUBJECT: &str = "messaging.nats.dlq.subject";
+    /// `messaging.nats.dlq.stream`: the stream that stored the copy.
+    pub const DLQ_STREAM: &str = "messaging.nats.dlq.stream";
+    /// `messaging.nats.dlq.reason`: why the message was dead-lettered.
+    pub const DLQ_REASON: &str = "messaging.nats.dlq.reason";
+}
+
 /// `messaging.nats.reply.body.size`: size of the reply payload a `request` received.
+/// Opt-in, with [`MESSAGING_MESSAGE_BODY_SIZE`].
 pub const MESSAGING_NATS_REPLY_BODY_SIZE: &str = "messaging.nats.reply.body.size";
 
 /// Span event name and attribute keys for a recorded exception.
@@ -66,6 +125,8 @@ pub mod operation {
     pub const PROCESS: &str = "process";
     /// Pulling a batch of messages from a consumer.
     pub const RECEIVE: &str = "receive";
+    /// Starting a KV or Object Store watch.
+    pub const WATCH: &str = "watch";
 }
 
 /// `messaging.operation.type` values.

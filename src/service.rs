@@ -1,12 +1,15 @@
 //! The NATS Service API (`async_nats::service`), traced.
 //!
-//! [`Client::service_builder`] starts a service whose endpoints yield
-//! [`Request`]s, each with a `process {service}.{endpoint}` span that is a child of
-//! the caller's context (a traced `request` on the other side makes one unbroken
-//! trace). Replies carry the process span's context in their headers, and
-//! `respond(Err(..))` marks the span as failed with the service error code as
-//! `error.type`. `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` are async-nats's own and
-//! keep working, including request and error counts.
+//! [`Client::service_builder`] starts a service whose endpoints yield a
+//! [`Delivery`]`<`[`Request`]`>` per request, with a `process {template}` span (the
+//! template of the endpoint's subject) that is a child of the caller's context (a
+//! traced `request` on the other side makes one unbroken trace) and carries the
+//! service's name, version and endpoint as `messaging.nats.service.*`. Replies
+//! carry the process span's context in their headers, and `respond(Err(..))`
+//! marks the span and `messaging.process.duration` as failed with the service
+//! error code as `error.type` (`"503"`). `$SRV.PING`, `$SRV.INFO` and
+//! `$SRV.STATS` are async-nats's own and keep working, including request and error
+//! counts.
 //!
 //! The span kind is CONSUMER, like every other `process` span here: the caller's
 //! side is a messaging `request` (PRODUCER) and the conventions pair it with a
@@ -23,13 +26,13 @@ use async_nats::service::{self, ServiceExt as _};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::Stream;
-use opentelemetry::trace::{FutureExt, TraceContextExt};
-use opentelemetry::{Context as OtelContext, ContextGuard, KeyValue};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{KeyValue, Value};
 
-use crate::instrumentation::{record_failure, Instrumentation};
+use crate::delivery::{Delivery, ProcessSpan};
 use crate::metrics::ProcessTimer;
 use crate::names::SpanName;
-use crate::subscriber::SpanEnd;
+use crate::operation::{self, Body, Target, Telemetry};
 use crate::{semconv, Client};
 
 /// async-nats's default queue group for service endpoints.
@@ -96,9 +99,7 @@ impl ServiceBuilder {
         Ok(Service {
             inner,
             shared: Arc::new(ServiceShared {
-                inst: self.client.instrumentation().clone(),
-                common: self.client.common(),
-                metric_common: self.client.metric_common(),
+                telemetry: self.client.telemetry().clone(),
                 name,
                 version,
             }),
@@ -110,9 +111,7 @@ impl ServiceBuilder {
 }
 
 struct ServiceShared {
-    inst: Instrumentation,
-    common: Arc<[KeyValue]>,
-    metric_common: Arc<[KeyValue]>,
+    telemetry: Telemetry,
     name: String,
     version: String,
 }
@@ -212,39 +211,22 @@ impl ServiceRef {
         queue_group: &str,
     ) -> Endpoint {
         let shared = &self.shared;
-        let destination =
-            SpanName::new(semconv::operation::PROCESS, &shared.inst.template(subject));
-        let metric_attributes = crate::metrics::attributes(
-            &shared.metric_common,
-            semconv::operation::PROCESS,
-            semconv::operation_type::PROCESS,
-            destination.template_value(),
-            Some(queue_group),
-        )
-        .into();
+        let telemetry = &shared.telemetry;
+        let span_name = SpanName::new(operation::PROCESS.name, &telemetry.inst().template(subject));
+        let queue_group = Value::from(Arc::<str>::from(queue_group));
+        let metric_attributes = telemetry
+            .metric_attributes(
+                operation::PROCESS,
+                &Target::named(&span_name).with_group(Some(queue_group.clone())),
+            )
+            .into();
         let mut attributes = vec![
-            KeyValue::new(
-                semconv::MESSAGING_OPERATION_NAME,
-                semconv::operation::PROCESS,
-            ),
-            KeyValue::new(
-                semconv::MESSAGING_OPERATION_TYPE,
-                semconv::operation_type::PROCESS,
-            ),
             KeyValue::new(semconv::MESSAGING_NATS_SERVICE_NAME, shared.name.clone()),
             KeyValue::new(
                 semconv::MESSAGING_NATS_SERVICE_VERSION,
                 shared.version.clone(),
             ),
             KeyValue::new(semconv::MESSAGING_NATS_SERVICE_ENDPOINT, name.to_owned()),
-            KeyValue::new(
-                semconv::MESSAGING_DESTINATION_TEMPLATE,
-                destination.template_value(),
-            ),
-            KeyValue::new(
-                semconv::MESSAGING_CONSUMER_GROUP_NAME,
-                queue_group.to_owned(),
-            ),
         ];
         if let Some(group) = group {
             attributes.push(KeyValue::new(
@@ -255,11 +237,8 @@ impl ServiceRef {
         Endpoint {
             inner,
             shared: shared.clone(),
-            span_name: SpanName::new(
-                semconv::operation::PROCESS,
-                &format!("{}.{name}", shared.name),
-            ),
-            destination,
+            span_name,
+            queue_group,
             attributes: attributes.into(),
             metric_attributes,
         }
@@ -311,12 +290,14 @@ impl Group {
     }
 }
 
-/// A stream of requests to one endpoint, each with its `process` span.
+/// A stream of requests to one endpoint, each a [`Delivery`] with its `process`
+/// span.
 pub struct Endpoint {
     inner: service::endpoint::Endpoint,
     shared: Arc<ServiceShared>,
     span_name: SpanName,
-    destination: SpanName,
+    queue_group: Value,
+    /// The service's attributes on every recording span.
     attributes: Arc<[KeyValue]>,
     metric_attributes: Arc<[KeyValue]>,
 }
@@ -335,55 +316,41 @@ impl Endpoint {
         self.inner.stop().await
     }
 
-    fn request(&self, request: service::Request) -> Request {
-        let shared = &self.shared;
-        let extra: Vec<KeyValue> = self
-            .attributes
-            .iter()
-            .filter(|kv| {
-                !matches!(
-                    kv.key.as_str(),
-                    semconv::MESSAGING_OPERATION_NAME
-                        | semconv::MESSAGING_OPERATION_TYPE
-                        | semconv::MESSAGING_DESTINATION_TEMPLATE
-                        | semconv::MESSAGING_CONSUMER_GROUP_NAME
-                )
-            })
-            .cloned()
-            .collect();
-        let group = self
-            .attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == semconv::MESSAGING_CONSUMER_GROUP_NAME)
-            .map(|kv| kv.value.as_str().into_owned());
-        let (context, _producer) = shared.inst.start_process(
-            &request.message,
-            self.span_name.name(),
-            &self.destination,
-            group.as_deref(),
-            &shared.common,
-            if shared.inst.tracing_enabled() {
-                extra
-            } else {
-                Vec::new()
-            },
-        );
-        Request {
-            timer: ProcessTimer::start(shared.inst.instruments(), &self.metric_attributes, None),
+    fn request(&self, request: service::Request) -> Delivery<Request> {
+        let telemetry = &self.shared.telemetry;
+        let inst = telemetry.inst();
+        let message = &request.message;
+        let target = Target::subject(inst, &self.span_name, message.subject.as_str())
+            .with_group(Some(self.queue_group.clone()));
+        let contexts =
+            telemetry.start_process(&target, message.headers.as_ref(), Some(message), || {
+                self.attributes
+                    .iter()
+                    .cloned()
+                    .chain(telemetry.message_attributes(
+                        message.headers.as_ref(),
+                        Body::plain(message.payload.len()),
+                    ))
+            });
+        let timer = ProcessTimer::start(inst.instruments(), &self.metric_attributes, None);
+        let mut span =
+            ProcessSpan::new(contexts, telemetry.tracing(), timer, inst.error_type_hook());
+        let request = Request {
             inner: request,
-            inst: shared.inst.clone(),
-            span: SpanEnd {
-                owns_span: shared.inst.tracing_enabled(),
-                context,
-            },
-        }
+            telemetry: telemetry.clone(),
+            span: span.share(),
+        };
+        Delivery::new(request, span)
     }
 }
 
 impl Stream for Endpoint {
-    type Item = Request;
+    type Item = Delivery<Request>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Request>> {
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Delivery<Request>>> {
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(request)) => Poll::Ready(Some(self.request(request))),
             Poll::Ready(None) => Poll::Ready(None),
@@ -392,12 +359,14 @@ impl Stream for Endpoint {
     }
 }
 
-/// One service request with its `process` span (ended on drop).
+/// One service request, answered with [`respond`](Self::respond). Endpoints hand
+/// it out inside a [`Delivery`] (its `process` span); it dereferences to the
+/// request message.
 pub struct Request {
     inner: service::Request,
-    inst: Instrumentation,
-    span: SpanEnd,
-    timer: Option<ProcessTimer>,
+    telemetry: Telemetry,
+    /// The delivery's span, to answer inside it.
+    span: ProcessSpan,
 }
 
 impl fmt::Debug for Request {
@@ -408,35 +377,23 @@ impl fmt::Debug for Request {
     }
 }
 
-impl Request {
-    /// The request message.
-    pub fn message(&self) -> &async_nats::Message {
+impl std::ops::Deref for Request {
+    type Target = async_nats::Message;
+
+    fn deref(&self) -> &async_nats::Message {
         &self.inner.message
     }
+}
 
+impl Request {
     /// The untraced async-nats request.
     pub fn inner(&self) -> &service::Request {
         &self.inner
     }
 
-    /// The process span's context.
-    pub fn context(&self) -> &OtelContext {
-        &self.span.context
-    }
-
-    /// Makes the process span current until the guard is dropped.
-    pub fn attach(&self) -> ContextGuard {
-        self.span.context.clone().attach()
-    }
-
-    /// Runs `future` with the process span as its current context.
-    pub async fn in_span<F: std::future::Future>(&self, future: F) -> F::Output {
-        future.with_context(self.span.context.clone()).await
-    }
-
     /// Replies, with the process span's context in the reply headers. An `Err`
-    /// marks the span as failed (`error.type` = the service error code) and is
-    /// counted by `$SRV.STATS`.
+    /// marks the span and `messaging.process.duration` as failed (`error.type` =
+    /// the service error code) and is counted by `$SRV.STATS`.
     pub async fn respond(
         &self,
         response: Result<Bytes, service::error::Error>,
@@ -450,25 +407,19 @@ impl Request {
         response: Result<Bytes, service::error::Error>,
         mut headers: HeaderMap,
     ) -> Result<(), PublishError> {
+        let context = self.span.context();
         if let Err(err) = &response {
-            if let Some(timer) = &self.timer {
-                timer.fail(&err.code.to_string());
-            }
-            let span = self.span.context.span();
+            let span = context.span();
             if span.is_recording() {
                 span.set_attribute(KeyValue::new(
                     semconv::MESSAGING_NATS_SERVICE_ERROR_CODE,
                     i64::try_from(err.code).unwrap_or(i64::MAX),
                 ));
             }
-            record_failure(
-                &self.span.context,
-                &err.code.to_string(),
-                err.status.clone(),
-            );
+            self.span.fail(&err.code.to_string(), &err.status, false);
         }
-        if self.span.context.span().span_context().is_valid() {
-            self.inst.inject(&self.span.context, &mut headers);
+        if context.span().span_context().is_valid() {
+            self.telemetry.inst().inject(context, &mut headers);
         }
         self.inner.respond_with_headers(response, headers).await
     }

@@ -1,8 +1,8 @@
-//! Traced JetStream consumption: pull consumers (`messages`, `fetch`, `batch`) and
-//! any push or ordered consumer stream through [`Messages`].
+//! Traced JetStream consumption: pull consumers (`messages`, `fetch`, `batch`), any
+//! push or ordered consumer stream through [`Messages`], and the traced
+//! [`Message`] whose settlement (`ack`, `nak`, `term`, `progress`) gets its own span.
 
 use std::fmt;
-use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,25 +12,46 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::consumer::pull::Stream as PullStream;
 use async_nats::jetstream::consumer::{self, StreamError};
 use async_nats::jetstream::message::AckKind;
-use async_nats::jetstream::Message;
 use futures_util::{Stream, StreamExt};
-use opentelemetry::trace::{FutureExt, Link, SpanBuilder, SpanContext, SpanKind, TraceContextExt};
-use opentelemetry::{ContextGuard, KeyValue};
+use opentelemetry::trace::{Link, SpanContext, TraceContextExt};
+use opentelemetry::{KeyValue, Value};
 
-use crate::instrumentation::{
-    decode_in_place, record_decode_failure, record_exception, record_failure, DecodeFailure,
-    Instrumentation,
-};
+use crate::delivery::ProcessSpan;
+use crate::error::boxed_error_type;
+use crate::instrumentation::decode_in_place;
 use crate::metrics::ProcessTimer;
 use crate::names::SpanName;
+use crate::operation::{self, Body, Op, Start, Target, Telemetry};
 use crate::semconv;
-use crate::subscriber::{handler_error_type, SpanEnd};
+
+/// A JetStream message with its `process` span; dereferences to [`Message`].
+pub type Delivery = crate::Delivery<Message>;
+
+/// Why a pull failed: its `error.type` and message.
+pub(crate) struct Failure {
+    pub(crate) error_type: String,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn of(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self {
+            error_type: boxed_error_type(error),
+            message: error.to_string(),
+        }
+    }
+
+    pub(crate) fn other(message: String) -> Self {
+        Self {
+            error_type: semconv::error_type::OTHER.to_owned(),
+            message,
+        }
+    }
+}
 
 /// What every span of one consumer shares: names, template, attributes.
 pub(crate) struct ConsumerShared {
-    pub(crate) inst: Instrumentation,
-    pub(crate) common: Arc<[KeyValue]>,
-    pub(crate) metric_common: Arc<[KeyValue]>,
+    pub(crate) telemetry: Telemetry,
     /// Attributes of this consumer's process metrics (and the worker's counters).
     pub(crate) metric_attributes: Arc<[KeyValue]>,
     /// Attributes of this consumer's health gauges.
@@ -40,20 +61,17 @@ pub(crate) struct ConsumerShared {
     /// `receive`, then the settle operations on the same template, built once.
     receive: SpanName,
     settle: [(&'static str, SpanName); 5],
+    /// What the consumer reads: its one filter subject, or its stream.
+    source: String,
     pub(crate) stream: String,
     pub(crate) consumer: String,
     /// `stream` and `consumer` as attribute values shared by every span.
-    stream_value: opentelemetry::Value,
-    consumer_value: opentelemetry::Value,
+    stream_value: Value,
+    consumer_value: Value,
 }
 
 impl ConsumerShared {
-    pub(crate) fn new(
-        inst: Instrumentation,
-        common: Arc<[KeyValue]>,
-        metric_common: Arc<[KeyValue]>,
-        info: &consumer::Info,
-    ) -> Arc<Self> {
+    pub(crate) fn new(telemetry: Telemetry, info: &consumer::Info) -> Arc<Self> {
         let config = &info.config;
         // The template is what the consumer selects: its single filter subject, or
         // the stream name when it takes several subjects or all of them.
@@ -65,18 +83,19 @@ impl ConsumerShared {
             None
         };
         let process = match filter {
-            Some(subject) => SpanName::new(semconv::operation::PROCESS, &inst.template(subject)),
-            None => SpanName::new(semconv::operation::PROCESS, &info.stream_name),
+            Some(subject) => {
+                SpanName::new(operation::PROCESS.name, &telemetry.inst().template(subject))
+            }
+            None => SpanName::new(operation::PROCESS.name, &info.stream_name),
         };
-        let metric_attributes = crate::metrics::attributes(
-            &metric_common,
-            semconv::operation::PROCESS,
-            semconv::operation_type::PROCESS,
-            process.template_value(),
-            Some(&info.name),
-        )
-        .into();
-        let mut health: Vec<KeyValue> = metric_common.to_vec();
+        let consumer_value = Value::from(Arc::<str>::from(info.name.as_str()));
+        let metric_attributes = telemetry
+            .metric_attributes(
+                operation::PROCESS,
+                &Target::named(&process).with_group(Some(consumer_value.clone())),
+            )
+            .into();
+        let mut health: Vec<KeyValue> = telemetry.connection().to_vec();
         health.push(KeyValue::new(
             semconv::MESSAGING_NATS_STREAM,
             info.stream_name.clone(),
@@ -95,18 +114,17 @@ impl ConsumerShared {
         ]
         .map(|operation| (operation, SpanName::new(operation, template)));
         Arc::new(Self {
-            receive: SpanName::new(semconv::operation::RECEIVE, template),
+            receive: SpanName::new(operation::RECEIVE.name, template),
             settle,
+            source: filter.unwrap_or(&info.stream_name).to_owned(),
             process,
-            inst,
-            common,
-            metric_common,
+            telemetry,
             metric_attributes,
             health_attributes: health.into(),
             stream: info.stream_name.clone(),
             consumer: info.name.clone(),
             stream_value: Arc::<str>::from(info.stream_name.as_str()).into(),
-            consumer_value: Arc::<str>::from(info.name.as_str()).into(),
+            consumer_value,
         })
     }
 
@@ -115,57 +133,29 @@ impl ConsumerShared {
         self.process.template()
     }
 
-    pub(crate) fn deliver(self: &Arc<Self>, mut message: Message) -> Delivery {
-        let (compressed, decode_error) = decode_in_place(&self.inst, &mut message.message);
-        let tracing = self.inst.tracing_enabled();
-        if !tracing && !self.inst.metrics_enabled() {
-            // Nothing to record: only hand the producer's context to the handler.
-            let (context, producer) = self.inst.start_process(
-                &message.message,
-                self.process.name(),
-                &self.process,
-                None,
-                &[],
-                Vec::new(),
-            );
-            return Delivery {
-                message,
-                producer,
-                span: SpanEnd {
-                    owns_span: false,
-                    context,
-                },
-                timer: None,
-                shared: self.clone(),
-                decode_error,
-                sequence: None,
-            };
-        }
-        // Sized for everything the process span carries (see `start_process`).
-        let mut extra = Vec::with_capacity(self.common.len() + 18);
-        if let Some(compressed) = compressed {
-            compressed.push_attributes(&mut extra);
-        }
-        extra.push(KeyValue::new(
-            semconv::MESSAGING_NATS_STREAM,
-            self.stream_value.clone(),
-        ));
-        extra.push(KeyValue::new(
-            semconv::MESSAGING_NATS_CONSUMER,
-            self.consumer_value.clone(),
-        ));
-        let has_msg_id = message
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get(async_nats::header::NATS_MESSAGE_ID).is_some());
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        mut message: async_nats::jetstream::Message,
+    ) -> Delivery {
+        let telemetry = &self.telemetry;
+        let inst = telemetry.inst();
+        let (compressed, decode_error) = decode_in_place(inst, &mut message.message);
+        let info = if inst.tracing_enabled() || inst.metrics_enabled() {
+            message.info().ok().map(|info| Sequence {
+                stream: info.stream_sequence,
+                consumer: info.consumer_sequence,
+                delivered: info.delivered,
+                pending: info.pending,
+                published: info.published.unix_timestamp_nanos(),
+            })
+        } else {
+            None
+        };
         let mut published = None;
-        let mut sequence = None;
-        if let Ok(info) = message.info() {
-            sequence = Some((info.stream_sequence, info.delivered));
-            let stored = info.published.unix_timestamp_nanos();
-            published = Some(stored);
-            if let Some(instruments) = self.inst.instruments() {
-                if let Some(age) = crate::metrics::age_of(stored) {
+        if let Some(info) = &info {
+            published = Some(info.published);
+            if let Some(instruments) = inst.instruments() {
+                if let Some(age) = crate::metrics::age_of(info.published) {
                     let age = age.as_secs_f64();
                     instruments.queue_wait.record(age, &self.metric_attributes);
                     instruments
@@ -176,66 +166,90 @@ impl ConsumerShared {
                     .consumer_pending
                     .record(info.pending, &self.health_attributes);
             }
-            extra.push(KeyValue::new(
-                semconv::MESSAGING_NATS_STREAM_SEQUENCE,
-                clamp(info.stream_sequence),
-            ));
-            extra.push(KeyValue::new(
-                semconv::MESSAGING_NATS_CONSUMER_SEQUENCE,
-                clamp(info.consumer_sequence),
-            ));
-            extra.push(KeyValue::new(
-                semconv::MESSAGING_NATS_DELIVERED,
-                info.delivered,
-            ));
-            extra.push(KeyValue::new(
-                semconv::MESSAGING_NATS_PENDING,
-                clamp(info.pending),
-            ));
-            if let Some(wait) = queue_wait(info.published.unix_timestamp_nanos()) {
-                extra.push(KeyValue::new(
-                    semconv::MESSAGING_NATS_QUEUE_WAIT,
-                    wait.as_secs_f64(),
-                ));
-            }
-            if !has_msg_id {
-                extra.push(KeyValue::new(
-                    semconv::MESSAGING_MESSAGE_ID,
-                    info.stream_sequence.to_string(),
-                ));
-            }
         }
-        let (context, producer) = self.inst.start_process(
-            &message.message,
-            self.process.name(),
-            &self.process,
-            Some(&self.consumer),
-            &self.common,
-            if tracing { extra } else { Vec::new() },
+        let target = Target::subject(inst, &self.process, message.subject.as_str())
+            .with_group(Some(self.consumer_value.clone()));
+        let body = Body {
+            size: message.payload.len(),
+            compressed,
+        };
+        let contexts = telemetry.start_process(
+            &target,
+            message.headers.as_ref(),
+            Some(&message.message),
+            || self.process_attributes(&message, info.as_ref(), body),
         );
-        record_decode_failure(&context, decode_error.as_ref());
-        Delivery {
-            message,
-            producer,
-            span: SpanEnd {
-                owns_span: tracing,
-                context,
-            },
-            timer: ProcessTimer::start(self.inst.instruments(), &self.metric_attributes, published),
+        let timer = ProcessTimer::start(inst.instruments(), &self.metric_attributes, published);
+        let span = ProcessSpan::new(contexts, telemetry.tracing(), timer, inst.error_type_hook())
+            .with_decode_failure(decode_error);
+        let message = Message {
+            process: span.context().clone(),
+            inner: message,
             shared: self.clone(),
-            decode_error,
-            sequence,
-        }
+            sequence: info.map(|i| (i.stream, i.delivered)),
+        };
+        crate::Delivery::new(message, span)
+    }
+
+    /// What a recording `process` span adds: the message's and the consumer's.
+    fn process_attributes(
+        &self,
+        message: &async_nats::jetstream::Message,
+        info: Option<&Sequence>,
+        body: Body,
+    ) -> impl Iterator<Item = KeyValue> {
+        let has_msg_id = message
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(async_nats::header::NATS_MESSAGE_ID).is_some());
+        let sequence = info.map(|info| {
+            [
+                Some(KeyValue::new(
+                    semconv::MESSAGING_NATS_STREAM_SEQUENCE,
+                    clamp(info.stream),
+                )),
+                Some(KeyValue::new(
+                    semconv::MESSAGING_NATS_CONSUMER_SEQUENCE,
+                    clamp(info.consumer),
+                )),
+                Some(KeyValue::new(
+                    semconv::MESSAGING_NATS_DELIVERED,
+                    info.delivered,
+                )),
+                Some(KeyValue::new(
+                    semconv::MESSAGING_NATS_PENDING,
+                    clamp(info.pending),
+                )),
+                queue_wait(info.published).map(|wait| {
+                    KeyValue::new(semconv::MESSAGING_NATS_QUEUE_WAIT, wait.as_secs_f64())
+                }),
+                (!has_msg_id)
+                    .then(|| KeyValue::new(semconv::MESSAGING_MESSAGE_ID, info.stream.to_string())),
+            ]
+        });
+        [
+            KeyValue::new(semconv::MESSAGING_NATS_STREAM, self.stream_value.clone()),
+            KeyValue::new(
+                semconv::MESSAGING_NATS_CONSUMER,
+                self.consumer_value.clone(),
+            ),
+        ]
+        .into_iter()
+        .chain(sequence.into_iter().flatten().flatten())
+        .chain(
+            self.telemetry
+                .message_attributes(message.headers.as_ref(), body),
+        )
     }
 
     /// Records one `receive` span covering a fetch or batch that started at `start`
     /// and returned `deliveries`.
-    fn record_receive(&self, start: SystemTime, deliveries: &[Delivery], error: Option<String>) {
+    fn record_receive(&self, start: SystemTime, deliveries: &[Delivery], failure: Option<Failure>) {
         let producers: Vec<SpanContext> = deliveries
             .iter()
-            .map(|d| d.producer.span().span_context().clone())
+            .map(|d| d.producer_context().span().span_context().clone())
             .collect();
-        self.record_receive_of(start, producers, error);
+        self.record_receive_of(start, producers, failure);
     }
 
     /// Records one `receive` span that started at `start`, delivered messages whose
@@ -244,77 +258,111 @@ impl ConsumerShared {
         &self,
         start: SystemTime,
         producers: Vec<SpanContext>,
-        error: Option<String>,
+        failure: Option<Failure>,
     ) {
         // An empty pull that worked is not worth a span or a duration sample: idle
         // workers would emit one every pull timeout, all of them long polls.
-        if producers.is_empty() && error.is_none() {
-            return;
-        }
-        if let Some(instruments) = self.inst.instruments() {
-            let attributes = crate::metrics::attributes(
-                &self.metric_common,
-                semconv::operation::RECEIVE,
-                semconv::operation_type::RECEIVE,
-                self.process.template_value(),
-                Some(&self.consumer),
-            );
-            let seconds = start.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
-            match &error {
-                Some(_) => instruments
-                    .operation_duration
-                    .record(seconds, &crate::metrics::with_error(&attributes, "_OTHER")),
-                None => instruments.operation_duration.record(seconds, &attributes),
-            }
-        }
-        if !self.inst.tracing_enabled() {
+        if producers.is_empty() && failure.is_none() {
             return;
         }
         let count = producers.len();
-        let links: Vec<Link> = producers
-            .into_iter()
-            .filter(SpanContext::is_valid)
-            .map(Link::with_context)
-            .collect();
-        let mut attributes = Vec::with_capacity(self.common.len() + 6);
-        attributes.extend_from_slice(&self.common);
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_OPERATION_NAME,
-            semconv::operation::RECEIVE,
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_OPERATION_TYPE,
-            semconv::operation_type::RECEIVE,
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_DESTINATION_TEMPLATE,
-            self.process.template_value(),
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_CONSUMER_GROUP_NAME,
-            self.consumer_value.clone(),
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_NATS_STREAM,
-            self.stream_value.clone(),
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_BATCH_MESSAGE_COUNT,
-            count as i64,
-        ));
-        let builder = SpanBuilder::from_name(self.receive.name())
-            .with_kind(SpanKind::Client)
-            .with_start_time(start)
-            .with_attributes(attributes)
-            .with_links(links);
-        let cx = self
-            .inst
-            .start_span(builder, &opentelemetry::Context::current());
-        if let Some(error) = error {
-            record_failure(&cx, "_OTHER", error);
+        let links: Vec<Link> = if self.telemetry.tracing() {
+            producers
+                .into_iter()
+                .filter(SpanContext::is_valid)
+                .map(Link::with_context)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let target = Target {
+            name: &self.receive,
+            destination: Some(&self.source),
+            temporary: false,
+            group: Some(self.consumer_value.clone()),
+        };
+        let op = self.telemetry.start(
+            operation::RECEIVE,
+            &target,
+            Start::default().with_links(links).at(start),
+            || {
+                [
+                    KeyValue::new(semconv::MESSAGING_NATS_STREAM, self.stream_value.clone()),
+                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64),
+                ]
+            },
+        );
+        match failure {
+            Some(failure) => op.fail(&failure.error_type, &failure.message),
+            None => op.succeed(),
         }
-        cx.span().end();
     }
+
+    /// Settles `message` with a `{operation} {template}` CLIENT span under `parent`.
+    async fn settle(
+        &self,
+        message: &Message,
+        operation: &'static str,
+        kind: AckKind,
+        double: bool,
+    ) -> Result<(), async_nats::Error> {
+        let name = match self.settle.iter().find(|(op, _)| *op == operation) {
+            Some((_, name)) => name.clone(),
+            None => SpanName::new(operation, self.template()),
+        };
+        let target = Target::subject(self.telemetry.inst(), &name, message.subject.as_str())
+            .with_group(Some(self.consumer_value.clone()));
+        let op = self.telemetry.start(
+            Op::settle(operation),
+            &target,
+            Start::under(&message.process),
+            || {
+                let sequence = message.sequence.or_else(|| {
+                    let info = message.inner.info().ok()?;
+                    Some((info.stream_sequence, info.delivered))
+                });
+                let delay = match kind {
+                    AckKind::Nak(Some(delay)) => Some(KeyValue::new(
+                        semconv::MESSAGING_NATS_NAK_DELAY,
+                        delay.as_secs_f64(),
+                    )),
+                    _ => None,
+                };
+                [
+                    Some(KeyValue::new(
+                        semconv::MESSAGING_NATS_STREAM,
+                        self.stream_value.clone(),
+                    )),
+                    sequence.map(|(stream, _)| {
+                        KeyValue::new(semconv::MESSAGING_NATS_STREAM_SEQUENCE, clamp(stream))
+                    }),
+                    sequence.map(|(_, delivered)| {
+                        KeyValue::new(semconv::MESSAGING_NATS_DELIVERED, delivered)
+                    }),
+                    delay,
+                ]
+                .into_iter()
+                .flatten()
+            },
+        );
+        let result = if double {
+            message.inner.double_ack_with(kind).await
+        } else {
+            message.inner.ack_with(kind).await
+        };
+        op.finish(&result, |err| boxed_error_type(err.as_ref()));
+        result
+    }
+}
+
+/// Where a delivered message sits in its stream and consumer.
+#[derive(Clone, Copy)]
+struct Sequence {
+    stream: u64,
+    consumer: u64,
+    delivered: i64,
+    pending: u64,
+    published: i128,
 }
 
 fn clamp(v: u64) -> i64 {
@@ -373,7 +421,7 @@ impl PullConsumer {
     pub async fn record_health(&self) -> Result<consumer::Info, async_nats::Error> {
         let mut inner = self.inner.clone();
         let info = inner.info().await?.clone();
-        if let Some(instruments) = self.shared.inst.instruments() {
+        if let Some(instruments) = self.shared.telemetry.inst().instruments() {
             let attributes = &self.shared.health_attributes;
             instruments
                 .consumer_pending
@@ -437,7 +485,7 @@ impl PullConsumer {
             Ok(batch) => batch,
             Err(err) => {
                 self.shared
-                    .record_receive(start, &[], Some(err.to_string()));
+                    .record_receive(start, &[], Some(Failure::of(err.as_ref())));
                 return Err(err);
             }
         };
@@ -459,7 +507,7 @@ impl PullConsumer {
         self.shared.record_receive(
             start,
             &deliveries,
-            failure.as_ref().map(ToString::to_string),
+            failure.as_ref().map(|err| Failure::of(err.as_ref())),
         );
         match failure {
             // Messages already received are handed over (they are not lost); the
@@ -493,7 +541,7 @@ impl<S> Messages<S> {
 
 impl<S, E> Stream for Messages<S>
 where
-    S: Stream<Item = Result<Message, E>> + Unpin,
+    S: Stream<Item = Result<async_nats::jetstream::Message, E>> + Unpin,
 {
     type Item = Result<Delivery, E>;
 
@@ -507,52 +555,49 @@ where
     }
 }
 
-/// A JetStream message with its `process` span, and traced settlement.
-///
-/// `ack`, `double_ack`, `nak`, `term` and `progress` each get a CLIENT span named
-/// `{operation} {template}` (never after the `$JS.ACK…` reply subject), child of
-/// the process span. Dropping the delivery ends the process span; settle first.
-pub struct Delivery {
-    message: Message,
-    producer: opentelemetry::Context,
-    span: SpanEnd,
-    timer: Option<ProcessTimer>,
+/// A delivered JetStream message whose settlement is traced: `ack`,
+/// `double_ack`, `nak`, `term` and `progress` each get a CLIENT span
+/// `{operation} {template}` (never named after the `$JS.ACK…` reply subject),
+/// child of the message's `process` span. It dereferences to the async-nats
+/// message (payload, headers, [`info`](async_nats::jetstream::Message::info), …).
+#[derive(Clone)]
+pub struct Message {
+    inner: async_nats::jetstream::Message,
     shared: Arc<ConsumerShared>,
-    #[cfg_attr(not(feature = "compression"), allow(dead_code))]
-    decode_error: Option<DecodeFailure>,
+    /// The process span settle spans are children of.
+    process: opentelemetry::Context,
     /// Stream sequence and delivery count, read from the reply subject once on
     /// delivery (when something records them) for the settle span.
     sequence: Option<(u64, i64)>,
 }
 
-impl fmt::Debug for Delivery {
+impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery")
-            .field("subject", &self.message.subject)
+        f.debug_struct("Message")
+            .field("subject", &self.inner.subject)
+            .field("stream", &self.shared.stream)
+            .field("consumer", &self.shared.consumer)
             .finish_non_exhaustive()
     }
 }
 
-impl Deref for Delivery {
-    type Target = Message;
+impl Deref for Message {
+    type Target = async_nats::jetstream::Message;
 
-    fn deref(&self) -> &Message {
-        &self.message
+    fn deref(&self) -> &async_nats::jetstream::Message {
+        &self.inner
     }
 }
 
-impl Delivery {
-    /// The JetStream message.
-    pub fn message(&self) -> &Message {
-        &self.message
+impl Message {
+    /// The untraced async-nats message.
+    pub fn inner(&self) -> &async_nats::jetstream::Message {
+        &self.inner
     }
 
-    /// Why the message's compressed payload could not be decoded: the message is
-    /// then delivered as it arrived (still encoded) and its `process` span carries
-    /// the error; the [`Worker`](super::Worker) dead-letters such messages.
-    #[cfg(feature = "compression")]
-    pub fn decode_error(&self) -> Option<&crate::compression::DecodeError> {
-        self.decode_error.as_ref()
+    /// Unwraps the untraced async-nats message.
+    pub fn into_inner(self) -> async_nats::jetstream::Message {
+        self.inner
     }
 
     /// The name of the consumer that delivered the message.
@@ -565,160 +610,66 @@ impl Delivery {
         &self.shared.stream
     }
 
-    /// The process span's context (the producer's context when tracing is off).
-    pub fn context(&self) -> &opentelemetry::Context {
-        &self.span.context
-    }
-
-    /// The producer's context extracted from the message headers.
-    pub fn producer_context(&self) -> &opentelemetry::Context {
-        &self.producer
-    }
-
-    /// Makes the process span current until the guard is dropped.
-    pub fn attach(&self) -> ContextGuard {
-        self.span.context.clone().attach()
-    }
-
-    /// Runs `future` with the process span as its current context.
-    pub async fn in_span<F: Future>(&self, future: F) -> F::Output {
-        future.with_context(self.span.context.clone()).await
-    }
-
-    /// Records a handler failure on the process span.
-    pub fn record_error<E: fmt::Display + ?Sized>(&self, error: &E) {
-        let error_type = handler_error_type::<E>();
-        if let Some(timer) = &self.timer {
-            timer.fail(&error_type);
-        }
-        record_exception(&self.span.context, &error_type, error.to_string());
-    }
-
     /// Attributes of this message's consumer metrics.
     pub(crate) fn metric_attributes(&self) -> &[KeyValue] {
         &self.shared.metric_attributes
     }
 
     /// The instruments, when metrics are on.
-    pub(crate) fn instruments(&self) -> Option<&std::sync::Arc<crate::metrics::Instruments>> {
-        self.shared.inst.instruments()
+    pub(crate) fn instruments(&self) -> Option<&Arc<crate::metrics::Instruments>> {
+        self.shared.telemetry.inst().instruments()
     }
 
     /// Acknowledges the message (`ack {template}` span).
     pub async fn ack(&self) -> Result<(), async_nats::Error> {
-        self.settle(semconv::settle::ACK, AckKind::Ack, false).await
+        self.ack_with(AckKind::Ack).await
+    }
+
+    /// Settles the message as `kind` says (a span named after the kind).
+    pub async fn ack_with(&self, kind: AckKind) -> Result<(), async_nats::Error> {
+        self.shared
+            .settle(self, settle_name(kind), kind, false)
+            .await
     }
 
     /// Acknowledges and waits for the server to confirm (`double_ack {template}`).
     pub async fn double_ack(&self) -> Result<(), async_nats::Error> {
-        self.settle(semconv::settle::DOUBLE_ACK, AckKind::Ack, true)
-            .await
+        self.double_ack_with(AckKind::Ack).await
+    }
+
+    /// Settles as `kind` says and waits for the server to confirm (`double_ack
+    /// {template}` for an ack, else named after the kind).
+    pub async fn double_ack_with(&self, kind: AckKind) -> Result<(), async_nats::Error> {
+        let name = match kind {
+            AckKind::Ack => semconv::settle::DOUBLE_ACK,
+            other => settle_name(other),
+        };
+        self.shared.settle(self, name, kind, true).await
     }
 
     /// Asks for redelivery, after `delay` if given (`nak {template}` span).
     pub async fn nak(&self, delay: Option<Duration>) -> Result<(), async_nats::Error> {
-        self.settle(semconv::settle::NAK, AckKind::Nak(delay), false)
-            .await
+        self.ack_with(AckKind::Nak(delay)).await
     }
 
     /// Stops redelivery for good (`term {template}` span).
     pub async fn term(&self) -> Result<(), async_nats::Error> {
-        self.settle(semconv::settle::TERM, AckKind::Term, false)
-            .await
+        self.ack_with(AckKind::Term).await
     }
 
     /// Tells the server work is ongoing, resetting `ack_wait` (`progress {template}`).
     pub async fn progress(&self) -> Result<(), async_nats::Error> {
-        self.settle(semconv::settle::PROGRESS, AckKind::Progress, false)
-            .await
+        self.ack_with(AckKind::Progress).await
     }
+}
 
-    async fn settle(
-        &self,
-        operation: &'static str,
-        kind: AckKind,
-        double: bool,
-    ) -> Result<(), async_nats::Error> {
-        let cx = self
-            .shared
-            .inst
-            .tracing_enabled()
-            .then(|| self.start_settle(operation, kind));
-        let timer = crate::metrics::OpTimer::start(self.shared.inst.instruments(), || {
-            crate::metrics::attributes(
-                &self.shared.metric_common,
-                operation,
-                semconv::operation_type::SETTLE,
-                self.shared.process.template_value(),
-                Some(&self.shared.consumer),
-            )
-        });
-        let result = if double {
-            self.message.double_ack_with(kind).await
-        } else {
-            self.message.ack_with(kind).await
-        };
-        if let Some(timer) = timer {
-            timer.finish(result.as_ref().err().map(|_| "_OTHER"));
-        }
-        if let Some(cx) = cx {
-            if let Err(err) = &result {
-                record_failure(&cx, "_OTHER", err.to_string());
-            }
-            cx.span().end();
-        }
-        result
-    }
-
-    fn start_settle(&self, operation: &'static str, kind: AckKind) -> opentelemetry::Context {
-        let shared = &self.shared;
-        let mut attributes = Vec::with_capacity(shared.common.len() + 9);
-        attributes.extend_from_slice(&shared.common);
-        attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_OPERATION_TYPE,
-            semconv::operation_type::SETTLE,
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_DESTINATION_NAME,
-            shared.process.subject_value(self.message.subject.as_str()),
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_DESTINATION_TEMPLATE,
-            shared.process.template_value(),
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_CONSUMER_GROUP_NAME,
-            shared.consumer_value.clone(),
-        ));
-        attributes.push(KeyValue::new(
-            semconv::MESSAGING_NATS_STREAM,
-            shared.stream_value.clone(),
-        ));
-        let sequence = self.sequence.or_else(|| {
-            let info = self.message.info().ok()?;
-            Some((info.stream_sequence, info.delivered))
-        });
-        if let Some((stream_sequence, delivered)) = sequence {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_NATS_STREAM_SEQUENCE,
-                clamp(stream_sequence),
-            ));
-            attributes.push(KeyValue::new(semconv::MESSAGING_NATS_DELIVERED, delivered));
-        }
-        if let AckKind::Nak(Some(delay)) = kind {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_NATS_NAK_DELAY,
-                delay.as_secs_f64(),
-            ));
-        }
-        let name = match shared.settle.iter().find(|(op, _)| *op == operation) {
-            Some((_, name)) => name.name(),
-            None => SpanName::new(operation, shared.template()).name(),
-        };
-        let builder = SpanBuilder::from_name(name)
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes);
-        shared.inst.start_span(builder, &self.span.context)
+/// The settle operation an ack kind is.
+fn settle_name(kind: AckKind) -> &'static str {
+    match kind {
+        AckKind::Ack => semconv::settle::ACK,
+        AckKind::Nak(_) => semconv::settle::NAK,
+        AckKind::Progress => semconv::settle::PROGRESS,
+        AckKind::Next => semconv::settle::ACK,
+        AckKind::Term => semconv::settle::TERM,
     }
 }

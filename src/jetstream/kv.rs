@@ -4,14 +4,18 @@
 //! async-nats's KV API takes no headers, so [`Store::put`], [`Store::create`] and
 //! [`Store::update`] publish to the bucket's subject themselves (same subjects,
 //! same `Nats-Expected-Last-Subject-Sequence` revision checks, same errors) with the
-//! writer's context in the headers. [`Store::watch`] yields each change with a
-//! `process {bucket}` span **linked** to the writer (not parented: the write may be
-//! old), and [`Store::entry_with_context`] returns the writer's context with the
-//! entry.
+//! writer's context in the headers. [`Store::watch`] yields each change as a
+//! [`Change`] with a `process {bucket}` span, parented and linked to the writer as
+//! [`ProcessParenting`](crate::ProcessParenting) says, and
+//! [`Store::entry_with_context`] returns the writer's context with the entry.
 //!
-//! Every operation is a CLIENT span `{operation} {bucket}` with
-//! `messaging.nats.kv.bucket` and, where known, `messaging.nats.kv.revision`. Keys can
-//! carry ids or personal data, so `messaging.nats.kv.key` is only recorded after
+//! Every operation is a span `{operation} {bucket}`: writes that store the writer's
+//! context (`put`, `create`, `update`) are `send` PRODUCER spans, `delete` and
+//! `purge` `send` CLIENT spans, reads (`get`, `entry`, `keys`, `history`) `receive`
+//! CLIENT spans, and starting a watch a CLIENT span. The destination (name and
+//! template) is the bucket; spans carry `messaging.nats.kv.bucket` and, where
+//! known, `messaging.nats.kv.revision`. Keys can carry ids or personal data, so
+//! `messaging.nats.kv.key` is only recorded after
 //! [`Store::with_key_attribute`]`(true)`.
 
 use std::fmt;
@@ -30,16 +34,20 @@ use async_nats::jetstream::kv::{
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::Stream;
-use opentelemetry::trace::{FutureExt, Link, SpanBuilder, SpanKind, TraceContextExt};
-use opentelemetry::{Context as OtelContext, ContextGuard, KeyValue};
+use opentelemetry::{Context as OtelContext, KeyValue};
 
+use crate::delivery::ProcessSpan;
 use crate::error::error_type;
-use crate::instrumentation::{record_failure, Instrumentation};
-use crate::metrics::OpTimer;
+use crate::metrics::ProcessTimer;
+use crate::names::SpanName;
+use crate::operation::{self, Op, Operation as Traced, Start, Target, Telemetry};
 use crate::semconv;
-use crate::subscriber::SpanEnd;
 
 use super::Context;
+
+/// One change of a watched key with its `process {bucket}` span; dereferences to
+/// the [`Entry`].
+pub type Change = crate::Delivery<Entry>;
 
 const KV_OPERATION: &str = "KV-Operation";
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
@@ -61,9 +69,7 @@ impl Context {
         Store {
             inner: store,
             shared: Arc::new(KvShared {
-                inst: self.instrumentation().clone(),
-                common: self.common.clone(),
-                metric_common: self.metric_common.clone(),
+                telemetry: self.telemetry().clone(),
                 record_keys: false,
                 js: self.clone(),
             }),
@@ -72,9 +78,7 @@ impl Context {
 }
 
 struct KvShared {
-    inst: Instrumentation,
-    common: Arc<[KeyValue]>,
-    metric_common: Arc<[KeyValue]>,
+    telemetry: Telemetry,
     record_keys: bool,
     js: Context,
 }
@@ -110,9 +114,7 @@ impl Store {
     /// or personal data, and many distinct values).
     pub fn with_key_attribute(self, enabled: bool) -> Self {
         let shared = KvShared {
-            inst: self.shared.inst.clone(),
-            common: self.shared.common.clone(),
-            metric_common: self.shared.metric_common.clone(),
+            telemetry: self.shared.telemetry.clone(),
             record_keys: enabled,
             js: self.shared.js.clone(),
         };
@@ -122,74 +124,55 @@ impl Store {
         }
     }
 
-    fn start(&self, operation: &'static str, key: Option<&str>) -> KvOp {
-        let timer = OpTimer::start(self.shared.inst.instruments(), || {
-            crate::metrics::attributes(
-                &self.shared.metric_common,
-                operation,
-                operation_type(operation),
-                self.inner.name.clone(),
-                None,
-            )
-        });
-        KvOp {
-            cx: self.start_span(operation, key),
-            timer,
-        }
+    /// Starts `op` on this bucket (the destination), recording the bucket and,
+    /// if asked for, the key.
+    fn start(&self, op: Op, key: Option<&str>) -> Traced {
+        let name = SpanName::new(op.name, &self.inner.name);
+        self.shared
+            .telemetry
+            .start(op, &Target::named(&name), Start::default(), || {
+                self.key_attributes(key)
+            })
     }
 
-    fn start_span(&self, operation: &'static str, key: Option<&str>) -> Option<OtelContext> {
-        if !self.shared.inst.tracing_enabled() {
-            return None;
-        }
-        let mut attributes = Vec::with_capacity(self.shared.common.len() + 4);
-        attributes.extend_from_slice(&self.shared.common);
-        attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
-        attributes.push(KeyValue::new(
+    fn key_attributes(&self, key: Option<&str>) -> impl Iterator<Item = KeyValue> {
+        let key = key
+            .filter(|_| self.shared.record_keys)
+            .map(|key| KeyValue::new(semconv::MESSAGING_NATS_KV_KEY, key.to_owned()));
+        std::iter::once(KeyValue::new(
             semconv::MESSAGING_NATS_KV_BUCKET,
             self.inner.name.clone(),
-        ));
-        if let (true, Some(key)) = (self.shared.record_keys, key) {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_NATS_KV_KEY,
-                key.to_owned(),
-            ));
+        ))
+        .chain(key)
+    }
+
+    /// A write of a value: PRODUCER when the writer's context goes with it.
+    fn write_op(&self, name: &'static str) -> Op {
+        if self.can_write_headers() {
+            Op::send(name)
+        } else {
+            Op::send_without_context(name)
         }
-        let builder =
-            SpanBuilder::from_name(crate::names::SpanName::new(operation, &self.inner.name).name())
-                .with_kind(SpanKind::Client)
-                .with_attributes(attributes);
-        Some(
-            self.shared
-                .inst
-                .start_span(builder, &OtelContext::current()),
-        )
     }
 
     fn finish<T, K>(
-        op: KvOp,
+        op: Traced,
         result: &Result<T, async_nats::error::Error<K>>,
         revision: impl FnOnce(&T) -> Option<u64>,
     ) where
         K: fmt::Debug + fmt::Display + Clone + PartialEq,
     {
-        if let Some(timer) = op.timer {
-            let error = result.as_ref().err().map(|e| error_type(&e.kind()));
-            timer.finish(error.as_deref());
-        }
-        let Some(cx) = op.cx else { return };
-        match result {
-            Ok(value) => {
-                if let Some(revision) = revision(value) {
-                    cx.span().set_attribute(KeyValue::new(
+        if let Ok(value) = result {
+            if let Some(revision) = revision(value) {
+                op.record(|| {
+                    [KeyValue::new(
                         semconv::MESSAGING_NATS_KV_REVISION,
                         i64::try_from(revision).unwrap_or(i64::MAX),
-                    ));
-                }
+                    )]
+                });
             }
-            Err(err) => record_failure(&cx, &error_type(&err.kind()), err.to_string()),
         }
-        cx.span().end();
+        op.finish(result, |err| error_type(&err.kind()));
     }
 
     /// The subject a key's values are published to.
@@ -216,9 +199,10 @@ impl Store {
                 revision.to_string().as_str(),
             );
         }
-        let from = cx.cloned().or_else(|| self.shared.inst.ambient_context());
+        let inst = self.shared.telemetry.inst();
+        let from = cx.cloned().or_else(|| inst.ambient_context());
         if let Some(from) = from {
-            self.shared.inst.inject(&from, &mut headers);
+            inst.inject(&from, &mut headers);
         }
         let ack = self
             .shared
@@ -240,26 +224,26 @@ impl Store {
     /// context is stored with it.
     pub async fn put<T: AsRef<str>>(&self, key: T, value: Bytes) -> Result<u64, PutError> {
         let key = key.as_ref();
-        let cx = self.start(semconv::kv::PUT, Some(key));
+        let op = self.start(self.write_op(semconv::kv::PUT), Some(key));
         let result = if !is_valid_key(key) {
             Err(PutError::new(PutErrorKind::InvalidKey))
         } else if !self.can_write_headers() {
             self.inner.put(key, value).await
         } else {
-            self.write(cx.cx.as_ref(), key, value, None)
+            self.write(op.context(), key, value, None)
                 .await
                 .map_err(|e| PutError::with_source(PutErrorKind::Ack, e))
         };
-        Self::finish(cx, &result, |r| Some(*r));
+        Self::finish(op, &result, |r| Some(*r));
         result
     }
 
     /// Stores `value` only if `key` does not exist (or was deleted or purged).
     pub async fn create<T: AsRef<str>>(&self, key: T, value: Bytes) -> Result<u64, CreateError> {
         let key = key.as_ref();
-        let cx = self.start(semconv::kv::CREATE, Some(key));
-        let result = self.create_inner(cx.cx.as_ref(), key, value).await;
-        Self::finish(cx, &result, |r| Some(*r));
+        let op = self.start(self.write_op(semconv::kv::CREATE), Some(key));
+        let result = self.create_inner(op.context(), key, value).await;
+        Self::finish(op, &result, |r| Some(*r));
         result
     }
 
@@ -313,13 +297,13 @@ impl Store {
         revision: u64,
     ) -> Result<u64, UpdateError> {
         let key = key.as_ref();
-        let cx = self.start(semconv::kv::UPDATE, Some(key));
+        let op = self.start(self.write_op(semconv::kv::UPDATE), Some(key));
         let result = if !is_valid_key(key) {
             Err(UpdateError::new(UpdateErrorKind::InvalidKey))
         } else if !self.can_write_headers() {
             self.inner.update(key, value, revision).await
         } else {
-            self.write(cx.cx.as_ref(), key, value, Some(revision))
+            self.write(op.context(), key, value, Some(revision))
                 .await
                 .map_err(|e| match e.kind() {
                     PublishErrorKind::WrongLastSequence => {
@@ -331,16 +315,16 @@ impl Store {
                     _ => UpdateError::with_source(UpdateErrorKind::Other, e),
                 })
         };
-        Self::finish(cx, &result, |r| Some(*r));
+        Self::finish(op, &result, |r| Some(*r));
         result
     }
 
     /// The current value of `key`.
     pub async fn get<T: AsRef<str>>(&self, key: T) -> Result<Option<Bytes>, EntryError> {
         let key = key.as_ref();
-        let cx = self.start(semconv::kv::GET, Some(key));
+        let op = self.start(Op::receive(semconv::kv::GET), Some(key));
         let result = self.inner.entry(key).await;
-        Self::finish(cx, &result, |e| e.as_ref().map(|e| e.revision));
+        Self::finish(op, &result, |e| e.as_ref().map(|e| e.revision));
         result.map(|entry| match entry {
             Some(Entry {
                 operation: Operation::Put,
@@ -354,9 +338,9 @@ impl Store {
     /// The latest entry of `key` (including delete and purge markers).
     pub async fn entry<T: AsRef<str>>(&self, key: T) -> Result<Option<Entry>, EntryError> {
         let key = key.as_ref();
-        let cx = self.start(semconv::kv::ENTRY, Some(key));
+        let op = self.start(Op::receive(semconv::kv::ENTRY), Some(key));
         let result = self.inner.entry(key).await;
-        Self::finish(cx, &result, |e| e.as_ref().map(|e| e.revision));
+        Self::finish(op, &result, |e| e.as_ref().map(|e| e.revision));
         result
     }
 
@@ -367,9 +351,9 @@ impl Store {
         key: T,
     ) -> Result<Option<(Entry, OtelContext)>, EntryError> {
         let key = key.as_ref();
-        let cx = self.start(semconv::kv::ENTRY, Some(key));
+        let op = self.start(Op::receive(semconv::kv::ENTRY), Some(key));
         let result = self.entry_with_context_inner(key).await;
-        Self::finish(cx, &result, |e| e.as_ref().map(|(e, _)| e.revision));
+        Self::finish(op, &result, |e| e.as_ref().map(|(e, _)| e.revision));
         result
     }
 
@@ -405,7 +389,7 @@ impl Store {
             }
         };
         let operation = operation_of(Some(&message.headers));
-        let writer = self.shared.inst.extract(&message.headers);
+        let writer = self.shared.telemetry.inst().extract(&message.headers);
         let entry = Entry {
             bucket: self.inner.name.clone(),
             key: key.to_owned(),
@@ -422,35 +406,35 @@ impl Store {
     /// Deletes `key` (a delete marker; history is kept).
     pub async fn delete<T: AsRef<str>>(&self, key: T) -> Result<(), DeleteError> {
         let key = key.as_ref();
-        let cx = self.start(semconv::kv::DELETE, Some(key));
+        let op = self.start(Op::send_without_context(semconv::kv::DELETE), Some(key));
         let result = self.inner.delete(key).await;
-        Self::finish(cx, &result, |_| None);
+        Self::finish(op, &result, |_| None);
         result
     }
 
     /// Purges `key` (a purge marker; history is removed).
     pub async fn purge<T: AsRef<str>>(&self, key: T) -> Result<(), PurgeError> {
         let key = key.as_ref();
-        let cx = self.start(semconv::kv::PURGE, Some(key));
+        let op = self.start(Op::send_without_context(semconv::kv::PURGE), Some(key));
         let result = self.inner.purge(key).await;
-        Self::finish(cx, &result, |_| None);
+        Self::finish(op, &result, |_| None);
         result
     }
 
     /// The bucket's keys (the span covers starting the listing).
     pub async fn keys(&self) -> Result<kv::Keys, HistoryError> {
-        let cx = self.start(semconv::kv::KEYS, None);
+        let op = self.start(Op::receive(semconv::kv::KEYS), None);
         let result = self.inner.keys().await;
-        Self::finish(cx, &result, |_| None);
+        Self::finish(op, &result, |_| None);
         result
     }
 
     /// The history of `key` (the span covers starting the listing).
     pub async fn history<T: AsRef<str>>(&self, key: T) -> Result<kv::History, HistoryError> {
         let key = key.as_ref();
-        let cx = self.start(semconv::kv::HISTORY, Some(key));
+        let op = self.start(Op::receive(semconv::kv::HISTORY), Some(key));
         let result = self.inner.history(key).await;
-        Self::finish(cx, &result, |_| None);
+        Self::finish(op, &result, |_| None);
         result
     }
 
@@ -487,7 +471,7 @@ impl Store {
         keys: Vec<String>,
         deliver_policy: DeliverPolicy,
     ) -> Result<Watch, WatchError> {
-        let op = self.start(semconv::kv::WATCH, None);
+        let op = self.start(Op::call(semconv::kv::WATCH), None);
         let result = self.watch_inner(keys, deliver_policy).await;
         Self::finish(op, &result, |_| None);
         result
@@ -527,37 +511,18 @@ impl Store {
             .messages()
             .await
             .map_err(|e| WatchError::with_source(WatchErrorKind::Other, e))?;
+        let process_name = SpanName::new(operation::PROCESS.name, &self.inner.name);
+        let metric_attributes = self
+            .shared
+            .telemetry
+            .metric_attributes(operation::PROCESS, &Target::named(&process_name))
+            .into();
         Ok(Watch {
             messages: Box::pin(messages),
             store: self.clone(),
-            process_name: format!("{} {}", semconv::operation::PROCESS, self.inner.name),
-            metric_attributes: crate::metrics::attributes(
-                &self.shared.metric_common,
-                semconv::operation::PROCESS,
-                semconv::operation_type::PROCESS,
-                self.inner.name.clone(),
-                None,
-            )
-            .into(),
+            process_name,
+            metric_attributes,
         })
-    }
-}
-
-/// One KV operation's span and timer.
-struct KvOp {
-    cx: Option<OtelContext>,
-    timer: Option<OpTimer>,
-}
-
-/// `messaging.operation.type` of a KV operation: writes send, reads receive.
-fn operation_type(operation: &str) -> &'static str {
-    match operation {
-        semconv::kv::PUT
-        | semconv::kv::CREATE
-        | semconv::kv::UPDATE
-        | semconv::kv::DELETE
-        | semconv::kv::PURGE => semconv::operation_type::SEND,
-        _ => semconv::operation_type::RECEIVE,
     }
 }
 
@@ -593,12 +558,11 @@ type OrderedMessages = Pin<
     >,
 >;
 
-/// Changes to watched keys, each a [`Change`] with a `process {bucket}` span
-/// linked to the writer's context.
+/// Changes to watched keys, each a [`Change`] with a `process {bucket}` span.
 pub struct Watch {
     messages: OrderedMessages,
     store: Store,
-    process_name: String,
+    process_name: SpanName,
     metric_attributes: Arc<[KeyValue]>,
 }
 
@@ -641,10 +605,6 @@ impl Watch {
             Ok(info) => (info.stream_sequence, info.pending, info.published),
             Err(e) => return Err(WatcherError::with_source(WatcherErrorKind::Other, e)),
         };
-        let writer = match &message.headers {
-            Some(headers) => shared.inst.extract(headers),
-            None => OtelContext::new(),
-        };
         let entry = Entry {
             bucket: store.inner.name.clone(),
             key,
@@ -655,125 +615,45 @@ impl Watch {
             operation,
             seen_current: delta == 0,
         };
-        let tracing = shared.inst.tracing_enabled();
-        let context = if tracing {
-            let mut attributes = Vec::with_capacity(shared.common.len() + 6);
-            attributes.extend_from_slice(&shared.common);
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_OPERATION_NAME,
-                semconv::operation::PROCESS,
-            ));
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_OPERATION_TYPE,
-                semconv::operation_type::PROCESS,
-            ));
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_NATS_KV_BUCKET,
-                store.inner.name.clone(),
-            ));
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_NATS_KV_REVISION,
-                i64::try_from(revision).unwrap_or(i64::MAX),
-            ));
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_NATS_KV_OPERATION,
-                match operation {
-                    Operation::Put => "PUT",
-                    Operation::Delete => "DEL",
-                    Operation::Purge => "PURGE",
-                },
-            ));
-            if shared.record_keys {
-                attributes.push(KeyValue::new(
-                    semconv::MESSAGING_NATS_KV_KEY,
-                    entry.key.clone(),
-                ));
-            }
-            let writer_span = writer.span().span_context().clone();
-            let mut builder = SpanBuilder::from_name(self.process_name.clone())
-                .with_kind(SpanKind::Consumer)
-                .with_attributes(attributes);
-            if writer_span.is_valid() {
-                builder = builder.with_links(vec![Link::with_context(writer_span)]);
-            }
-            // A new root: the write may be arbitrarily old.
-            shared.inst.start_span(builder, &OtelContext::new())
-        } else {
-            writer.clone()
-        };
-        let published = message
-            .info()
-            .ok()
-            .map(|info| info.published.unix_timestamp_nanos());
-        Ok(Change {
-            entry,
-            writer,
-            span: SpanEnd {
-                owns_span: tracing,
-                context,
+        let telemetry = &shared.telemetry;
+        let contexts = telemetry.start_process(
+            &Target::named(&self.process_name),
+            message.headers.as_ref(),
+            None,
+            || {
+                let key = shared
+                    .record_keys
+                    .then(|| KeyValue::new(semconv::MESSAGING_NATS_KV_KEY, entry.key.clone()));
+                [
+                    KeyValue::new(semconv::MESSAGING_NATS_KV_BUCKET, store.inner.name.clone()),
+                    KeyValue::new(
+                        semconv::MESSAGING_NATS_KV_REVISION,
+                        i64::try_from(revision).unwrap_or(i64::MAX),
+                    ),
+                    KeyValue::new(
+                        semconv::MESSAGING_NATS_KV_OPERATION,
+                        match operation {
+                            Operation::Put => "PUT",
+                            Operation::Delete => "DEL",
+                            Operation::Purge => "PURGE",
+                        },
+                    ),
+                ]
+                .into_iter()
+                .chain(key)
             },
-            _timer: crate::metrics::ProcessTimer::start(
-                shared.inst.instruments(),
-                &self.metric_attributes,
-                published,
-            ),
-        })
-    }
-}
-
-/// One change of a watched key, with its `process` span (ended on drop).
-pub struct Change {
-    entry: Entry,
-    writer: OtelContext,
-    span: SpanEnd,
-    _timer: Option<crate::metrics::ProcessTimer>,
-}
-
-impl fmt::Debug for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Change")
-            .field("entry", &self.entry)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::ops::Deref for Change {
-    type Target = Entry;
-
-    fn deref(&self) -> &Entry {
-        &self.entry
-    }
-}
-
-impl Change {
-    /// The entry.
-    pub fn entry(&self) -> &Entry {
-        &self.entry
-    }
-
-    /// The writer's trace context (empty if the writer did not trace).
-    pub fn writer_context(&self) -> &OtelContext {
-        &self.writer
-    }
-
-    /// The process span's context.
-    pub fn context(&self) -> &OtelContext {
-        &self.span.context
-    }
-
-    /// Makes the process span current until the guard is dropped.
-    pub fn attach(&self) -> ContextGuard {
-        self.span.context.clone().attach()
-    }
-
-    /// Runs `future` with the process span as its current context.
-    pub async fn in_span<F: std::future::Future>(&self, future: F) -> F::Output {
-        future.with_context(self.span.context.clone()).await
-    }
-
-    /// The entry, ending the span.
-    pub fn into_entry(self) -> Entry {
-        let Change { entry, .. } = self;
-        entry
+        );
+        let timer = ProcessTimer::start(
+            telemetry.inst().instruments(),
+            &self.metric_attributes,
+            Some(created.unix_timestamp_nanos()),
+        );
+        let span = ProcessSpan::new(
+            contexts,
+            telemetry.tracing(),
+            timer,
+            telemetry.inst().error_type_hook(),
+        );
+        Ok(crate::Delivery::new(entry, span))
     }
 }

@@ -25,9 +25,12 @@
 //!   one `receive {template}` CLIENT span per call linking every message's producer,
 //!   with `messaging.batch.message_count`.
 //! * [`Context::messages`] does the same for push and ordered consumer streams.
-//! * Settlement (`ack`, `double_ack`, `nak`, `term`, `progress`) gets a CLIENT span
-//!   `{operation} {template}`, child of the process span, never named after the
-//!   `$JS.ACK…` reply subject.
+//! * A [`Delivery`] is the crate's one processing type ([`crate::Delivery`]) around
+//!   a traced [`Message`]: `delivery.process(|message| async move { ...;
+//!   message.ack().await })` runs the handler in the span and records an `Err`.
+//!   Settlement (`ack`, `double_ack`, `nak`, `term`, `progress`, on the delivery or
+//!   the message) gets a CLIENT span `{operation} {template}`, child of the process
+//!   span, never named after the `$JS.ACK…` reply subject.
 //!
 //! The template of a consumer's spans is its filter subject (through the subject
 //! mapper), or the stream name when it has none or several.
@@ -52,9 +55,9 @@ mod publish;
 mod worker;
 
 pub use backoff::Backoff;
-pub use consume::{Delivery, Messages, PullConsumer};
+pub use consume::{Delivery, Message, Messages, PullConsumer};
 pub use publish::{content_id, is_transient, AckHandle, Pipeline, PublishRetry};
-pub use worker::{BoxError, HandlerError, Worker, WorkerStats};
+pub use worker::{BoxError, HandlerError, Task, Worker, WorkerStats};
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -65,19 +68,17 @@ use async_nats::jetstream::publish::PublishAck;
 use async_nats::{HeaderMap, ToSubject};
 use bytes::Bytes;
 use futures_util::FutureExt;
-use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 
-use crate::instrumentation::{record_failure, Instrumentation};
+use crate::instrumentation::Instrumentation;
+use crate::operation::{self, Body, Operation, Start, Target, Telemetry};
 use crate::{semconv, Client};
 
 /// Creates a traced JetStream context on `client`'s connection and telemetry.
 pub fn new(client: &Client) -> Context {
     Context {
         inner: async_nats::jetstream::new(client.inner().clone()),
-        inst: client.instrumentation().clone(),
-        common: client.common(),
-        metric_common: client.metric_common(),
+        telemetry: client.telemetry().clone(),
         events: client.events(),
         #[cfg(feature = "compression")]
         compression: client.compression(),
@@ -89,9 +90,7 @@ pub fn new(client: &Client) -> Context {
 pub fn wrap(client: &Client, inner: async_nats::jetstream::Context) -> Context {
     Context {
         inner,
-        inst: client.instrumentation().clone(),
-        common: client.common(),
-        metric_common: client.metric_common(),
+        telemetry: client.telemetry().clone(),
         events: client.events(),
         #[cfg(feature = "compression")]
         compression: client.compression(),
@@ -102,9 +101,7 @@ pub fn wrap(client: &Client, inner: async_nats::jetstream::Context) -> Context {
 #[derive(Clone, Debug)]
 pub struct Context {
     inner: async_nats::jetstream::Context,
-    inst: Instrumentation,
-    common: Arc<[KeyValue]>,
-    metric_common: Arc<[KeyValue]>,
+    telemetry: Telemetry,
     events: Option<Arc<crate::health::EventCounters>>,
     #[cfg(feature = "compression")]
     compression: Option<crate::compression::Compression>,
@@ -129,7 +126,12 @@ impl Context {
 
     /// The telemetry settings of this context.
     pub fn instrumentation(&self) -> &Instrumentation {
-        &self.inst
+        self.telemetry.inst()
+    }
+
+    /// This connection's telemetry.
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     /// The untraced client of this context's connection.
@@ -142,12 +144,7 @@ impl Context {
         &self,
         consumer: async_nats::jetstream::consumer::PullConsumer,
     ) -> PullConsumer {
-        let shared = consume::ConsumerShared::new(
-            self.inst.clone(),
-            self.common.clone(),
-            self.metric_common.clone(),
-            consumer.cached_info(),
-        );
+        let shared = consume::ConsumerShared::new(self.telemetry.clone(), consumer.cached_info());
         PullConsumer::new(consumer, shared)
     }
 
@@ -158,12 +155,7 @@ impl Context {
         info: &async_nats::jetstream::consumer::Info,
         stream: S,
     ) -> Messages<S> {
-        let shared = consume::ConsumerShared::new(
-            self.inst.clone(),
-            self.common.clone(),
-            self.metric_common.clone(),
-            info,
-        );
+        let shared = consume::ConsumerShared::new(self.telemetry.clone(), info);
         Messages::new(stream, shared)
     }
 
@@ -179,8 +171,7 @@ impl Context {
             return Ok(PublishAckFuture {
                 inner,
                 span: AckSpan {
-                    cx: None,
-                    timer: None,
+                    op: Operation::none(),
                     refusal: None,
                 },
             });
@@ -241,40 +232,28 @@ impl Context {
             crate::instrumentation::compress(self.compression.as_ref(), headers, payload);
         #[cfg(not(feature = "compression"))]
         let compressed: Option<(usize, crate::instrumentation::Compressed)> = None;
-        let (body_size, compressed) = match compressed {
-            Some((original, compressed)) => (original, Some(compressed)),
-            None => (payload.len(), None),
+        let telemetry = &self.telemetry;
+        let op = match telemetry.name_if_needed(operation::PUBLISH, subject.as_str()) {
+            Some(name) => {
+                let target = Target::subject(telemetry.inst(), &name, subject.as_str());
+                let body = match compressed {
+                    Some((size, compressed)) => Body {
+                        size,
+                        compressed: Some(compressed),
+                    },
+                    None => Body::plain(payload.len()),
+                };
+                telemetry.start(operation::PUBLISH, &target, Start::default(), || {
+                    telemetry.message_attributes(headers.as_ref(), body).chain(
+                        telemetry.publish_hook_attributes(subject.as_str(), headers.as_ref()),
+                    )
+                })
+            }
+            None => Operation::none(),
         };
-        let name = self
-            .inst
-            .name_if_needed(semconv::operation::PUBLISH, subject.as_str());
-        let timer = match &name {
-            Some(name) => crate::metrics::OpTimer::start(self.inst.instruments(), || {
-                crate::metrics::attributes(
-                    &self.metric_common,
-                    semconv::operation::PUBLISH,
-                    semconv::operation_type::SEND,
-                    name.template_value(),
-                    None,
-                )
-            }),
-            None => None,
-        };
-        let cx = match &name {
-            Some(name) if self.inst.tracing_enabled() => Some(self.inst.start_send(
-                semconv::operation::PUBLISH,
-                subject.as_str(),
-                name,
-                headers.as_ref(),
-                body_size,
-                compressed,
-                &self.common,
-            )),
-            _ => None,
-        };
-        let headers = match cx.as_ref() {
+        let headers = match op.context() {
             Some(cx) => Some(self.injected(cx, headers)),
-            None => match self.inst.ambient_context() {
+            None => match telemetry.inst().ambient_context() {
                 Some(ambient) => Some(self.injected(&ambient, headers)),
                 None => headers,
             },
@@ -289,7 +268,7 @@ impl Context {
             .events
             .clone()
             .map(|events| (events, subject.clone(), std::time::Instant::now()));
-        let mut span = AckSpan { cx, timer, refusal };
+        let span = AckSpan { op, refusal };
         self.inner
             .send_publish(subject, message)
             .map(move |result| match result {
@@ -310,23 +289,21 @@ impl Context {
         if self.compression.is_some() {
             return false;
         }
-        !self.inst.tracing_enabled()
-            && !self.inst.metrics_enabled()
-            && !self.inst.has_ambient_span()
+        let inst = self.telemetry.inst();
+        !inst.tracing_enabled() && !inst.metrics_enabled() && !inst.has_ambient_span()
     }
 
     fn injected(&self, cx: &opentelemetry::Context, headers: Option<HeaderMap>) -> HeaderMap {
         let mut headers = headers.unwrap_or_default();
-        self.inst.inject(cx, &mut headers);
+        self.telemetry.inst().inject(cx, &mut headers);
         headers
     }
 }
 
-/// Ends the publish span, and records the publish metrics, however the publish
-/// ends.
+/// The publish operation, ended with what the ack says (or, dropped before the
+/// ack, with the message counted and its outcome unknown).
 struct AckSpan {
-    cx: Option<opentelemetry::Context>,
-    timer: Option<crate::metrics::OpTimer>,
+    op: Operation,
     refusal: Option<(
         Arc<crate::health::EventCounters>,
         async_nats::Subject,
@@ -357,45 +334,22 @@ impl AckSpan {
         }
     }
 
-    fn fail(&mut self, err: &PublishError) {
-        let error = crate::error::refusal_or_kind(err);
-        if let Some(cx) = &self.cx {
-            record_failure(cx, &error, err.to_string());
-        }
-        if let Some(timer) = self.timer.take() {
-            timer.count_sent(Some(&error));
-            timer.finish(Some(&error));
-        }
+    fn fail(self, err: &PublishError) {
+        self.op.fail(&crate::error::refusal_or_kind(err), err);
     }
 
-    fn acked(&mut self, ack: &PublishAck) {
-        if let Some(timer) = self.timer.take() {
-            timer.count_sent(None);
-            timer.finish(None);
-        }
-        if let Some(cx) = &self.cx {
-            // One lock of the span for the three.
-            cx.span().set_attributes([
+    fn acked(self, ack: &PublishAck) {
+        self.op.record(|| {
+            [
                 KeyValue::new(semconv::MESSAGING_NATS_STREAM, ack.stream.clone()),
                 KeyValue::new(
                     semconv::MESSAGING_NATS_STREAM_SEQUENCE,
                     i64::try_from(ack.sequence).unwrap_or(i64::MAX),
                 ),
                 KeyValue::new(semconv::MESSAGING_NATS_DUPLICATE, ack.duplicate),
-            ]);
-        }
-    }
-}
-
-impl Drop for AckSpan {
-    fn drop(&mut self) {
-        if let Some(timer) = self.timer.take() {
-            // Dropped before the ack: the message was sent, its outcome unknown.
-            timer.count_sent(None);
-        }
-        if let Some(cx) = &self.cx {
-            cx.span().end();
-        }
+            ]
+        });
+        self.op.succeed();
     }
 }
 
@@ -414,7 +368,7 @@ impl IntoFuture for PublishAckFuture {
     fn into_future(self) -> Self::IntoFuture {
         AckFuture {
             inner: self.inner.into_future(),
-            span: self.span,
+            span: Some(self.span),
         }
     }
 }
@@ -423,7 +377,7 @@ impl IntoFuture for PublishAckFuture {
 /// the publish span with what the ack says.
 pub struct AckFuture {
     inner: <InnerAckFuture as IntoFuture>::IntoFuture,
-    span: AckSpan,
+    span: Option<AckSpan>,
 }
 
 impl std::fmt::Debug for AckFuture {
@@ -440,10 +394,13 @@ impl Future for AckFuture {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let result = std::task::ready!(self.inner.as_mut().poll(cx));
-        let result = result.map_err(|err| self.span.explain(err));
+        let Some(span) = self.span.take() else {
+            return std::task::Poll::Ready(result);
+        };
+        let result = result.map_err(|err| span.explain(err));
         match &result {
-            Ok(ack) => self.span.acked(ack),
-            Err(err) => self.span.fail(err),
+            Ok(ack) => span.acked(ack),
+            Err(err) => span.fail(err),
         }
         std::task::Poll::Ready(result)
     }

@@ -2,10 +2,14 @@
 //! headers.
 //!
 //! `put` streams from any `AsyncRead` and records size, chunk count and digest;
-//! the writer's context is stored in the object's headers. `get` streams too: its
-//! span stays open while you read, links to the writer, and records whether the
-//! digest checked out at the end. `watch` yields each change with a `process`
-//! span linked to its writer. Object names can carry ids or personal data, so
+//! the writer's context is stored in the object's headers (a `send` PRODUCER
+//! span). `get` streams too: its `receive` span stays open while you read, links
+//! to the writer, and records whether the digest checked out at the end. `info`
+//! and `list` are `receive` spans, `delete` a `send` CLIENT span, and `watch`
+//! yields each change as an [`ObjectChange`] with a `process {bucket}` span,
+//! parented and linked to its writer as
+//! [`ProcessParenting`](crate::ProcessParenting) says. The destination is the
+//! bucket. Object names can carry ids or personal data, so
 //! `messaging.nats.object.name` is only recorded after
 //! [`ObjectStore::with_name_attribute`]`(true)`.
 
@@ -20,17 +24,22 @@ use async_nats::jetstream::object_store::{
     PutError, PutErrorKind, WatchError, WatcherError,
 };
 use futures_util::Stream;
-use opentelemetry::trace::{Link, SpanBuilder, SpanKind, Status, TraceContextExt};
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context as OtelContext, KeyValue};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::delivery::ProcessSpan;
 use crate::error::error_type;
-use crate::instrumentation::{record_failure, Instrumentation};
-use crate::metrics::OpTimer;
+use crate::metrics::ProcessTimer;
+use crate::names::SpanName;
+use crate::operation::{self, Op, Operation, Start, Target, Telemetry};
 use crate::semconv;
-use crate::subscriber::SpanEnd;
 
 use super::Context;
+
+/// One object change with its `process {bucket}` span; dereferences to the
+/// [`ObjectInfo`].
+pub type ObjectChange = crate::Delivery<ObjectInfo>;
 
 impl Context {
     /// Opens the object store `bucket`, traced.
@@ -58,9 +67,7 @@ impl Context {
             bucket: bucket.to_owned(),
             inner: store,
             shared: Arc::new(ObjectShared {
-                inst: self.instrumentation().clone(),
-                common: self.common.clone(),
-                metric_common: self.metric_common.clone(),
+                telemetry: self.telemetry().clone(),
                 record_names: false,
             }),
         }
@@ -68,9 +75,7 @@ impl Context {
 }
 
 struct ObjectShared {
-    inst: Instrumentation,
-    common: Arc<[KeyValue]>,
-    metric_common: Arc<[KeyValue]>,
+    telemetry: Telemetry,
     record_names: bool,
 }
 
@@ -90,6 +95,25 @@ impl fmt::Debug for ObjectStore {
     }
 }
 
+/// An object's size, chunk count and digest, as attributes.
+fn info_attributes(info: &ObjectInfo) -> impl Iterator<Item = KeyValue> {
+    [
+        Some(KeyValue::new(
+            semconv::MESSAGING_NATS_OBJECT_SIZE,
+            i64::try_from(info.size).unwrap_or(i64::MAX),
+        )),
+        Some(KeyValue::new(
+            semconv::MESSAGING_NATS_OBJECT_CHUNKS,
+            i64::try_from(info.chunks).unwrap_or(i64::MAX),
+        )),
+        info.digest
+            .clone()
+            .map(|digest| KeyValue::new(semconv::MESSAGING_NATS_OBJECT_DIGEST, digest)),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 impl ObjectStore {
     /// The untraced async-nats store.
     pub fn inner(&self) -> &object_store::ObjectStore {
@@ -99,9 +123,7 @@ impl ObjectStore {
     /// Records object names in `messaging.nats.object.name` (off by default).
     pub fn with_name_attribute(self, enabled: bool) -> Self {
         let shared = ObjectShared {
-            inst: self.shared.inst.clone(),
-            common: self.shared.common.clone(),
-            metric_common: self.shared.metric_common.clone(),
+            telemetry: self.shared.telemetry.clone(),
             record_names: enabled,
         };
         Self {
@@ -111,94 +133,33 @@ impl ObjectStore {
         }
     }
 
-    fn start(
-        &self,
-        operation: &'static str,
-        name: Option<&str>,
-        kind: SpanKind,
-        parent: &OtelContext,
-        links: Vec<Link>,
-    ) -> Option<OtelContext> {
-        if !self.shared.inst.tracing_enabled() {
-            return None;
-        }
-        let mut attributes = Vec::with_capacity(self.shared.common.len() + 4);
-        attributes.extend_from_slice(&self.shared.common);
-        attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, operation));
-        attributes.push(KeyValue::new(
+    /// The bucket and, if asked for, the object's name.
+    fn name_attributes(&self, name: Option<&str>) -> impl Iterator<Item = KeyValue> {
+        let name = name
+            .filter(|_| self.shared.record_names)
+            .map(|name| KeyValue::new(semconv::MESSAGING_NATS_OBJECT_NAME, name.to_owned()));
+        std::iter::once(KeyValue::new(
             semconv::MESSAGING_NATS_OBJECT_BUCKET,
             self.bucket.clone(),
-        ));
-        if let (true, Some(name)) = (self.shared.record_names, name) {
-            attributes.push(KeyValue::new(
-                semconv::MESSAGING_NATS_OBJECT_NAME,
-                name.to_owned(),
-            ));
-        }
-        let builder =
-            SpanBuilder::from_name(crate::names::SpanName::new(operation, &self.bucket).name())
-                .with_kind(kind)
-                .with_attributes(attributes)
-                .with_links(links);
-        Some(self.shared.inst.start_span(builder, parent))
+        ))
+        .chain(name)
     }
 
-    fn timer(&self, operation: &'static str) -> Option<OpTimer> {
-        OpTimer::start(self.shared.inst.instruments(), || {
-            let operation_type = match operation {
-                semconv::object::PUT | semconv::object::DELETE => semconv::operation_type::SEND,
-                _ => semconv::operation_type::RECEIVE,
-            };
-            crate::metrics::attributes(
-                &self.shared.metric_common,
-                operation,
-                operation_type,
-                self.bucket.clone(),
-                None,
-            )
-        })
+    /// Starts `op` on this bucket (the destination).
+    fn start(&self, op: Op, name: Option<&str>) -> Operation {
+        let span_name = SpanName::new(op.name, &self.bucket);
+        self.shared
+            .telemetry
+            .start(op, &Target::named(&span_name), Start::default(), || {
+                self.name_attributes(name)
+            })
     }
 
-    fn finish_timer<T, K>(timer: Option<OpTimer>, result: &Result<T, async_nats::error::Error<K>>)
+    fn finish<T, K>(op: Operation, result: &Result<T, async_nats::error::Error<K>>)
     where
         K: fmt::Debug + fmt::Display + Clone + PartialEq,
     {
-        if let Some(timer) = timer {
-            let error = result.as_ref().err().map(|e| error_type(&e.kind()));
-            timer.finish(error.as_deref());
-        }
-    }
-
-    fn record_info(cx: &OtelContext, info: &ObjectInfo) {
-        let span = cx.span();
-        if !span.is_recording() {
-            return;
-        }
-        span.set_attribute(KeyValue::new(
-            semconv::MESSAGING_NATS_OBJECT_SIZE,
-            i64::try_from(info.size).unwrap_or(i64::MAX),
-        ));
-        span.set_attribute(KeyValue::new(
-            semconv::MESSAGING_NATS_OBJECT_CHUNKS,
-            i64::try_from(info.chunks).unwrap_or(i64::MAX),
-        ));
-        if let Some(digest) = &info.digest {
-            span.set_attribute(KeyValue::new(
-                semconv::MESSAGING_NATS_OBJECT_DIGEST,
-                digest.clone(),
-            ));
-        }
-    }
-
-    fn end<T, K>(cx: Option<OtelContext>, result: &Result<T, async_nats::error::Error<K>>)
-    where
-        K: fmt::Debug + fmt::Display + Clone + PartialEq,
-    {
-        let Some(cx) = cx else { return };
-        if let Err(err) = result {
-            record_failure(&cx, &error_type(&err.kind()), err.to_string());
-        }
-        cx.span().end();
+        op.finish(result, |err| error_type(&err.kind()));
     }
 
     /// Streams `data` into the object described by `meta`, chunk by chunk (memory
@@ -213,34 +174,26 @@ impl ObjectStore {
         ObjectMetadata: From<T>,
     {
         let mut meta: ObjectMetadata = meta.into();
-        let timer = self.timer(semconv::object::PUT);
-        let cx = self.start(
-            semconv::object::PUT,
-            Some(&meta.name),
-            SpanKind::Client,
-            &OtelContext::current(),
-            Vec::new(),
-        );
+        let op = self.start(Op::send(semconv::object::PUT), Some(&meta.name));
         if meta.name.is_empty() {
             let result = Err(PutError::with_source(
                 PutErrorKind::InvalidName,
                 "object name is empty",
             ));
-            Self::finish_timer(timer, &result);
-            Self::end(cx, &result);
+            Self::finish(op, &result);
             return result;
         }
-        let from = cx.clone().or_else(|| self.shared.inst.ambient_context());
+        let inst = self.shared.telemetry.inst();
+        let from = op.context().cloned().or_else(|| inst.ambient_context());
         if let Some(from) = from {
             let headers = meta.headers.get_or_insert_with(async_nats::HeaderMap::new);
-            self.shared.inst.inject(&from, headers);
+            inst.inject(&from, headers);
         }
         let result = self.inner.put::<ObjectMetadata>(meta, data).await;
-        if let (Some(cx), Ok(info)) = (&cx, &result) {
-            Self::record_info(cx, info);
+        if let Ok(info) = &result {
+            op.record(|| info_attributes(info));
         }
-        Self::finish_timer(timer, &result);
-        Self::end(cx, &result);
+        Self::finish(op, &result);
         result
     }
 
@@ -249,53 +202,35 @@ impl ObjectStore {
     /// whether the digest matched) or dropped.
     pub async fn get<T: AsRef<str> + Send>(&self, name: T) -> Result<Object, GetError> {
         let name = name.as_ref();
-        let timer = self.timer(semconv::object::GET);
-        let cx = self.start(
-            semconv::object::GET,
-            Some(name),
-            SpanKind::Client,
-            &OtelContext::current(),
-            Vec::new(),
-        );
+        let op = self.start(Op::receive(semconv::object::GET), Some(name));
         if name.is_empty() {
             let result = Err(GetError::with_source(
                 GetErrorKind::InvalidName,
                 "object name is empty",
             ));
-            Self::finish_timer(timer, &result);
-            Self::end(cx, &result);
+            Self::finish(op, &result);
             return result.map(|never: Object| never);
         }
         match self.inner.get(name).await {
             Ok(object) => {
-                let writer = object
+                let producer = object
                     .info()
                     .headers
                     .as_ref()
-                    .map(|h| self.shared.inst.extract(h))
+                    .map(|h| self.shared.telemetry.inst().extract(h))
                     .unwrap_or_default();
-                if let Some(cx) = &cx {
-                    Self::record_info(cx, object.info());
-                    let writer_span = writer.span().span_context().clone();
-                    if writer_span.is_valid() {
-                        cx.span().add_link(writer_span, Vec::new());
-                    }
-                }
+                op.record(|| info_attributes(object.info()));
+                op.link(producer.span().span_context().clone());
                 Ok(Object {
                     inner: object,
-                    writer,
-                    span: SpanEnd {
-                        owns_span: cx.is_some(),
-                        context: cx.unwrap_or_default(),
-                    },
-                    finished: false,
-                    timer,
+                    context: op.context().cloned().unwrap_or_default(),
+                    producer,
+                    op: Some(op),
                 })
             }
             Err(err) => {
                 let result = Err(err);
-                Self::finish_timer(timer, &result);
-                Self::end(cx, &result);
+                Self::finish(op, &result);
                 result
             }
         }
@@ -304,88 +239,63 @@ impl ObjectStore {
     /// The object's info.
     pub async fn info<T: AsRef<str>>(&self, name: T) -> Result<ObjectInfo, InfoError> {
         let name = name.as_ref();
-        let cx = self.start(
-            semconv::object::INFO,
-            Some(name),
-            SpanKind::Client,
-            &OtelContext::current(),
-            Vec::new(),
-        );
-        let timer = self.timer(semconv::object::INFO);
+        let op = self.start(Op::receive(semconv::object::INFO), Some(name));
         let result = self.inner.info(name).await;
-        Self::finish_timer(timer, &result);
-        if let (Some(cx), Ok(info)) = (&cx, &result) {
-            Self::record_info(cx, info);
+        if let Ok(info) = &result {
+            op.record(|| info_attributes(info));
         }
-        Self::end(cx, &result);
+        Self::finish(op, &result);
         result
     }
 
     /// Deletes the object.
     pub async fn delete<T: AsRef<str>>(&self, name: T) -> Result<(), DeleteError> {
         let name = name.as_ref();
-        let cx = self.start(
-            semconv::object::DELETE,
+        let op = self.start(
+            Op::send_without_context(semconv::object::DELETE),
             Some(name),
-            SpanKind::Client,
-            &OtelContext::current(),
-            Vec::new(),
         );
-        let timer = self.timer(semconv::object::DELETE);
         let result = self.inner.delete(name).await;
-        Self::finish_timer(timer, &result);
-        Self::end(cx, &result);
+        Self::finish(op, &result);
         result
     }
 
     /// Lists the objects (the span covers starting the listing).
     pub async fn list(&self) -> Result<object_store::List, ListError> {
-        let cx = self.start(
-            semconv::object::LIST,
-            None,
-            SpanKind::Client,
-            &OtelContext::current(),
-            Vec::new(),
-        );
-        let timer = self.timer(semconv::object::LIST);
+        let op = self.start(Op::receive(semconv::object::LIST), None);
         let result = self.inner.list().await;
-        Self::finish_timer(timer, &result);
-        Self::end(cx, &result);
+        Self::finish(op, &result);
         result
     }
 
-    /// Changes from now on, each with a `process {bucket}` span linked to its
-    /// writer.
+    /// Changes from now on, each an [`ObjectChange`] with a `process {bucket}` span.
     pub async fn watch(&self) -> Result<Watch, WatchError> {
-        let cx = self.start(
-            semconv::object::WATCH,
-            None,
-            SpanKind::Client,
-            &OtelContext::current(),
-            Vec::new(),
-        );
-        let timer = self.timer(semconv::object::WATCH);
+        let op = self.start(Op::call(semconv::object::WATCH), None);
         let result = self.inner.watch().await;
-        Self::finish_timer(timer, &result);
-        let watch = match result {
-            Ok(inner) => Ok(Watch {
-                inner,
-                store: self.clone(),
-            }),
-            Err(err) => Err(err),
-        };
-        Self::end(cx, &watch);
-        watch
+        Self::finish(op, &result);
+        let inner = result?;
+        let process_name = SpanName::new(operation::PROCESS.name, &self.bucket);
+        let metric_attributes = self
+            .shared
+            .telemetry
+            .metric_attributes(operation::PROCESS, &Target::named(&process_name))
+            .into();
+        Ok(Watch {
+            inner,
+            store: self.clone(),
+            process_name,
+            metric_attributes,
+        })
     }
 }
 
 /// A streaming read of one object; implements [`AsyncRead`].
 pub struct Object {
     inner: object_store::Object,
-    writer: OtelContext,
-    span: SpanEnd,
-    finished: bool,
-    timer: Option<OpTimer>,
+    context: OtelContext,
+    producer: OtelContext,
+    /// The `get` operation, until the object is read to its end or fails.
+    op: Option<Operation>,
 }
 
 impl fmt::Debug for Object {
@@ -403,13 +313,13 @@ impl Object {
     }
 
     /// The writer's trace context (empty if the writer did not trace).
-    pub fn writer_context(&self) -> &OtelContext {
-        &self.writer
+    pub fn producer_context(&self) -> &OtelContext {
+        &self.producer
     }
 
     /// The `get` span's context.
     pub fn context(&self) -> &OtelContext {
-        &self.span.context
+        &self.context
     }
 }
 
@@ -421,54 +331,37 @@ impl AsyncRead for Object {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.finished {
-            return polled;
-        }
         match &polled {
             Poll::Ready(Ok(())) if buf.filled().len() == before => {
                 // End of object: async-nats has checked the digest by now.
-                self.finished = true;
-                if let Some(timer) = self.timer.take() {
-                    timer.finish(None);
+                if let Some(op) = self.op.take() {
+                    op.record(|| {
+                        [KeyValue::new(
+                            semconv::MESSAGING_NATS_OBJECT_DIGEST_OK,
+                            true,
+                        )]
+                    });
+                    op.succeed();
                 }
-                let span = self.span.context.span();
-                if span.is_recording() {
-                    span.set_attribute(KeyValue::new(
-                        semconv::MESSAGING_NATS_OBJECT_DIGEST_OK,
-                        true,
-                    ));
-                }
-                self.span.context.span().end();
             }
             Poll::Ready(Err(err)) => {
-                self.finished = true;
-                if let Some(timer) = self.timer.take() {
-                    timer.finish(Some(if err.kind() == io::ErrorKind::InvalidData {
-                        "digest_mismatch"
-                    } else {
-                        "read"
-                    }));
-                }
-                let span = self.span.context.span();
-                if span.is_recording() {
+                if let Some(op) = self.op.take() {
                     let digest_failed = err.kind() == io::ErrorKind::InvalidData;
                     if digest_failed {
-                        span.set_attribute(KeyValue::new(
-                            semconv::MESSAGING_NATS_OBJECT_DIGEST_OK,
-                            false,
-                        ));
+                        op.record(|| {
+                            [KeyValue::new(
+                                semconv::MESSAGING_NATS_OBJECT_DIGEST_OK,
+                                false,
+                            )]
+                        });
                     }
-                    span.set_attribute(KeyValue::new(
-                        semconv::ERROR_TYPE,
-                        if digest_failed {
-                            "digest_mismatch"
-                        } else {
-                            "read"
-                        },
-                    ));
-                    span.set_status(Status::error(err.to_string()));
+                    let error_type = if digest_failed {
+                        semconv::error_type::DIGEST_MISMATCH
+                    } else {
+                        semconv::error_type::READ
+                    };
+                    op.fail(error_type, err);
                 }
-                self.span.context.span().end();
             }
             _ => {}
         }
@@ -476,10 +369,12 @@ impl AsyncRead for Object {
     }
 }
 
-/// Object changes, each with a `process {bucket}` span linked to its writer.
+/// Object changes, each an [`ObjectChange`] with a `process {bucket}` span.
 pub struct Watch {
     inner: object_store::Watch,
     store: ObjectStore,
+    process_name: SpanName,
+    metric_attributes: Arc<[KeyValue]>,
 }
 
 impl fmt::Debug for Watch {
@@ -490,38 +385,33 @@ impl fmt::Debug for Watch {
     }
 }
 
-/// One object change with its `process` span (ended on drop).
-pub struct ObjectChange {
-    info: ObjectInfo,
-    writer: OtelContext,
-    span: SpanEnd,
-}
-
-impl fmt::Debug for ObjectChange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectChange")
-            .field("name", &self.info.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::ops::Deref for ObjectChange {
-    type Target = ObjectInfo;
-
-    fn deref(&self) -> &ObjectInfo {
-        &self.info
-    }
-}
-
-impl ObjectChange {
-    /// The writer's trace context.
-    pub fn writer_context(&self) -> &OtelContext {
-        &self.writer
-    }
-
-    /// The process span's context.
-    pub fn context(&self) -> &OtelContext {
-        &self.span.context
+impl Watch {
+    fn change(&self, info: ObjectInfo) -> ObjectChange {
+        let store = &self.store;
+        let telemetry = &store.shared.telemetry;
+        let contexts = telemetry.start_process(
+            &Target::named(&self.process_name),
+            info.headers.as_ref(),
+            None,
+            || {
+                store
+                    .name_attributes(Some(&info.name))
+                    .chain(info_attributes(&info))
+            },
+        );
+        let published = info.modified.map(|time| time.unix_timestamp_nanos());
+        let timer = ProcessTimer::start(
+            telemetry.inst().instruments(),
+            &self.metric_attributes,
+            published,
+        );
+        let span = ProcessSpan::new(
+            contexts,
+            telemetry.tracing(),
+            timer,
+            telemetry.inst().error_type_hook(),
+        );
+        crate::Delivery::new(info, span)
     }
 }
 
@@ -530,38 +420,7 @@ impl Stream for Watch {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(info))) => {
-                let store = &self.store;
-                let writer = info
-                    .headers
-                    .as_ref()
-                    .map(|h| store.shared.inst.extract(h))
-                    .unwrap_or_default();
-                let writer_span = writer.span().span_context().clone();
-                let links = if writer_span.is_valid() {
-                    vec![Link::with_context(writer_span)]
-                } else {
-                    Vec::new()
-                };
-                let span_cx = store.start(
-                    semconv::operation::PROCESS,
-                    Some(&info.name),
-                    SpanKind::Consumer,
-                    &OtelContext::new(),
-                    links,
-                );
-                if let Some(span_cx) = &span_cx {
-                    ObjectStore::record_info(span_cx, &info);
-                }
-                Poll::Ready(Some(Ok(ObjectChange {
-                    info,
-                    writer,
-                    span: SpanEnd {
-                        owns_span: span_cx.is_some(),
-                        context: span_cx.unwrap_or_default(),
-                    },
-                })))
-            }
+            Poll::Ready(Some(Ok(info))) => Poll::Ready(Some(Ok(self.change(info)))),
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,

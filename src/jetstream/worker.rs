@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::pull::BatchConfig;
-use async_nats::jetstream::Message;
 use async_nats::StatusCode;
 use futures_util::{FutureExt as _, StreamExt as _};
 use opentelemetry::trace::TraceContextExt;
@@ -18,9 +17,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::backoff::Backoff;
+use super::consume::Failure as PullFailure;
 use super::dead_letter::DeadLetter;
 use super::dedup::IdempotencyStore;
 use super::{Context, Delivery, PullConsumer};
+use crate::semconv::{self, error_type, event as events};
+
+/// What a [`Worker`]'s handler receives: the message with its `process` span (the
+/// worker settles it, so the message is async-nats's own).
+pub type Task = crate::Delivery<async_nats::jetstream::Message>;
 
 /// Boxed error a handler returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -108,12 +113,19 @@ impl Counters {
 /// A consumer worker: pulls with bounded concurrency, runs the handler inside each
 /// message's `process` span and turns its result into settlement.
 ///
-/// | handler result | settlement |
-/// |---|---|
-/// | `Ok(())` | `ack` |
-/// | [`HandlerError::Transient`] or a panic, deliveries left | `nak` after [`Backoff`] delay |
-/// | transient with no deliveries left, or [`HandlerError::Fatal`] | dead-letter, then `term` |
-/// | dead-letter publish failed | `nak` (redelivered; nothing is lost) |
+/// The handler gets a [`Task`]: the same [`Delivery`](crate::Delivery) every source
+/// hands out (`context`, `producer_context`, `in_span`, `record_error`, …),
+/// dereferencing to the message. The worker settles it, and records the outcome:
+///
+/// | handler result | settlement | `error.type` (span and `messaging.process.duration`) |
+/// |---|---|---|
+/// | `Ok(())` | `ack` | – |
+/// | [`HandlerError::Transient`], deliveries left | `nak` after [`Backoff`] delay | `transient` |
+/// | a panic, deliveries left | `nak` after [`Backoff`] delay | `panic` |
+/// | transient or panic with no deliveries left | dead-letter, then `term` | `transient` / `panic` |
+/// | [`HandlerError::Fatal`] | dead-letter, then `term` | `fatal` |
+/// | payload that cannot be decoded (feature `compression`) | dead-letter, then `term` (handler not called) | the decode error's kind |
+/// | dead-letter publish failed | `nak` (redelivered; nothing is lost) | as above |
 ///
 /// Long handlers send `progress` every `progress_interval` so `ack_wait` does not
 /// expire mid-work. Each retry and dead letter is a span event (`retry`,
@@ -271,7 +283,7 @@ impl Worker {
     /// after a short pause; they do not end the worker.
     pub async fn run<H, Fut>(self, handler: H, shutdown: impl Future<Output = ()>) -> WorkerStats
     where
-        H: Fn(Message) -> Fut + Send + Sync + 'static,
+        H: Fn(Task) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
@@ -315,7 +327,7 @@ impl Worker {
                     consumer.record_receive_of(
                         SystemTime::now(),
                         Vec::new(),
-                        Some(err.to_string()),
+                        Some(PullFailure::of(&err)),
                     );
                     tokio::select! {
                         () = &mut shutdown => break None,
@@ -372,10 +384,10 @@ impl Worker {
                             // other status ends the pull with a failure.
                             let failure = (status != StatusCode::TIMEOUT
                                 && status != StatusCode::NOT_FOUND)
-                                .then(|| match &message.description {
+                                .then(|| PullFailure::other(match &message.description {
                                     Some(description) => format!("{status}: {description}"),
                                     None => status.to_string(),
-                                });
+                                }));
                             if failure.is_some() {
                                 pull_failures += 1;
                             }
@@ -384,7 +396,10 @@ impl Worker {
                             }
                             continue;
                         }
-                        let message = Message { message, context: self.js.inner().clone() };
+                        let message = async_nats::jetstream::Message {
+                            message,
+                            context: self.js.inner().clone(),
+                        };
                         // The pull asked for as many messages as it reserved permits;
                         // should the server send more, wait for one rather than drop
                         // the message.
@@ -436,7 +451,7 @@ impl Worker {
                             }
                             Err(err) => {
                                 drop(permit);
-                                consumer.record_receive_of(start, Vec::new(), Some(err.to_string()));
+                                consumer.record_receive_of(start, Vec::new(), Some(PullFailure::of(&err)));
                                 // The connection is down: wait and pull again
                                 // instead of spinning.
                                 pull_failures += 1;
@@ -526,7 +541,7 @@ impl Pulls {
 
     /// Ends pull `id`: gives back the slots of messages that never came and
     /// records its `receive` span.
-    fn end(&mut self, id: u64, failure: Option<String>) {
+    fn end(&mut self, id: u64, failure: Option<PullFailure>) {
         let Some(index) = self.open.iter().position(|p| p.id == id) else {
             return;
         };
@@ -551,7 +566,12 @@ impl Pulls {
             .map(|p| p.id)
             .collect();
         for id in expired {
-            self.end(id, Some("pull request lost (no end status)".to_owned()));
+            self.end(
+                id,
+                Some(PullFailure::other(
+                    "pull request lost (no end status)".to_owned(),
+                )),
+            );
         }
     }
 }
@@ -567,12 +587,12 @@ struct Shared {
 }
 
 impl Shared {
-    async fn handle<H, Fut>(&self, delivery: Delivery, handler: &H)
+    async fn handle<H, Fut>(&self, mut delivery: Delivery, handler: &H)
     where
-        H: Fn(Message) -> Fut,
+        H: Fn(Task) -> Fut,
         Fut: Future<Output = Result<(), HandlerError>>,
     {
-        let (delivered, id) = match delivery.message().info() {
+        let (delivered, id) = match delivery.info() {
             Ok(info) => (
                 info.delivered,
                 format!("{}:{}", info.stream, info.stream_sequence),
@@ -580,7 +600,6 @@ impl Shared {
             Err(_) => (1, String::new()),
         };
         let id = delivery
-            .message()
             .headers
             .as_ref()
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
@@ -589,10 +608,9 @@ impl Shared {
 
         if let Some(dedup) = &self.dedup {
             if !id.is_empty() && dedup.seen(&id).await {
-                event(
-                    &delivery,
-                    "duplicate_skipped",
-                    vec![KeyValue::new("messaging.message.id", id)],
+                delivery.add_event(
+                    events::DUPLICATE_SKIPPED,
+                    vec![KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id)],
                 );
                 Counters::bump(&self.counters.duplicates_skipped);
                 if let Some(m) = delivery.instruments() {
@@ -606,13 +624,15 @@ impl Shared {
         #[cfg(feature = "compression")]
         if let Some(error) = delivery.decode_error() {
             // The handler would only see bytes it cannot read: no retry can help.
+            // The span already carries the decode error's kind.
             let reason = format!("undecodable payload: {error}");
             self.dead_letter(&delivery, &reason, delivered).await;
             return;
         }
 
         Counters::bump(&self.counters.handled);
-        let run = AssertUnwindSafe(handler(delivery.message().clone())).catch_unwind();
+        let task = delivery.share(delivery.inner().clone());
+        let run = AssertUnwindSafe(handler(task)).catch_unwind();
         let outcome = delivery.in_span(self.with_progress(&delivery, run)).await;
         let failure = match outcome {
             Ok(Ok(())) => {
@@ -628,32 +648,34 @@ impl Shared {
             }
             Ok(Err(HandlerError::Fatal(e))) => Failure {
                 reason: format!("fatal: {e}"),
+                error_type: error_type::FATAL,
                 retry: false,
             },
             Ok(Err(HandlerError::Transient(e))) => Failure {
                 reason: format!("transient: {e}"),
+                error_type: error_type::TRANSIENT,
                 retry: true,
             },
             Err(panic) => {
                 Counters::bump(&self.counters.panics);
                 Failure {
                     reason: format!("handler panicked: {}", panic_message(&*panic)),
+                    error_type: error_type::PANIC,
                     retry: true,
                 }
             }
         };
-        delivery.record_error(&failure.reason);
+        delivery.record_error_as(failure.error_type, &failure.reason);
 
         let attempts_left = delivered < self.max_deliver;
         if failure.retry && attempts_left {
             let delay = self.backoff.delay(u64::try_from(delivered).unwrap_or(1));
-            event(
-                &delivery,
-                "retry",
+            delivery.add_event(
+                events::RETRY,
                 vec![
-                    KeyValue::new("messaging.nats.delivered", delivered),
-                    KeyValue::new("messaging.nats.retry.delay", delay.as_secs_f64()),
-                    KeyValue::new("messaging.nats.retry.reason", failure.reason.clone()),
+                    KeyValue::new(semconv::MESSAGING_NATS_DELIVERED, delivered),
+                    KeyValue::new(events::RETRY_DELAY, delay.as_secs_f64()),
+                    KeyValue::new(events::RETRY_REASON, failure.reason.clone()),
                 ],
             );
             if delivery.nak(Some(delay)).await.is_ok() {
@@ -687,13 +709,9 @@ impl Shared {
 
     async fn dead_letter(&self, delivery: &Delivery, reason: &str, delivered: i64) {
         let Some(dead_letter) = &self.dead_letter else {
-            event(
-                delivery,
-                "dead_letter",
-                vec![KeyValue::new(
-                    "messaging.nats.dlq.reason",
-                    reason.to_owned(),
-                )],
+            delivery.add_event(
+                events::DEAD_LETTER,
+                vec![KeyValue::new(events::DLQ_REASON, reason.to_owned())],
             );
             if delivery.term().await.is_ok() {
                 Counters::bump(&self.counters.dead_lettered);
@@ -703,19 +721,18 @@ impl Shared {
             }
             return;
         };
-        let subject = dead_letter.subject_for(delivery.message().subject.as_str());
+        let subject = dead_letter.subject_for(delivery.subject.as_str());
         match delivery
             .in_span(dead_letter.send(&self.js, delivery, reason))
             .await
         {
             Ok(ack) => {
-                event(
-                    delivery,
-                    "dead_letter",
+                delivery.add_event(
+                    events::DEAD_LETTER,
                     vec![
-                        KeyValue::new("messaging.nats.dlq.subject", subject),
-                        KeyValue::new("messaging.nats.dlq.stream", ack.stream),
-                        KeyValue::new("messaging.nats.dlq.reason", reason.to_owned()),
+                        KeyValue::new(events::DLQ_SUBJECT, subject),
+                        KeyValue::new(events::DLQ_STREAM, ack.stream),
+                        KeyValue::new(events::DLQ_REASON, reason.to_owned()),
                     ],
                 );
                 if delivery.term().await.is_ok() {
@@ -726,12 +743,11 @@ impl Shared {
                 }
             }
             Err(err) => {
-                event(
-                    delivery,
-                    "dead_letter_failed",
+                delivery.add_event(
+                    events::DEAD_LETTER_FAILED,
                     vec![
-                        KeyValue::new("messaging.nats.dlq.subject", subject),
-                        KeyValue::new("exception.message", err.to_string()),
+                        KeyValue::new(events::DLQ_SUBJECT, subject),
+                        KeyValue::new(semconv::EXCEPTION_MESSAGE, err.to_string()),
                     ],
                 );
                 Counters::bump(&self.counters.dead_letter_failures);
@@ -744,14 +760,8 @@ impl Shared {
 
 struct Failure {
     reason: String,
+    error_type: &'static str,
     retry: bool,
-}
-
-fn event(delivery: &Delivery, name: &'static str, attributes: Vec<KeyValue>) {
-    let span = delivery.context().span();
-    if span.is_recording() {
-        span.add_event(name, attributes);
-    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

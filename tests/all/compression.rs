@@ -55,7 +55,9 @@ pub fn encoded(encoding: &str) -> HeaderMap {
 async fn both_codecs_round_trip_from_0_bytes_to_8_mib_and_small_payloads_stay_raw() {
     let server = NatsServer::start();
     let telemetry = Telemetry::new();
-    let consumer = telemetry.client(&server).await;
+    // Body sizes are opt-in.
+    let sized = || telemetry.builder().with_message_body_size(true).build();
+    let consumer = telemetry.connect(&server, sized()).await;
     let raw = server.raw_client().await;
     let mut wire = raw.subscribe("zip.>").await.unwrap();
     let mut sub = consumer.subscribe("zip.>").await.unwrap();
@@ -65,7 +67,7 @@ async fn both_codecs_round_trip_from_0_bytes_to_8_mib_and_small_payloads_stay_ra
     for compression in [Compression::zstd(), Compression::gzip()] {
         let codec = compression.codec().token();
         let publisher = telemetry
-            .client(&server)
+            .connect(&server, sized())
             .await
             .with_compression(Some(compression));
         for size in sizes {

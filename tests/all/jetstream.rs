@@ -484,3 +484,54 @@ async fn push_and_ordered_consumers_get_process_spans_too() {
     );
     telemetry.span("ack orders.shipped");
 }
+
+#[tokio::test]
+async fn delivery_process_records_an_err_and_ends_the_span_like_the_core_one() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let consumer = orders_consumer(&js, "orders.*").await;
+    for order in ["orders.good", "orders.bad"] {
+        js.publish(order, "o".into()).await.unwrap().await.unwrap();
+    }
+    let mut messages = consumer.messages().await.unwrap();
+
+    // Settled inside the handler: the ack span is the process span's child.
+    next(&mut messages)
+        .await
+        .unwrap()
+        .process(|message| async move { message.ack().await })
+        .await
+        .unwrap();
+    let failed = next(&mut messages)
+        .await
+        .unwrap()
+        .process(|message| async move {
+            message.nak(None).await.map_err(std::io::Error::other)?;
+            Err::<(), _>(std::io::Error::other("inventory offline"))
+        })
+        .await;
+    assert_eq!(failed.unwrap_err().to_string(), "inventory offline");
+
+    // Both process spans were exported (ended) by the time `process` returned.
+    let processes: Vec<_> = telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "process orders.*")
+        .collect();
+    assert_eq!(processes.len(), 2);
+    let (good, bad) = (&processes[0], &processes[1]);
+    assert_eq!(good.status, Status::Unset);
+    assert_eq!(attr(good, semconv::ERROR_TYPE), None);
+    assert_eq!(bad.status, Status::error("inventory offline"));
+    assert_eq!(
+        attr_str(bad, semconv::ERROR_TYPE).as_deref(),
+        Some("std::io::error::Error")
+    );
+    assert!(bad.events.events.iter().any(|e| e.name == "exception"));
+    let ack = telemetry.span("ack orders.*");
+    let nak = telemetry.span("nak orders.*");
+    assert_eq!(ack.parent_span_id, good.span_context.span_id());
+    assert_eq!(nak.parent_span_id, bad.span_context.span_id());
+}

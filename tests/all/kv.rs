@@ -1,7 +1,7 @@
 //! KV: traced operations, and the writer's trace context stored with each value.
 
 use nats_otel::semconv;
-use opentelemetry::trace::{SpanId, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::trace::{Status, TraceContextExt, Tracer, TracerProvider};
 
 use crate::support::{attr, attr_str, next, NatsServer, Telemetry};
 
@@ -24,7 +24,7 @@ async fn bucket(telemetry: &Telemetry, server: &NatsServer) -> nats_otel::jetstr
 }
 
 #[tokio::test]
-async fn watch_in_another_service_links_to_the_writers_trace() {
+async fn watch_in_another_service_continues_the_writers_trace() {
     let server = NatsServer::start();
     let writer_telemetry = Telemetry::new();
     let watcher_telemetry = Telemetry::new();
@@ -47,25 +47,27 @@ async fn watch_in_another_service_links_to_the_writers_trace() {
     assert_eq!(change.key, "sku.42");
     assert_eq!(&change.value[..], b"7");
     assert_eq!(
-        change.writer_context().span().span_context().trace_id(),
+        change.producer_context().span().span_context().trace_id(),
         trace_a
     );
     drop(change);
 
     let put = writer_telemetry.span("put STOCK");
     assert_eq!(put.span_context.trace_id(), trace_a);
-    assert_eq!(put.span_kind, opentelemetry::trace::SpanKind::Client);
+    // The write stores its context: a send whose context is injected.
+    assert_eq!(put.span_kind, opentelemetry::trace::SpanKind::Producer);
+    assert_eq!(
+        attr_str(&put, semconv::MESSAGING_OPERATION_TYPE).as_deref(),
+        Some("send")
+    );
     assert_eq!(
         attr(&put, semconv::MESSAGING_NATS_KV_REVISION),
         Some(1i64.into())
     );
     let process = watcher_telemetry.span("process STOCK");
-    assert_eq!(
-        process.parent_span_id,
-        SpanId::INVALID,
-        "linked, not parented"
-    );
-    assert_ne!(process.span_context.trace_id(), trace_a);
+    // Child of the writer and linked to it, as every process span by default.
+    assert_eq!(process.parent_span_id, put.span_context.span_id());
+    assert_eq!(process.span_context.trace_id(), trace_a);
     assert_eq!(process.links.links.len(), 1);
     assert_eq!(process.links.links[0].span_context.trace_id(), trace_a);
     assert_eq!(

@@ -13,6 +13,7 @@ mod worker;
 mod cluster;
 #[cfg(feature = "compression")]
 mod compression;
+mod conformance;
 mod fault;
 #[cfg(feature = "compression")]
 mod fuzz;

@@ -324,13 +324,12 @@ async fn jetstream_and_worker_metrics_count_retries_dead_letters_and_latency() {
     assert_eq!(total(&metrics.points(names::QUEUE_WAIT)), 3.0);
     assert_eq!(total(&metrics.points(names::END_TO_END)), 3.0);
     assert!(!metrics.points(names::CONSUMER_LAG).is_empty());
-    let failed_processing = metrics
+    let failed_processing: Vec<(String, f64)> = metrics
         .points(names::PROCESS_DURATION)
         .into_iter()
-        .filter(|p| p.attr(semconv::ERROR_TYPE).is_some())
-        .map(|p| p.value)
-        .sum::<f64>();
-    assert_eq!(failed_processing, 2.0);
+        .filter_map(|p| Some((p.attr(semconv::ERROR_TYPE)?, p.value)))
+        .collect();
+    assert_eq!(failed_processing, [("transient".to_owned(), 2.0)]);
     let settles: Vec<String> = metrics
         .points(names::OPERATION_DURATION)
         .into_iter()

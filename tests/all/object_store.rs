@@ -103,7 +103,7 @@ async fn fifty_megabytes_stream_through_with_bounded_memory_and_linked_traces() 
         total += n;
     }
     assert_eq!(total, SIZE);
-    let writer_trace = object.writer_context().span().span_context().trace_id();
+    let writer_trace = object.producer_context().span().span_context().trace_id();
     drop(object);
     let growth = alloc::peak() - baseline;
     eprintln!(
@@ -170,7 +170,9 @@ async fn object_watch_links_to_the_writer_and_empty_names_fail_fast() {
         process.links.links[0].span_context.span_id(),
         put.span_context.span_id()
     );
-    assert_ne!(process.span_context.trace_id(), put.span_context.trace_id());
+    // Child of the writer and linked to it, as every process span by default.
+    assert_eq!(process.span_context.trace_id(), put.span_context.trace_id());
+    assert_eq!(process.parent_span_id, put.span_context.span_id());
     assert_eq!(
         attr(&put, semconv::MESSAGING_NATS_OBJECT_NAME),
         Some("receipt-1.txt".into())

@@ -2,7 +2,9 @@
 
 use futures_util::StreamExt;
 use nats_otel::semconv;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::trace::{
+    FutureExt as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider,
+};
 use opentelemetry::Context;
 
 use crate::support::{attr, attr_str, next, sync, NatsServer, Telemetry};
@@ -76,10 +78,8 @@ async fn process_span_is_child_of_publish_span_and_links_to_it() {
             attr_str(span, semconv::MESSAGING_DESTINATION_TEMPLATE).as_deref(),
             Some("orders.created")
         );
-        assert_eq!(
-            attr(span, semconv::MESSAGING_MESSAGE_BODY_SIZE),
-            Some(5i64.into())
-        );
+        // Opt-in (see `body_sizes_are_recorded_only_when_switched_on`).
+        assert_eq!(attr(span, semconv::MESSAGING_MESSAGE_BODY_SIZE), None);
         assert_eq!(
             attr_str(span, semconv::SERVER_ADDRESS).as_deref(),
             Some("127.0.0.1")
@@ -571,4 +571,197 @@ async fn with_tracing_and_metrics_off_calls_pass_through_yet_a_callers_trace_sti
         .map(|s| s.name.into_owned())
         .collect();
     assert_eq!(names, ["caller"]);
+}
+
+#[tokio::test]
+async fn process_span_links_the_span_current_where_processing_starts() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let mut sub = client.subscribe("loop.items").await.unwrap();
+    sync(client.inner()).await;
+    client.publish("loop.items", "a".into()).await.unwrap();
+
+    // The consuming loop runs inside a span of its own (a batch job, say).
+    let tracer = telemetry.provider.tracer("app");
+    let loop_cx = Context::current_with_span(tracer.start("drain queue"));
+    let delivery = next(&mut sub).with_context(loop_cx.clone()).await;
+    drop(delivery);
+    // Without a surrounding span: the producer link only.
+    client.publish("loop.items", "b".into()).await.unwrap();
+    drop(next(&mut sub).await);
+    loop_cx.span().end();
+
+    let publishes: Vec<_> = telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "publish loop.items")
+        .collect();
+    let processes: Vec<_> = telemetry
+        .spans()
+        .into_iter()
+        .filter(|s| s.name == "process loop.items")
+        .collect();
+    assert_eq!(processes.len(), 2);
+    let drain = telemetry.span("drain queue");
+    let inside = &processes[0];
+    assert_eq!(
+        inside.parent_span_id,
+        publishes[0].span_context.span_id(),
+        "still a child of the producer"
+    );
+    let linked: Vec<_> = inside
+        .links
+        .links
+        .iter()
+        .map(|l| l.span_context.span_id())
+        .collect();
+    assert_eq!(
+        linked,
+        [
+            publishes[0].span_context.span_id(),
+            drain.span_context.span_id()
+        ]
+    );
+    let outside = &processes[1];
+    let linked: Vec<_> = outside
+        .links
+        .links
+        .iter()
+        .map(|l| l.span_context.span_id())
+        .collect();
+    assert_eq!(linked, [publishes[1].span_context.span_id()]);
+}
+
+#[tokio::test]
+async fn inbox_destinations_are_temporary_and_anonymous() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    sync(client.inner()).await;
+    client.publish(inbox.clone(), "r".into()).await.unwrap();
+    drop(next(&mut replies).await);
+    client.publish("orders.plain", "p".into()).await.unwrap();
+
+    for name in ["publish (temporary)", "process (temporary)"] {
+        let span = telemetry.span(name);
+        assert_eq!(
+            attr(&span, semconv::MESSAGING_DESTINATION_TEMPORARY),
+            Some(true.into()),
+            "{name}"
+        );
+        assert_eq!(
+            attr(&span, semconv::MESSAGING_DESTINATION_ANONYMOUS),
+            Some(true.into()),
+            "{name}"
+        );
+        assert_eq!(
+            attr_str(&span, semconv::MESSAGING_DESTINATION_NAME),
+            Some(inbox.clone()),
+            "{name}: the real inbox stays in the attribute"
+        );
+    }
+    let plain = telemetry.span("publish orders.plain");
+    assert_eq!(attr(&plain, semconv::MESSAGING_DESTINATION_TEMPORARY), None);
+    assert_eq!(attr(&plain, semconv::MESSAGING_DESTINATION_ANONYMOUS), None);
+}
+
+#[tokio::test]
+async fn body_sizes_are_recorded_only_when_switched_on() {
+    let server = NatsServer::start();
+    for switched_on in [false, true] {
+        let telemetry = Telemetry::new();
+        let client = telemetry
+            .connect(
+                &server,
+                telemetry
+                    .builder()
+                    .with_message_body_size(switched_on)
+                    .build(),
+            )
+            .await;
+        let mut sub = client.subscribe("sizes.get").await.unwrap();
+        sync(client.inner()).await;
+        let responder = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let delivery = next(&mut sub).await;
+                let reply = delivery.reply.clone().unwrap();
+                client.publish(reply, "abc".into()).await.unwrap();
+            })
+        };
+        client.request("sizes.get", "hello".into()).await.unwrap();
+        responder.await.unwrap();
+
+        let request = telemetry.span("request sizes.get");
+        let process = telemetry.span("process sizes.get");
+        let (body, reply) = if switched_on {
+            (Some(5i64.into()), Some(3i64.into()))
+        } else {
+            (None, None)
+        };
+        assert_eq!(attr(&request, semconv::MESSAGING_MESSAGE_BODY_SIZE), body);
+        assert_eq!(attr(&process, semconv::MESSAGING_MESSAGE_BODY_SIZE), body);
+        assert_eq!(
+            attr(&request, semconv::MESSAGING_NATS_REPLY_BODY_SIZE),
+            reply
+        );
+    }
+}
+
+#[tokio::test]
+async fn handler_errors_are_classified_by_the_hook_or_named_after_their_type() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry
+        .connect(
+            &server,
+            telemetry
+                .builder()
+                .with_error_type_hook(|failure| {
+                    failure
+                        .to_string()
+                        .starts_with("timeout")
+                        .then_some("timeout".into())
+                })
+                .build(),
+        )
+        .await;
+    let mut sub = client.subscribe("jobs.*").await.unwrap();
+    sync(client.inner()).await;
+    for job in ["slow", "io", "text"] {
+        client
+            .publish(format!("jobs.{job}"), "x".into())
+            .await
+            .unwrap();
+    }
+    let slow = next(&mut sub).await;
+    slow.record_error("timeout after 3 s");
+    drop(slow);
+    let io = next(&mut sub)
+        .await
+        .process(|_| async { Err::<(), _>(std::io::Error::other("disk")) })
+        .await;
+    assert!(io.is_err());
+    let text = next(&mut sub).await;
+    text.record_error(&"bad input".to_owned());
+    text.record_error(&std::io::Error::other("later failures keep the first type"));
+    drop(text);
+
+    let types: Vec<Option<String>> = telemetry
+        .spans()
+        .iter()
+        .filter(|s| s.name == "process jobs.*")
+        .map(|s| attr_str(s, semconv::ERROR_TYPE))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            Some("timeout".to_owned()),
+            Some("std::io::error::Error".to_owned()),
+            Some("_OTHER".to_owned()),
+        ]
+    );
 }

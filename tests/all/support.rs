@@ -278,6 +278,19 @@ impl Metrics {
         points
     }
 
+    /// The schema URLs of the scopes that exported metrics.
+    pub fn schema_urls(&self) -> std::collections::BTreeSet<String> {
+        self.exporter.reset();
+        self.provider.force_flush().expect("metrics flush");
+        let exported = self.exporter.get_finished_metrics().expect("metrics");
+        exported
+            .last()
+            .into_iter()
+            .flat_map(|m| m.scope_metrics())
+            .filter_map(|scope| scope.scope().schema_url().map(str::to_owned))
+            .collect()
+    }
+
     /// The points of instrument `name`.
     pub fn points(&self, name: &str) -> Vec<Point> {
         self.collect()

@@ -69,7 +69,7 @@ fn spawn_worker<H, Fut>(
     handler: H,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<WorkerStats>)
 where
-    H: Fn(async_nats::jetstream::Message) -> Fut + Send + Sync + 'static,
+    H: Fn(nats_otel::jetstream::Task) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
     let (stop, stopped) = oneshot::channel::<()>();
@@ -706,4 +706,127 @@ async fn undecodable_payloads_are_dead_lettered_with_the_reason_and_never_handle
     let state = consumer_state(&f).await;
     assert_eq!(state.num_ack_pending, 0);
     assert_eq!(state.num_pending, 0);
+}
+
+#[tokio::test]
+async fn worker_outcomes_set_exact_error_types_on_span_and_metric() {
+    use nats_otel::metrics::names;
+    use nats_otel::semconv;
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let metrics = crate::support::Metrics::new();
+    let client = telemetry
+        .connect(
+            &server,
+            telemetry
+                .builder()
+                .with_meter_provider(&metrics.provider)
+                .build(),
+        )
+        .await;
+    let js = nats_otel::jetstream::new(&client);
+    let stream = js
+        .inner()
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "TASKS".to_owned(),
+            subjects: vec!["tasks.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            "workers",
+            pull::Config {
+                durable_name: Some("workers".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    dead_letter::ensure_stream(&js, "DLQ", &DeadLetter::default())
+        .await
+        .unwrap();
+    for outcome in ["ok", "transient", "fatal", "panic", "recorded"] {
+        publish(&js, &format!("tasks.{outcome}"), "x").await;
+    }
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    // One delivery each: failures go straight to the dead-letter stream.
+    let worker = Worker::new(&js, js.pull_consumer(consumer)).max_deliver(1);
+    let (stop, task) = spawn_worker(worker, move |task| {
+        let done_tx = done_tx.clone();
+        async move {
+            match task.subject.as_str() {
+                "tasks.transient" => Err(HandlerError::transient("dependency down")),
+                "tasks.fatal" => Err(HandlerError::fatal("malformed")),
+                "tasks.panic" => panic!("handler bug"),
+                "tasks.recorded" => {
+                    // Recorded by the handler, yet acknowledged.
+                    task.record_error(&std::io::Error::other("cache miss"));
+                    let _ = done_tx.send(());
+                    Ok(())
+                }
+                _ => {
+                    let _ = done_tx.send(());
+                    Ok(())
+                }
+            }
+        }
+    });
+    let dlq = js.inner().get_stream("DLQ").await.unwrap();
+    let reader = dlq.create_consumer(pull::Config::default()).await.unwrap();
+    let mut copies = reader.messages().await.unwrap();
+    for _ in 0..3 {
+        next(&mut copies).await.unwrap();
+    }
+    for _ in 0..2 {
+        recv(&mut done).await;
+    }
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap();
+    assert_eq!(stats.acked, 2);
+    assert_eq!(stats.dead_lettered, 3);
+
+    let mut spans: Vec<(String, Option<String>)> = telemetry
+        .spans()
+        .iter()
+        .filter(|s| s.name == "process TASKS")
+        .map(|s| {
+            (
+                crate::support::attr_str(s, semconv::MESSAGING_DESTINATION_NAME).unwrap(),
+                crate::support::attr_str(s, semconv::ERROR_TYPE),
+            )
+        })
+        .collect();
+    spans.sort();
+    let expected = |t: &str| Some(t.to_owned());
+    assert_eq!(
+        spans,
+        [
+            ("tasks.fatal".to_owned(), expected("fatal")),
+            ("tasks.ok".to_owned(), None),
+            ("tasks.panic".to_owned(), expected("panic")),
+            (
+                "tasks.recorded".to_owned(),
+                expected("std::io::error::Error")
+            ),
+            ("tasks.transient".to_owned(), expected("transient")),
+        ]
+    );
+    let mut points: Vec<(Option<String>, f64)> = metrics
+        .points(names::PROCESS_DURATION)
+        .into_iter()
+        .map(|p| (p.attr(semconv::ERROR_TYPE), p.value))
+        .collect();
+    points.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        points,
+        [
+            (None, 1.0),
+            (expected("fatal"), 1.0),
+            (expected("panic"), 1.0),
+            (expected("std::io::error::Error"), 1.0),
+            (expected("transient"), 1.0),
+        ]
+    );
 }

@@ -1,0 +1,611 @@
+//! The telemetry contract in one place: every instrumented operation starts here.
+//!
+//! Core NATS, JetStream, KV, Object Store, the Service API and the Worker all
+//! describe what they do as an [`Op`] on a [`Target`] and start it through
+//! [`Telemetry`]. From those two this module derives, identically for spans and
+//! metrics, the name (`{operation} {template}`), the span kind that matches the
+//! operation type, and the attributes. Only what samplers conventionally read goes
+//! into the span builder; everything else is computed once the sampler decided to
+//! record, so an unsampled message costs little more than its `traceparent`.
+//! Outcomes are recorded by [`Operation::fail`] / [`Operation::succeed`] (client
+//! operations) and by the processing type ([`crate::Delivery`]).
+
+use std::fmt::{self, Display};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_nats::{HeaderMap, Message};
+use opentelemetry::trace::{
+    Link, SpanBuilder, SpanContext, SpanKind, SpanRef, Status, TraceContextExt,
+};
+use opentelemetry::{Context, KeyValue, Value};
+
+use crate::instrumentation::{Compressed, Instrumentation, ProcessParenting};
+use crate::metrics::OpTimer;
+use crate::names::SpanName;
+use crate::semconv;
+
+/// `messaging.operation.type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpType {
+    Send,
+    Receive,
+    Process,
+    Settle,
+}
+
+impl OpType {
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            OpType::Send => semconv::operation_type::SEND,
+            OpType::Receive => semconv::operation_type::RECEIVE,
+            OpType::Process => semconv::operation_type::PROCESS,
+            OpType::Settle => semconv::operation_type::SETTLE,
+        }
+    }
+}
+
+/// One kind of messaging operation: `messaging.operation.name`, its
+/// `messaging.operation.type` where the conventions define one, and so its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Op {
+    pub(crate) name: &'static str,
+    pub(crate) ty: Option<OpType>,
+    /// A send whose context goes into the message (PRODUCER, else CLIENT).
+    injects: bool,
+}
+
+impl Op {
+    /// Sends a message carrying this operation's context (PRODUCER).
+    pub(crate) const fn send(name: &'static str) -> Self {
+        Self {
+            name,
+            ty: Some(OpType::Send),
+            injects: true,
+        }
+    }
+
+    /// Sends a message that carries no context of ours (CLIENT).
+    pub(crate) const fn send_without_context(name: &'static str) -> Self {
+        Self {
+            name,
+            ty: Some(OpType::Send),
+            injects: false,
+        }
+    }
+
+    /// Reads from the server (CLIENT).
+    pub(crate) const fn receive(name: &'static str) -> Self {
+        Self {
+            name,
+            ty: Some(OpType::Receive),
+            injects: false,
+        }
+    }
+
+    /// Settles a delivered message (CLIENT).
+    pub(crate) const fn settle(name: &'static str) -> Self {
+        Self {
+            name,
+            ty: Some(OpType::Settle),
+            injects: false,
+        }
+    }
+
+    /// A client call the conventions give no operation type (CLIENT).
+    pub(crate) const fn call(name: &'static str) -> Self {
+        Self {
+            name,
+            ty: None,
+            injects: false,
+        }
+    }
+
+    /// The span kind the conventions pair with this operation type.
+    pub(crate) fn kind(self) -> SpanKind {
+        match self.ty {
+            Some(OpType::Send) if self.injects => SpanKind::Producer,
+            Some(OpType::Process) => SpanKind::Consumer,
+            _ => SpanKind::Client,
+        }
+    }
+}
+
+/// Handling one delivered message (CONSUMER).
+pub(crate) const PROCESS: Op = Op {
+    name: semconv::operation::PROCESS,
+    ty: Some(OpType::Process),
+    injects: false,
+};
+/// A core or JetStream publish.
+pub(crate) const PUBLISH: Op = Op::send(semconv::operation::PUBLISH);
+/// A request whose reply is awaited.
+pub(crate) const REQUEST: Op = Op::send(semconv::operation::REQUEST);
+/// Pulling messages from a JetStream consumer.
+pub(crate) const RECEIVE: Op = Op::receive(semconv::operation::RECEIVE);
+
+/// What an operation acts on.
+#[derive(Debug)]
+pub(crate) struct Target<'a> {
+    /// `{operation} {template}`: the span name and the destination template.
+    pub(crate) name: &'a SpanName,
+    /// `messaging.destination.name`, the real destination, when it is not the
+    /// template itself.
+    pub(crate) destination: Option<&'a str>,
+    /// An inbox: temporary and anonymous.
+    pub(crate) temporary: bool,
+    /// `messaging.consumer.group.name`.
+    pub(crate) group: Option<Value>,
+}
+
+impl<'a> Target<'a> {
+    /// A subject named `name` (whose template ends it).
+    pub(crate) fn subject(inst: &Instrumentation, name: &'a SpanName, subject: &'a str) -> Self {
+        Self {
+            name,
+            destination: Some(subject),
+            temporary: inst.is_temporary(subject),
+            group: None,
+        }
+    }
+
+    /// A destination whose name is its template (a bucket, a stream).
+    pub(crate) fn named(name: &'a SpanName) -> Self {
+        Self {
+            name,
+            destination: None,
+            temporary: false,
+            group: None,
+        }
+    }
+
+    /// With `messaging.consumer.group.name`.
+    pub(crate) fn with_group(mut self, group: Option<Value>) -> Self {
+        self.group = group;
+        self
+    }
+}
+
+/// Where a span starts and what it links to.
+#[derive(Default)]
+pub(crate) struct Start<'a> {
+    parent: Option<&'a Context>,
+    links: Vec<Link>,
+    time: Option<SystemTime>,
+}
+
+impl<'a> Start<'a> {
+    /// Under `parent` instead of the current context.
+    pub(crate) fn under(parent: &'a Context) -> Self {
+        Self {
+            parent: Some(parent),
+            ..Self::default()
+        }
+    }
+
+    /// Linking `links`.
+    pub(crate) fn with_links(mut self, links: Vec<Link>) -> Self {
+        self.links = links;
+        self
+    }
+
+    /// Started at `time` (an operation recorded after it happened).
+    pub(crate) fn at(mut self, time: SystemTime) -> Self {
+        self.time = Some(time);
+        self
+    }
+}
+
+/// A message's payload as the conventions' opt-in size attributes see it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Body {
+    /// Uncompressed size.
+    pub(crate) size: usize,
+    /// Encoding and size on the wire, when it travelled compressed.
+    pub(crate) compressed: Option<Compressed>,
+}
+
+impl Body {
+    pub(crate) fn plain(size: usize) -> Self {
+        Self {
+            size,
+            compressed: None,
+        }
+    }
+}
+
+/// The telemetry of one connection: settings plus the attributes every span and
+/// metric point of the connection carries. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Telemetry {
+    inst: Instrumentation,
+    /// `messaging.system`, `server.address`, `server.port`: spans (where samplers
+    /// see them) and metrics.
+    connection: Arc<[KeyValue]>,
+    /// `messaging.client.id`: spans only (per-connection metric series otherwise).
+    client_id: Option<KeyValue>,
+}
+
+impl fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("inst", &self.inst)
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Room for the attributes added once a span records.
+const RECORDING_CAPACITY: usize = 12;
+
+impl Telemetry {
+    pub(crate) fn new(
+        inst: Instrumentation,
+        connection: Vec<KeyValue>,
+        client_id: Option<KeyValue>,
+    ) -> Self {
+        Self {
+            inst,
+            connection: connection.into(),
+            client_id,
+        }
+    }
+
+    pub(crate) fn inst(&self) -> &Instrumentation {
+        &self.inst
+    }
+
+    /// The connection's attributes (`messaging.system`, `server.*`).
+    pub(crate) fn connection(&self) -> &Arc<[KeyValue]> {
+        &self.connection
+    }
+
+    /// Whether spans are made.
+    pub(crate) fn tracing(&self) -> bool {
+        self.inst.tracing_enabled()
+    }
+
+    /// The span name of `op` on `subject`, computed only when a span or a metric
+    /// will use it.
+    pub(crate) fn name_if_needed(&self, op: Op, subject: &str) -> Option<SpanName> {
+        self.inst.name_if_needed(op.name, subject)
+    }
+
+    /// The attributes of `op`'s metric points on `target`.
+    pub(crate) fn metric_attributes(&self, op: Op, target: &Target<'_>) -> Vec<KeyValue> {
+        let mut attributes = Vec::with_capacity(self.connection.len() + 4);
+        attributes.extend_from_slice(&self.connection);
+        self.push_operation(&mut attributes, op);
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_TEMPLATE,
+            target.name.template_value(),
+        ));
+        if let Some(group) = &target.group {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                group.clone(),
+            ));
+        }
+        attributes
+    }
+
+    fn push_operation(&self, attributes: &mut Vec<KeyValue>, op: Op) {
+        attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, op.name));
+        if let Some(ty) = op.ty {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_OPERATION_TYPE,
+                ty.as_str(),
+            ));
+        }
+    }
+
+    /// What the span builder gets: the attributes samplers conventionally read.
+    fn sampler_attributes(&self, op: Op, target: &Target<'_>) -> Vec<KeyValue> {
+        let mut attributes = Vec::with_capacity(self.connection.len() + 7 + RECORDING_CAPACITY);
+        attributes.extend_from_slice(&self.connection);
+        self.push_operation(&mut attributes, op);
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_NAME,
+            match target.destination {
+                Some(subject) => target.name.subject_value(subject),
+                None => target.name.template_value(),
+            },
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_TEMPLATE,
+            target.name.template_value(),
+        ));
+        if target.temporary {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_TEMPORARY,
+                true,
+            ));
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_ANONYMOUS,
+                true,
+            ));
+        }
+        if let Some(group) = &target.group {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                group.clone(),
+            ));
+        }
+        attributes
+    }
+
+    /// Builds the span and, if it records, adds `messaging.client.id` and
+    /// `recording`'s attributes under one lock.
+    fn span<I>(
+        &self,
+        op: Op,
+        target: &Target<'_>,
+        start: Start<'_>,
+        recording: impl FnOnce() -> I,
+    ) -> Context
+    where
+        I: IntoIterator<Item = KeyValue>,
+    {
+        let mut builder = SpanBuilder::from_name(target.name.name())
+            .with_kind(op.kind())
+            .with_attributes(self.sampler_attributes(op, target));
+        if !start.links.is_empty() {
+            builder = builder.with_links(start.links);
+        }
+        if let Some(time) = start.time {
+            builder = builder.with_start_time(time);
+        }
+        let cx = match start.parent {
+            Some(parent) => self.inst.start_span(builder, parent),
+            None => Context::map_current(|parent| self.inst.start_span(builder, parent)),
+        };
+        let span = cx.span();
+        if span.is_recording() {
+            span.set_attributes(self.client_id.clone().into_iter().chain(recording()));
+        }
+        cx
+    }
+
+    /// Starts `op` on `target`: its span (when tracing) and its duration metric
+    /// (when metering). `recording` is called only if the span records.
+    pub(crate) fn start<I>(
+        &self,
+        op: Op,
+        target: &Target<'_>,
+        start: Start<'_>,
+        recording: impl FnOnce() -> I,
+    ) -> Operation
+    where
+        I: IntoIterator<Item = KeyValue>,
+    {
+        let timer = OpTimer::start(self.inst.instruments(), start.time, || {
+            self.metric_attributes(op, target)
+        });
+        let cx = self
+            .tracing()
+            .then(|| self.span(op, target, start, recording));
+        Operation {
+            cx,
+            timer,
+            sends: op.ty == Some(OpType::Send),
+        }
+    }
+
+    /// The attributes a message adds to a recording `publish`, `request` or
+    /// `process` span: its id, and the opt-in body sizes.
+    pub(crate) fn message_attributes(
+        &self,
+        headers: Option<&HeaderMap>,
+        body: Body,
+    ) -> impl Iterator<Item = KeyValue> {
+        let id = headers
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|id| KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.as_str().to_owned()));
+        let sizes = self.inst.body_size_enabled().then(|| {
+            let compressed = body.compressed.map(|c| {
+                KeyValue::new(semconv::MESSAGING_NATS_BODY_COMPRESSED_SIZE, c.size as i64)
+            });
+            [
+                Some(KeyValue::new(
+                    semconv::MESSAGING_MESSAGE_BODY_SIZE,
+                    body.size as i64,
+                )),
+                compressed,
+            ]
+        });
+        let encoding = body
+            .compressed
+            .map(|c| KeyValue::new(semconv::MESSAGING_NATS_CONTENT_ENCODING, c.encoding));
+        id.into_iter()
+            .chain(sizes.into_iter().flatten().flatten())
+            .chain(encoding)
+    }
+
+    /// The publish hook's attributes for a recording `publish`/`request` span.
+    pub(crate) fn publish_hook_attributes(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+    ) -> Vec<KeyValue> {
+        self.inst.publish_hook_attributes(subject, headers)
+    }
+
+    /// Starts the CONSUMER `process` span of a delivered message whose headers are
+    /// `headers`, parented and linked as [`ProcessParenting`] says. Returns the
+    /// process context and the producer's. `recording` is called only if the span
+    /// records; the process hook sees `message`.
+    pub(crate) fn start_process<I>(
+        &self,
+        target: &Target<'_>,
+        headers: Option<&HeaderMap>,
+        message: Option<&Message>,
+        recording: impl FnOnce() -> I,
+    ) -> (Context, Context)
+    where
+        I: IntoIterator<Item = KeyValue>,
+    {
+        let producer = match headers {
+            Some(headers) => self.inst.extract(headers),
+            None => Context::new(),
+        };
+        if !self.tracing() {
+            return (producer.clone(), producer);
+        }
+        let producer_span = producer.span().span_context().clone();
+        let mut links = Vec::new();
+        let parent = match self.inst.parenting() {
+            ProcessParenting::ChildAndLink => {
+                if producer_span.is_valid() {
+                    // Parented on the creation context: the span current where
+                    // processing starts (a caller's loop span) becomes a link.
+                    let surrounding = Context::map_current(|cx| {
+                        let sc = cx.span().span_context().clone();
+                        (sc.is_valid() && sc.span_id() != producer_span.span_id()).then_some(sc)
+                    });
+                    links.reserve_exact(1 + usize::from(surrounding.is_some()));
+                    links.push(Link::with_context(producer_span));
+                    links.extend(surrounding.map(Link::with_context));
+                }
+                producer.clone()
+            }
+            ProcessParenting::LinkOnly => {
+                if producer_span.is_valid() {
+                    links.push(Link::with_context(producer_span));
+                }
+                // A new root: the producer is only linked.
+                Context::new()
+            }
+        };
+        let start = Start::under(&parent).with_links(links);
+        let cx = self.span(PROCESS, target, start, || {
+            let hook = message.map(|m| self.inst.process_hook_attributes(m));
+            recording().into_iter().chain(hook.into_iter().flatten())
+        });
+        (cx, producer)
+    }
+}
+
+/// One client operation in flight: its span (when tracing) and duration timer
+/// (when metering). Ends exactly once: through [`succeed`](Self::succeed) or
+/// [`fail`](Self::fail), or, when dropped unfinished, with the span ended, a send
+/// counted, and no duration recorded (the outcome is unknown).
+pub(crate) struct Operation {
+    cx: Option<Context>,
+    timer: Option<OpTimer>,
+    sends: bool,
+}
+
+impl fmt::Debug for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Operation")
+            .field("traced", &self.cx.is_some())
+            .field("metered", &self.timer.is_some())
+            .finish()
+    }
+}
+
+impl Operation {
+    /// An operation that records nothing.
+    pub(crate) fn none() -> Self {
+        Self {
+            cx: None,
+            timer: None,
+            sends: false,
+        }
+    }
+
+    /// The span's context, when tracing.
+    pub(crate) fn context(&self) -> Option<&Context> {
+        self.cx.as_ref()
+    }
+
+    /// The span, if it records.
+    pub(crate) fn recording(&self) -> Option<SpanRef<'_>> {
+        self.cx
+            .as_ref()
+            .map(TraceContextExt::span)
+            .filter(SpanRef::is_recording)
+    }
+
+    /// Adds attributes to the span if it records (computed only then).
+    pub(crate) fn record<I>(&self, attributes: impl FnOnce() -> I)
+    where
+        I: IntoIterator<Item = KeyValue>,
+    {
+        if let Some(span) = self.recording() {
+            span.set_attributes(attributes());
+        }
+    }
+
+    /// Links `span_context` (valid ones only) to the span if it records.
+    pub(crate) fn link(&self, span_context: SpanContext) {
+        if span_context.is_valid() {
+            if let Some(span) = self.recording() {
+                span.add_link(span_context, Vec::new());
+            }
+        }
+    }
+
+    /// Ends the operation as a success.
+    pub(crate) fn succeed(mut self) {
+        self.end(None);
+    }
+
+    /// Ends the operation as failed with `error_type` (from the documented
+    /// vocabulary) and `message` as the status description.
+    pub(crate) fn fail(mut self, error_type: &str, message: &dyn Display) {
+        self.end(Some((error_type, message)));
+    }
+
+    /// Ends the operation with `result`, failed with `error_type(err)` on `Err`.
+    pub(crate) fn finish<T, E: Display>(
+        self,
+        result: &Result<T, E>,
+        error_type: impl FnOnce(&E) -> String,
+    ) {
+        match result {
+            Ok(_) => self.succeed(),
+            Err(err) => self.fail(&error_type(err), err),
+        }
+    }
+
+    fn end(&mut self, failure: Option<(&str, &dyn Display)>) {
+        let error_type = failure.map(|(error_type, _)| error_type);
+        if let Some(timer) = self.timer.take() {
+            if self.sends {
+                timer.count_sent(error_type);
+            }
+            timer.finish(error_type);
+        }
+        if let Some(cx) = self.cx.take() {
+            if let Some((error_type, message)) = failure {
+                record_failure(&cx, error_type, message);
+            }
+            cx.span().end();
+        }
+    }
+}
+
+impl Drop for Operation {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            // Abandoned before its outcome: the message went out, how it fared is unknown.
+            if self.sends {
+                timer.count_sent(None);
+            }
+        }
+        if let Some(cx) = self.cx.take() {
+            cx.span().end();
+        }
+    }
+}
+
+/// Records a failure on the span in `cx`: `error.type` and an error status.
+pub(crate) fn record_failure(cx: &Context, error_type: &str, message: &dyn Display) {
+    let span = cx.span();
+    if !span.is_recording() {
+        return;
+    }
+    span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type.to_owned()));
+    span.set_status(Status::error(message.to_string()));
+}
