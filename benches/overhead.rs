@@ -47,6 +47,8 @@ const POOL_MESSAGES: u64 = 200_000;
 const POOL_PUBLISHERS: usize = 4;
 const OUTAGE_MESSAGES: u64 = 200_000;
 const SDK_SPANS: u64 = 500_000;
+const PACED_RATE: u64 = 100_000;
+const PACED_MESSAGES: u64 = 100_000;
 
 /// Counts exported spans and throws them away.
 #[derive(Debug, Clone, Default)]
@@ -131,9 +133,32 @@ impl std::ops::Div<f64> for Cpu {
 /// The benchmark's nats-server, whose CPU time is reported beside the client's.
 static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
-/// User+system CPU seconds of the process whose `stat` file is `path`.
-fn process_cpu_seconds(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
+/// CPU seconds of process `pid` (`self` or a number): the sum of its threads'
+/// scheduler run times (`/proc/<pid>/task/*/schedstat`, nanoseconds; a thread
+/// that exits between two readings drops out, so the benchmark keeps its threads
+/// alive while measuring), or user+system time in clock ticks from `stat` where
+/// schedstat is missing.
+fn process_cpu_seconds(pid: &str) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+    let mut total_ns = 0u64;
+    let mut found = false;
+    for task in tasks.into_iter().flatten().flatten() {
+        let path = task.path().join("schedstat");
+        if let Ok(stat) = std::fs::read_to_string(path) {
+            if let Some(ns) = stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                total_ns += ns;
+                found = true;
+            }
+        }
+    }
+    if found {
+        return total_ns as f64 / 1e9;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state(0) … utime(11) stime(12), in clock ticks (100/s).
@@ -148,10 +173,10 @@ fn process_cpu_seconds(path: &str) -> f64 {
 
 fn cpu_seconds() -> Cpu {
     Cpu {
-        client: process_cpu_seconds("/proc/self/stat"),
+        client: process_cpu_seconds("self"),
         server: SERVER_PID
             .get()
-            .map_or(0.0, |pid| process_cpu_seconds(&format!("/proc/{pid}/stat"))),
+            .map_or(0.0, |pid| process_cpu_seconds(&pid.to_string())),
     }
 }
 
@@ -161,6 +186,9 @@ enum Tracing {
     Raw,
     /// Raw async-nats with one `traceparent` header built per message.
     HeaderOnly,
+    /// Raw async-nats, a fresh `traceparent` written per message (`W3cPropagator`,
+    /// unsampled) and parsed on receipt: propagation alone, no spans.
+    Propagation,
     /// nats-otel with tracing and metrics off.
     Off,
     /// nats-otel, every message sampled, batch processor to a discarding exporter.
@@ -179,6 +207,7 @@ impl Tracing {
         match self {
             Tracing::Raw => "raw async-nats",
             Tracing::HeaderOnly => "raw + traceparent header",
+            Tracing::Propagation => "raw + propagation only (fresh traceparent per message)",
             Tracing::Off => "nats-otel, tracing off",
             Tracing::Sampled => "nats-otel, all sampled",
             Tracing::Dropped => "nats-otel, sampler drops",
@@ -255,14 +284,14 @@ async fn sync(client: &async_nats::Client) {
 
 /// Publishes `n` messages of `size` bytes and waits until a subscriber on the same
 /// connection has received them all.
-async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
+async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize, pace: Option<u64>) -> Sample {
     let payload = Bytes::from(vec![b'x'; size]);
     let telemetry = telemetry(tracing);
     let raw = async_nats::connect(url).await.expect("connect");
     let start_cpu;
     let started;
     match tracing {
-        Tracing::Raw | Tracing::HeaderOnly => {
+        Tracing::Raw | Tracing::HeaderOnly | Tracing::Propagation => {
             let mut sub = raw.subscribe("bench.core").await.expect("subscribe");
             sync(&raw).await;
             start_cpu = cpu_seconds();
@@ -270,8 +299,16 @@ async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
             let publisher = {
                 let raw = raw.clone();
                 tokio::spawn(async move {
+                    let mut propagation = Propagation::new();
+                    let mut pace = Pace::new(pace);
                     for _ in 0..n {
-                        if let Tracing::HeaderOnly = tracing {
+                        pace.next().await;
+                        if let Tracing::Propagation = tracing {
+                            let headers = propagation.headers();
+                            let _ = raw
+                                .publish_with_headers("bench.core", headers, payload.clone())
+                                .await;
+                        } else if let Tracing::HeaderOnly = tracing {
                             let mut headers = async_nats::HeaderMap::new();
                             headers.insert(
                                 "traceparent",
@@ -286,9 +323,13 @@ async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
                     }
                 })
             };
+            let propagation = Propagation::new();
             for _ in 0..n {
-                if sub.next().await.is_none() {
+                let Some(message) = sub.next().await else {
                     break;
+                };
+                if let Tracing::Propagation = tracing {
+                    std::hint::black_box(propagation.extract(&message));
                 }
             }
             let _ = publisher.await;
@@ -305,7 +346,9 @@ async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
                 let tracer = tracer.clone();
                 tokio::spawn(async move {
                     let propagator = TraceContextPropagator::new();
+                    let mut pace = Pace::new(pace);
                     for _ in 0..n {
+                        pace.next().await;
                         let span = tracer
                             .span_builder("publish bench.core")
                             .with_kind(SpanKind::Producer)
@@ -362,7 +405,9 @@ async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
             let publisher = {
                 let client = client.0.clone();
                 tokio::spawn(async move {
+                    let mut pace = Pace::new(pace);
                     for _ in 0..n {
+                        pace.next().await;
                         let _ = client.publish("bench.core", payload.clone()).await;
                     }
                 })
@@ -387,6 +432,84 @@ async fn pub_sub(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
 }
 
 struct Client(nats_otel::Client);
+
+/// Paces a publisher at `per_ms` messages per millisecond (catching up when it
+/// falls behind), or lets it run flat out: at one fixed rate every variant's
+/// connection batches its writes alike, so CPU per message compares work alone.
+struct Pace {
+    per_ms: u64,
+    sent: u64,
+    ticks: Option<tokio::time::Interval>,
+}
+
+impl Pace {
+    fn new(per_ms: Option<u64>) -> Self {
+        Self {
+            per_ms: per_ms.unwrap_or(1).max(1),
+            sent: 0,
+            ticks: per_ms.map(|_| tokio::time::interval(Duration::from_millis(1))),
+        }
+    }
+
+    /// Call before each message.
+    async fn next(&mut self) {
+        if let Some(ticks) = &mut self.ticks {
+            if self.sent.is_multiple_of(self.per_ms) {
+                ticks.tick().await;
+            }
+            self.sent += 1;
+        }
+    }
+}
+
+/// Propagation alone: a fresh (unsampled) trace context injected per message and
+/// extracted on receipt, as an instrumentation must do even when nothing records.
+struct Propagation {
+    propagator: W3cPropagator,
+    next: u64,
+}
+
+impl Propagation {
+    fn new() -> Self {
+        Self {
+            propagator: W3cPropagator::new(),
+            next: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// Headers carrying a new trace context.
+    fn headers(&mut self) -> async_nats::HeaderMap {
+        // xorshift: distinct ids without a lock or a syscall.
+        self.next ^= self.next << 13;
+        self.next ^= self.next >> 7;
+        self.next ^= self.next << 17;
+        let span = opentelemetry::trace::SpanContext::new(
+            opentelemetry::trace::TraceId::from(u128::from(self.next) << 64 | 1),
+            opentelemetry::trace::SpanId::from(self.next | 1),
+            opentelemetry::trace::TraceFlags::default(),
+            false,
+            Default::default(),
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(span);
+        let mut headers = async_nats::HeaderMap::new();
+        self.propagator
+            .inject_context(&cx, &mut nats_otel::HeaderInjector(&mut headers));
+        headers
+    }
+
+    /// The trace context a received message carries.
+    fn extract(&self, message: &async_nats::Message) -> opentelemetry::trace::SpanContext {
+        match &message.headers {
+            Some(headers) => self
+                .propagator
+                .extract(&nats_otel::HeaderExtractor(headers))
+                .span()
+                .span_context()
+                .clone(),
+            None => opentelemetry::trace::SpanContext::empty_context(),
+        }
+    }
+}
 
 /// What a hand-written instrumentation injects with: plain `HeaderMap::insert`.
 struct HandInjector<'a>(&'a mut async_nats::HeaderMap);
@@ -481,17 +604,32 @@ async fn request_reply(url: &str, tracing: Tracing) -> Vec<f64> {
 
 /// Publishes `n` messages of `size` bytes with no subscriber, then waits for a
 /// server round trip so every message has left the client.
-async fn publish_only(url: &str, tracing: Tracing, n: u64, size: usize) -> Sample {
+async fn publish_only(
+    url: &str,
+    tracing: Tracing,
+    n: u64,
+    size: usize,
+    pace: Option<u64>,
+) -> Sample {
     let payload = Bytes::from(vec![b'x'; size]);
     let telemetry = telemetry(tracing);
     let raw = async_nats::connect(url).await.expect("connect");
     let client = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
+    let mut propagation = Propagation::new();
+    let mut pace = Pace::new(pace);
     let start_cpu = cpu_seconds();
     let started = Instant::now();
     for _ in 0..n {
+        pace.next().await;
         match tracing {
             Tracing::Raw => {
                 let _ = raw.publish("bench.only", payload.clone()).await;
+            }
+            Tracing::Propagation => {
+                let headers = propagation.headers();
+                let _ = raw
+                    .publish_with_headers("bench.only", headers, payload.clone())
+                    .await;
             }
             Tracing::HeaderOnly => {
                 let mut headers = async_nats::HeaderMap::new();
@@ -833,6 +971,28 @@ struct SdkCost {
     plain: f64,
     /// A recorded span with one link (a process span of a traced message).
     linked: f64,
+    /// A span a parent-based sampler drops.
+    dropped: f64,
+}
+
+/// The unsampled target: with a sampler that drops, the "sampler drops" row's
+/// client CPU per message stays within propagation alone (row `propagation`) plus
+/// the SDK's cost of `spans` dropped spans plus 0.3 µs. Returns a sentence.
+fn unsampled(rows: &[Row], dropped: usize, propagation: usize, spans: f64, sdk: f64) -> String {
+    let (Some(dropped), Some(propagation)) = (rows.get(dropped), rows.get(propagation)) else {
+        return String::new();
+    };
+    let ours = dropped.median(|s| s.cpu_us.client);
+    let alone = propagation.median(|s| s.cpu_us.client);
+    let budget = alone + spans * sdk + 0.3;
+    format!(
+        "\nUnsampled: \"{}\" spends {ours:.2} µs client CPU per message; propagation alone \
+         {alone:.2} µs, plus the SDK's {spans:.0} dropped span(s) at {sdk:.2} µs and 0.3 µs, \
+         allows {budget:.2} µs: {} ({:+.2} µs).\n",
+        dropped.name,
+        if ours <= budget { "met" } else { "NOT met" },
+        ours - budget,
+    )
 }
 
 /// A target from the issue: `ratio`× the median of row `of` (`label` names it).
@@ -1141,8 +1301,12 @@ async fn main() {
     )
     .await;
     let sdk_cpu = |i: usize| sdk_rows.get(i).map(|r| r.median(|s| s.cpu_us.client));
-    let sdk = match (sdk_cpu(0), sdk_cpu(1)) {
-        (Some(plain), Some(linked)) => Some(SdkCost { plain, linked }),
+    let sdk = match (sdk_cpu(0), sdk_cpu(1), sdk_cpu(2)) {
+        (Some(plain), Some(linked), Some(dropped)) => Some(SdkCost {
+            plain,
+            linked,
+            dropped,
+        }),
         _ => None,
     };
     let note = |out: &mut String, line: String| {
@@ -1150,22 +1314,27 @@ async fn main() {
         out.push_str(&line);
     };
 
+    // Row indices below: raw 0, header-only 1, propagation 2, off 3, sampled 4, drops 5.
     let core = [
         Tracing::Raw,
         Tracing::HeaderOnly,
+        Tracing::Propagation,
         Tracing::Off,
         Tracing::Sampled,
         Tracing::Dropped,
     ];
     for size in [16usize, 1024] {
         let variants = named(&core);
-        section(
+        let rows = section(
             &mut out,
             &format!("Core publish only, {size} B, {PUBLISH_MESSAGES} messages × {ROUNDS} rounds"),
             &variants,
-            |i| publish_only(url, variants[i].1, PUBLISH_MESSAGES, size),
+            |i| publish_only(url, variants[i].1, PUBLISH_MESSAGES, size, None),
         )
         .await;
+        if let Some(sdk) = sdk {
+            note(&mut out, unsampled(&rows, 5, 2, 1.0, sdk.dropped));
+        }
     }
     for size in [16usize, 1024] {
         let mut variants = named(&core);
@@ -1180,10 +1349,11 @@ async fn main() {
             &mut out,
             &format!("Core pub→sub, {size} B, {CORE_MESSAGES} messages × {ROUNDS} rounds"),
             &variants,
-            |i| pub_sub(url, variants[i].1, CORE_MESSAGES, size),
+            |i| pub_sub(url, variants[i].1, CORE_MESSAGES, size, None),
         )
         .await;
         if let Some(sdk) = sdk {
+            note(&mut out, unsampled(&rows, 5, 2, 2.0, sdk.dropped));
             note(
                 &mut out,
                 ceiling(
@@ -1198,6 +1368,48 @@ async fn main() {
                     },
                 ),
             );
+        }
+    }
+
+    // The unsampled target at one fixed rate, where batching is alike for every
+    // variant. Row indices: raw 0, propagation 1, drops 2, sampled 3.
+    let paced = named(&[
+        Tracing::Raw,
+        Tracing::Propagation,
+        Tracing::Dropped,
+        Tracing::Sampled,
+    ]);
+    for size in [16usize, 1024] {
+        for subscribed in [false, true] {
+            let what = if subscribed {
+                "pub→sub"
+            } else {
+                "publish only"
+            };
+            let rows = section(
+                &mut out,
+                &format!(
+                    "Unsampled cost at a fixed rate: core {what}, {size} B, \
+                     {PACED_RATE} msg/s, {PACED_MESSAGES} messages × {ROUNDS} rounds"
+                ),
+                &paced,
+                |i| {
+                    let tracing = paced[i].1;
+                    let per_ms = Some(PACED_RATE / 1000);
+                    async move {
+                        if subscribed {
+                            pub_sub(url, tracing, PACED_MESSAGES, size, per_ms).await
+                        } else {
+                            publish_only(url, tracing, PACED_MESSAGES, size, per_ms).await
+                        }
+                    }
+                },
+            )
+            .await;
+            if let Some(sdk) = sdk {
+                let spans = if subscribed { 2.0 } else { 1.0 };
+                note(&mut out, unsampled(&rows, 2, 1, spans, sdk.dropped));
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The instrumented client: async-nats's `Client` API, traced.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use opentelemetry::{Context, KeyValue};
 
 use crate::error::{error_type, refusal_or_kind};
 use crate::instrumentation::{Instrumentation, Prepared};
-use crate::operation::{self, Body, Operation, Start, Target, Telemetry};
+use crate::operation::{self, Body, Host, Operation, Start, Target, Telemetry};
 use crate::semconv;
 use crate::subscriber::Subscriber;
 
@@ -122,32 +123,34 @@ impl Client {
             let unspecified = info.host.is_empty() || info.host == "0.0.0.0" || info.host == "::";
             (!unspecified).then(|| (info.host.clone(), info.port))
         });
-        let mut connection = vec![KeyValue::new(
-            semconv::MESSAGING_SYSTEM,
-            semconv::MESSAGING_SYSTEM_NATS,
-        )];
-        if let Some((host, port)) = address {
-            // Shared, so cloning the attribute per span does not allocate.
-            connection.push(KeyValue::new(
-                semconv::SERVER_ADDRESS,
-                Arc::<str>::from(host),
-            ));
-            connection.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
-        }
+        let server = address.map(|(host, port)| {
+            // Interned (or else shared), so each span's copy is cheap.
+            let host = match crate::names::static_str(&host) {
+                Some(host) => Host::Static(host),
+                None => Host::Shared(Arc::from(host)),
+            };
+            (host, i64::from(port))
+        });
         let client_id = (info.client_id != 0).then(|| {
             KeyValue::new(
                 semconv::MESSAGING_CLIENT_ID,
                 Arc::<str>::from(info.client_id.to_string()),
             )
         });
-        let health = inst.metrics_enabled().then(|| {
-            let mut attributes = connection.clone();
-            attributes.extend(client_id.clone());
-            crate::health::register(inst.meter(), inner.clone(), events.clone(), attributes)
+        let telemetry = Telemetry::new(inst, server, client_id);
+        let health = telemetry.inst().metrics_enabled().then(|| {
+            let mut attributes = telemetry.connection().to_vec();
+            attributes.extend(telemetry.client_id().cloned());
+            crate::health::register(
+                telemetry.inst().meter(),
+                inner.clone(),
+                events.clone(),
+                attributes,
+            )
         });
         Self {
             inner,
-            telemetry: Telemetry::new(inst, connection, client_id),
+            telemetry,
             _health: health,
             events,
             #[cfg(feature = "compression")]
@@ -350,11 +353,10 @@ impl Client {
             Some(name) => {
                 let target = Target::subject(telemetry.inst(), &name, subject.as_str());
                 let headers = request.headers.as_ref();
-                telemetry.start(operation::REQUEST, &target, Start::default(), || {
+                telemetry.start(operation::REQUEST, &target, Start::default(), |a| {
                     let body = Body::plain(request.payload.as_ref().map_or(0, Bytes::len));
-                    telemetry
-                        .message_attributes(headers, body)
-                        .chain(telemetry.publish_hook_attributes(subject.as_str(), headers))
+                    telemetry.push_message_attributes(a, headers, body);
+                    telemetry.push_publish_hook(a, subject.as_str(), headers);
                 })
             }
             None => Operation::none(),
@@ -374,11 +376,11 @@ impl Client {
                 match &result {
                     Ok(reply) => {
                         if body_size {
-                            op.record(|| {
-                                [KeyValue::new(
+                            op.record(|a| {
+                                a.push(KeyValue::new(
                                     semconv::MESSAGING_NATS_REPLY_BODY_SIZE,
                                     reply.payload.len() as i64,
-                                )]
+                                ))
                             });
                         }
                         op.succeed();
@@ -391,10 +393,10 @@ impl Client {
 
     /// The context a message carries: the operation's span, or the caller's when
     /// nothing of ours is traced.
-    fn context_to_inject(&self, op: &Operation) -> Option<Context> {
+    fn context_to_inject<'a>(&self, op: &'a Operation) -> Option<Cow<'a, Context>> {
         match op.context() {
-            Some(cx) => Some(cx.clone()),
-            None => self.telemetry.inst().ambient_context(),
+            Some(cx) => Some(Cow::Borrowed(cx)),
+            None => self.telemetry.inst().ambient_context().map(Cow::Owned),
         }
     }
 
@@ -509,10 +511,9 @@ impl Client {
                     },
                     None => Body::plain(payload.len()),
                 };
-                telemetry.start(operation::PUBLISH, &target, Start::default(), || {
-                    telemetry.message_attributes(headers.as_ref(), body).chain(
-                        telemetry.publish_hook_attributes(subject.as_str(), headers.as_ref()),
-                    )
+                telemetry.start(operation::PUBLISH, &target, Start::default(), |a| {
+                    telemetry.push_message_attributes(a, headers.as_ref(), body);
+                    telemetry.push_publish_hook(a, subject.as_str(), headers.as_ref());
                 })
             }
             None => Operation::none(),

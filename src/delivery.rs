@@ -194,11 +194,11 @@ impl fmt::Debug for ProcessSpan {
 }
 
 impl ProcessSpan {
-    /// `context` is the process span's (the producer's when not tracing:
-    /// `owns_span` false).
+    /// `context` is the process span's (the producer's when not tracing); the
+    /// span is ended here only if it records (a span that does not needs no
+    /// explicit end: dropping its context is enough).
     pub(crate) fn new(
-        (context, producer): (Context, Context),
-        owns_span: bool,
+        (context, producer, owns_span): (Context, Context, bool),
         timer: Option<ProcessTimer>,
         hook: Option<&ErrorTypeHook>,
     ) -> Self {

@@ -56,7 +56,7 @@ pub struct DefaultSubjectMapper;
 
 impl SubjectMapper for DefaultSubjectMapper {
     fn template<'a>(&self, subject: &'a str) -> Cow<'a, str> {
-        if !subject.split('.').any(is_id_like) {
+        if !has_id_like_token(subject.as_bytes()) {
             return Cow::Borrowed(subject);
         }
         let mut out = String::with_capacity(subject.len());
@@ -68,6 +68,34 @@ impl SubjectMapper for DefaultSubjectMapper {
         }
         Cow::Owned(out)
     }
+}
+
+/// Whether any `.`-separated token of `subject` is id-like: the same rule as
+/// [`is_id_like`] in one pass over the bytes, since every publish asks.
+fn has_id_like_token(subject: &[u8]) -> bool {
+    let mut start = 0;
+    let mut digits = 0;
+    let mut hex_or_dash = 0;
+    let mut i = 0;
+    while i <= subject.len() {
+        let b = if i < subject.len() { subject[i] } else { b'.' };
+        if b == b'.' {
+            let len = i - start;
+            if digits > 0 && (digits == len || len >= 16 || (len >= 8 && hex_or_dash == len)) {
+                return true;
+            }
+            start = i + 1;
+            digits = 0;
+            hex_or_dash = 0;
+        } else if b.is_ascii_digit() {
+            digits += 1;
+            hex_or_dash += 1;
+        } else if b.is_ascii_hexdigit() || b == b'-' {
+            hex_or_dash += 1;
+        }
+        i += 1;
+    }
+    false
 }
 
 fn is_id_like(token: &str) -> bool {
@@ -171,6 +199,42 @@ mod tests {
         assert_eq!(m.template("x.Ab3kQ9zZpL0mN7vR2tY5wE"), "x.*");
         assert_eq!(m.template("orders.*"), "orders.*");
         assert_eq!(m.template(""), "");
+    }
+
+    #[test]
+    fn the_one_pass_scan_agrees_with_the_token_rule() {
+        for subject in [
+            "users.8812.orders",
+            "orders.created",
+            "api.v2.eu-west-1",
+            "jobs.3f2b9c1e-8a7d-4c2e-9b1a-0c1d2e3f4a5b.done",
+            "blobs.deadbeef01",
+            "blobs.deadbeef",
+            "x.Ab3kQ9zZpL0mN7vR2tY5wE",
+            "a..b",
+            ".",
+            "",
+            "12345678",
+            "abcdefg1",
+            "ab-cd-e1",
+            "né.42",
+        ] {
+            assert_eq!(
+                has_id_like_token(subject.as_bytes()),
+                subject.split('.').any(is_id_like),
+                "{subject:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_scan_agrees_on_any_subject(subject in "[a-fA-Z0-9.\\-é]{0,40}") {
+            proptest::prop_assert_eq!(
+                has_id_like_token(subject.as_bytes()),
+                subject.split('.').any(is_id_like)
+            );
+        }
     }
 
     #[test]

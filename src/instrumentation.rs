@@ -39,6 +39,9 @@ pub enum ProcessParenting {
     LinkOnly,
 }
 
+/// The id of the next instrumentation built.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn scope() -> InstrumentationScope {
     InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
         .with_version(env!("CARGO_PKG_VERSION"))
@@ -58,6 +61,8 @@ pub struct Instrumentation {
 }
 
 struct Inner {
+    /// Unique per built instrumentation (names are cached per mapper).
+    id: u64,
     tracer: BoxedTracer,
     tracing: bool,
     meter: Meter,
@@ -153,7 +158,7 @@ impl Instrumentation {
         if self.is_temporary(subject) {
             return Cow::Borrowed(TEMPORARY_DESTINATION);
         }
-        if subject.is_empty() || subject.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        if !is_printable(subject) {
             // async-nats rejects these; never let junk become a span name.
             return Cow::Borrowed("(invalid)");
         }
@@ -171,8 +176,16 @@ impl Instrumentation {
         operation: &'static str,
         subject: &str,
     ) -> Option<SpanName> {
-        (self.tracing_enabled() || self.metrics_enabled())
-            .then(|| SpanName::new(operation, &self.template(subject)))
+        if !self.tracing_enabled() && !self.metrics_enabled() {
+            return None;
+        }
+        let id = self.inner.id;
+        if let Some(name) = crate::names::cached(id, operation, subject) {
+            return Some(name);
+        }
+        let name = SpanName::new(operation, &self.template(subject));
+        crate::names::remember(id, operation, subject, &name);
+        Some(name)
     }
 
     /// How `process` spans relate to the producer's context.
@@ -185,26 +198,23 @@ impl Instrumentation {
         self.inner.body_size
     }
 
-    /// The publish hook's attributes for a `publish`/`request` on `subject`.
-    pub(crate) fn publish_hook_attributes(
+    /// Pushes the publish hook's attributes for a `publish`/`request` on `subject`.
+    pub(crate) fn push_publish_hook(
         &self,
         subject: &str,
         headers: Option<&HeaderMap>,
-    ) -> Vec<KeyValue> {
-        let mut attributes = Vec::new();
+        attributes: &mut Vec<KeyValue>,
+    ) {
         if let Some(hook) = &self.inner.publish_hook {
-            hook(subject, headers, &mut attributes);
+            hook(subject, headers, attributes);
         }
-        attributes
     }
 
-    /// The process hook's attributes for a delivered `message`.
-    pub(crate) fn process_hook_attributes(&self, message: &Message) -> Vec<KeyValue> {
-        let mut attributes = Vec::new();
+    /// Pushes the process hook's attributes for a delivered `message`.
+    pub(crate) fn push_process_hook(&self, message: &Message, attributes: &mut Vec<KeyValue>) {
         if let Some(hook) = &self.inner.process_hook {
-            hook(message, &mut attributes);
+            hook(message, attributes);
         }
-        attributes
     }
 
     /// The classification hook for handler errors, if one is set.
@@ -228,6 +238,18 @@ impl Instrumentation {
     pub(crate) fn has_ambient_span(&self) -> bool {
         Context::map_current(|cx| cx.span().span_context().is_valid())
     }
+}
+
+/// Whether `subject` is non-empty and free of whitespace and control characters
+/// (one pass over the bytes for ASCII subjects, the common case).
+fn is_printable(subject: &str) -> bool {
+    if subject.is_empty() {
+        return false;
+    }
+    if subject.is_ascii() {
+        return subject.bytes().all(|b| b > b' ' && b != 0x7f);
+    }
+    !subject.contains(|c: char| c.is_whitespace() || c.is_control())
 }
 
 /// Why a delivered payload could not be decoded ([`crate::compression::DecodeError`]
@@ -487,6 +509,7 @@ impl InstrumentationBuilder {
             .then(|| Arc::new(crate::metrics::Instruments::new(&meter)));
         Instrumentation {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 tracer: self
                     .tracer
                     .unwrap_or_else(|| global::tracer_with_scope(scope())),

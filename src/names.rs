@@ -103,6 +103,90 @@ thread_local! {
 
 static GLOBAL: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
 
+/// Per thread: subject → the names of operations on it, for subjects whose
+/// template is the subject itself (most publishes: a subject without ids), keyed
+/// by the instrumentation that mapped them (mappers differ).
+type Subjects = HashMap<Box<str>, Vec<(u64, &'static str, SpanName)>, Fast>;
+
+/// How many subjects one thread remembers names for.
+const MAX_CACHED_SUBJECTS: usize = 4096;
+
+thread_local! {
+    static SUBJECTS: RefCell<Subjects> = RefCell::new(HashMap::default());
+}
+
+/// The last name [`cached`] returned on this thread (instrumentation, operation,
+/// interned name, template offset): a publisher sending to one subject again and
+/// again finds it with one comparison.
+type Last = Option<(u64, &'static str, &'static str, usize)>;
+
+thread_local! {
+    static LAST: std::cell::Cell<Last> = const { std::cell::Cell::new(None) };
+}
+
+/// The name of `operation` on `subject` under instrumentation `id`, if this thread
+/// has seen it: spares the mapper and the template lookup on every publish.
+pub(crate) fn cached(id: u64, operation: &'static str, subject: &str) -> Option<SpanName> {
+    if let Ok(Some((last_id, last_op, name, split))) = LAST.try_with(std::cell::Cell::get) {
+        if last_id == id && std::ptr::eq(last_op, operation) && &name[split..] == subject {
+            return Some(SpanName {
+                name: Cow::Borrowed(name),
+                split,
+            });
+        }
+    }
+    let found = SUBJECTS
+        .try_with(|subjects| {
+            let subjects = subjects.try_borrow().ok()?;
+            subjects
+                .get(subject)?
+                .iter()
+                .find(|(i, op, _)| *i == id && *op == operation)
+                .map(|(_, _, name)| name.clone())
+        })
+        .ok()
+        .flatten()?;
+    if let Cow::Borrowed(name) = found.name {
+        let _ = LAST.try_with(|last| last.set(Some((id, operation, name, found.split))));
+    }
+    Some(found)
+}
+
+/// Remembers `name` for `operation` on `subject` when its template is the subject
+/// itself and the name is interned (so the cache stays bounded and cheap).
+pub(crate) fn remember(id: u64, operation: &'static str, subject: &str, name: &SpanName) {
+    if !matches!(name.name, Cow::Borrowed(_)) || name.template() != subject {
+        return;
+    }
+    let _ = SUBJECTS.try_with(|subjects| {
+        let Ok(mut subjects) = subjects.try_borrow_mut() else {
+            return;
+        };
+        if let Some(names) = subjects.get_mut(subject) {
+            if names.len() < 16 {
+                names.push((id, operation, name.clone()));
+            }
+            return;
+        }
+        if subjects.len() < MAX_CACHED_SUBJECTS {
+            subjects.insert(subject.into(), vec![(id, operation, name.clone())]);
+        }
+    });
+}
+
+/// `value` as a `&'static str` from the bounded global set (server addresses:
+/// attribute values cloned per span without touching a reference count).
+pub(crate) fn static_str(value: &str) -> Option<&'static str> {
+    let mut global = GLOBAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    intern_in(
+        global.get_or_insert_with(HashSet::new),
+        MAX_INTERNED,
+        value.to_owned(),
+    )
+}
+
 fn intern(operation: &'static str, template: &str) -> Option<&'static str> {
     LOCAL
         .try_with(|local| {
@@ -166,6 +250,25 @@ mod tests {
         assert_eq!(other.name(), "process orders.*");
         assert_eq!(a.subject_value("orders.*").as_str(), "orders.*");
         assert_eq!(a.subject_value("orders.1").as_str(), "orders.1");
+    }
+
+    #[test]
+    fn subjects_are_cached_per_instrumentation_and_operation_when_unmapped() {
+        let name = SpanName::new("publish", "cache.plain");
+        remember(7, "publish", "cache.plain", &name);
+        assert_eq!(
+            cached(7, "publish", "cache.plain").map(|n| n.name()),
+            Some(Cow::Borrowed("publish cache.plain"))
+        );
+        assert!(
+            cached(8, "publish", "cache.plain").is_none(),
+            "another mapper"
+        );
+        assert!(cached(7, "request", "cache.plain").is_none());
+        // A subject whose template differs is never cached.
+        let mapped = SpanName::new("publish", "cache.*");
+        remember(7, "publish", "cache.42", &mapped);
+        assert!(cached(7, "publish", "cache.42").is_none());
     }
 
     #[test]

@@ -166,12 +166,24 @@ impl<'a> Target<'a> {
     }
 }
 
-/// Where a span starts and what it links to.
-#[derive(Default)]
+/// Where a span starts, what it links to, and how many attributes it may add once
+/// it records.
 pub(crate) struct Start<'a> {
     parent: Option<&'a Context>,
     links: Vec<Link>,
     time: Option<SystemTime>,
+    room: usize,
+}
+
+impl Default for Start<'_> {
+    fn default() -> Self {
+        Self {
+            parent: None,
+            links: Vec::new(),
+            time: None,
+            room: 4,
+        }
+    }
 }
 
 impl<'a> Start<'a> {
@@ -181,6 +193,15 @@ impl<'a> Start<'a> {
             parent: Some(parent),
             ..Self::default()
         }
+    }
+
+    /// Room for `n` attributes added once the span records (`messaging.client.id`
+    /// included), so a recording span does not grow its attribute buffer. An
+    /// unsampled span allocates the room too: keep it tight (the buffer should stay
+    /// under the allocator's 1 KiB per-thread cache).
+    pub(crate) fn with_room(mut self, n: usize) -> Self {
+        self.room = n;
+        self
     }
 
     /// Linking `links`.
@@ -224,6 +245,25 @@ pub(crate) struct Telemetry {
     connection: Arc<[KeyValue]>,
     /// `messaging.client.id`: spans only (per-connection metric series otherwise).
     client_id: Option<KeyValue>,
+    /// `server.address` and `server.port`, built into each span's attributes
+    /// directly (cheaper than cloning `connection`'s entries).
+    server: Option<(Host, i64)>,
+}
+
+/// A server address as an attribute value: interned, or shared.
+#[derive(Clone, Debug)]
+pub(crate) enum Host {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Host {
+    fn value(&self) -> Value {
+        match self {
+            Host::Static(host) => Value::from(*host),
+            Host::Shared(host) => Value::from(host.clone()),
+        }
+    }
 }
 
 impl fmt::Debug for Telemetry {
@@ -235,20 +275,33 @@ impl fmt::Debug for Telemetry {
     }
 }
 
-/// Room for the attributes added once a span records.
-const RECORDING_CAPACITY: usize = 12;
-
 impl Telemetry {
+    /// The telemetry of a connection to `server` (host, port), whose id is
+    /// `client_id`.
     pub(crate) fn new(
         inst: Instrumentation,
-        connection: Vec<KeyValue>,
+        server: Option<(Host, i64)>,
         client_id: Option<KeyValue>,
     ) -> Self {
+        let mut connection = vec![KeyValue::new(
+            semconv::MESSAGING_SYSTEM,
+            semconv::MESSAGING_SYSTEM_NATS,
+        )];
+        if let Some((host, port)) = &server {
+            connection.push(KeyValue::new(semconv::SERVER_ADDRESS, host.value()));
+            connection.push(KeyValue::new(semconv::SERVER_PORT, *port));
+        }
         Self {
             inst,
             connection: connection.into(),
             client_id,
+            server,
         }
+    }
+
+    /// The client id attribute, if the server assigned one.
+    pub(crate) fn client_id(&self) -> Option<&KeyValue> {
+        self.client_id.as_ref()
     }
 
     pub(crate) fn inst(&self) -> &Instrumentation {
@@ -299,10 +352,22 @@ impl Telemetry {
         }
     }
 
-    /// What the span builder gets: the attributes samplers conventionally read.
-    fn sampler_attributes(&self, op: Op, target: &Target<'_>) -> Vec<KeyValue> {
-        let mut attributes = Vec::with_capacity(self.connection.len() + 7 + RECORDING_CAPACITY);
-        attributes.extend_from_slice(&self.connection);
+    /// What the span builder gets: the attributes samplers conventionally read,
+    /// with `room` to spare.
+    fn sampler_attributes(&self, op: Op, target: &Target<'_>, room: usize) -> Vec<KeyValue> {
+        let exact = self.connection.len()
+            + 4
+            + 2 * usize::from(target.temporary)
+            + usize::from(target.group.is_some());
+        let mut attributes = Vec::with_capacity(exact + room);
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_SYSTEM,
+            semconv::MESSAGING_SYSTEM_NATS,
+        ));
+        if let Some((host, port)) = &self.server {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.value()));
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, *port));
+        }
         self.push_operation(&mut attributes, op);
         attributes.push(KeyValue::new(
             semconv::MESSAGING_DESTINATION_NAME,
@@ -335,20 +400,18 @@ impl Telemetry {
     }
 
     /// Builds the span and, if it records, adds `messaging.client.id` and
-    /// `recording`'s attributes under one lock.
-    fn span<I>(
+    /// `recording`'s attributes under one lock. Returns its context and whether it
+    /// records.
+    fn span(
         &self,
         op: Op,
         target: &Target<'_>,
         start: Start<'_>,
-        recording: impl FnOnce() -> I,
-    ) -> Context
-    where
-        I: IntoIterator<Item = KeyValue>,
-    {
+        recording: impl FnOnce(&mut Vec<KeyValue>),
+    ) -> (Context, bool) {
         let mut builder = SpanBuilder::from_name(target.name.name())
             .with_kind(op.kind())
-            .with_attributes(self.sampler_attributes(op, target));
+            .with_attributes(self.sampler_attributes(op, target, start.room));
         if !start.links.is_empty() {
             builder = builder.with_links(start.links);
         }
@@ -360,128 +423,144 @@ impl Telemetry {
             None => Context::map_current(|parent| self.inst.start_span(builder, parent)),
         };
         let span = cx.span();
-        if span.is_recording() {
-            span.set_attributes(self.client_id.clone().into_iter().chain(recording()));
+        let records = span.is_recording();
+        if records {
+            set_attributes(&span, |attributes| {
+                attributes.extend(self.client_id.clone());
+                recording(attributes);
+            });
         }
-        cx
+        (cx, records)
     }
 
     /// Starts `op` on `target`: its span (when tracing) and its duration metric
     /// (when metering). `recording` is called only if the span records.
-    pub(crate) fn start<I>(
+    pub(crate) fn start(
         &self,
         op: Op,
         target: &Target<'_>,
         start: Start<'_>,
-        recording: impl FnOnce() -> I,
-    ) -> Operation
-    where
-        I: IntoIterator<Item = KeyValue>,
-    {
+        recording: impl FnOnce(&mut Vec<KeyValue>),
+    ) -> Operation {
         let timer = OpTimer::start(self.inst.instruments(), start.time, || {
             self.metric_attributes(op, target)
         });
-        let cx = self
-            .tracing()
-            .then(|| self.span(op, target, start, recording));
+        let (cx, records) = match self.tracing() {
+            true => {
+                let (cx, records) = self.span(op, target, start, recording);
+                (Some(cx), records)
+            }
+            false => (None, false),
+        };
         Operation {
             cx,
+            records,
             timer,
             sends: op.ty == Some(OpType::Send),
         }
     }
 
-    /// The attributes a message adds to a recording `publish`, `request` or
-    /// `process` span: its id, and the opt-in body sizes.
-    pub(crate) fn message_attributes(
+    /// Pushes the attributes a message adds to a recording `publish`, `request` or
+    /// `process` span: its id, its encoding, and the opt-in body sizes.
+    pub(crate) fn push_message_attributes(
         &self,
+        attributes: &mut Vec<KeyValue>,
         headers: Option<&HeaderMap>,
         body: Body,
-    ) -> impl Iterator<Item = KeyValue> {
-        let id = headers
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|id| KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id.as_str().to_owned()));
-        let sizes = self.inst.body_size_enabled().then(|| {
-            let compressed = body.compressed.map(|c| {
-                KeyValue::new(semconv::MESSAGING_NATS_BODY_COMPRESSED_SIZE, c.size as i64)
-            });
-            [
-                Some(KeyValue::new(
-                    semconv::MESSAGING_MESSAGE_BODY_SIZE,
-                    body.size as i64,
-                )),
-                compressed,
-            ]
-        });
-        let encoding = body
-            .compressed
-            .map(|c| KeyValue::new(semconv::MESSAGING_NATS_CONTENT_ENCODING, c.encoding));
-        id.into_iter()
-            .chain(sizes.into_iter().flatten().flatten())
-            .chain(encoding)
+    ) {
+        if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_MESSAGE_ID,
+                id.as_str().to_owned(),
+            ));
+        }
+        if self.inst.body_size_enabled() {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_MESSAGE_BODY_SIZE,
+                body.size as i64,
+            ));
+            if let Some(compressed) = body.compressed {
+                attributes.push(KeyValue::new(
+                    semconv::MESSAGING_NATS_BODY_COMPRESSED_SIZE,
+                    compressed.size as i64,
+                ));
+            }
+        }
+        if let Some(compressed) = body.compressed {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_CONTENT_ENCODING,
+                compressed.encoding,
+            ));
+        }
     }
 
-    /// The publish hook's attributes for a recording `publish`/`request` span.
-    pub(crate) fn publish_hook_attributes(
+    /// Pushes the publish hook's attributes for a recording `publish`/`request`.
+    pub(crate) fn push_publish_hook(
         &self,
+        attributes: &mut Vec<KeyValue>,
         subject: &str,
         headers: Option<&HeaderMap>,
-    ) -> Vec<KeyValue> {
-        self.inst.publish_hook_attributes(subject, headers)
+    ) {
+        self.inst.push_publish_hook(subject, headers, attributes);
     }
 
     /// Starts the CONSUMER `process` span of a delivered message whose headers are
     /// `headers`, parented and linked as [`ProcessParenting`] says. Returns the
-    /// process context and the producer's. `recording` is called only if the span
-    /// records; the process hook sees `message`.
-    pub(crate) fn start_process<I>(
+    /// process context, the producer's, and whether the span records. `recording` is called only if the span
+    /// records (`room` attributes, see [`Start::with_room`]); the process hook sees
+    /// `message`.
+    pub(crate) fn start_process(
         &self,
         target: &Target<'_>,
         headers: Option<&HeaderMap>,
         message: Option<&Message>,
-        recording: impl FnOnce() -> I,
-    ) -> (Context, Context)
-    where
-        I: IntoIterator<Item = KeyValue>,
-    {
+        room: usize,
+        recording: impl FnOnce(&mut Vec<KeyValue>),
+    ) -> (Context, Context, bool) {
         let producer = match headers {
             Some(headers) => self.inst.extract(headers),
             None => Context::new(),
         };
         if !self.tracing() {
-            return (producer.clone(), producer);
+            return (producer.clone(), producer, false);
         }
         let producer_span = producer.span().span_context().clone();
         let mut links = Vec::new();
+        let root;
         let parent = match self.inst.parenting() {
             ProcessParenting::ChildAndLink => {
                 if producer_span.is_valid() {
                     // Parented on the creation context: the span current where
                     // processing starts (a caller's loop span) becomes a link.
                     let surrounding = Context::map_current(|cx| {
-                        let sc = cx.span().span_context().clone();
-                        (sc.is_valid() && sc.span_id() != producer_span.span_id()).then_some(sc)
+                        let span = cx.span();
+                        let sc = span.span_context();
+                        (sc.is_valid() && sc.span_id() != producer_span.span_id())
+                            .then(|| sc.clone())
                     });
                     links.reserve_exact(1 + usize::from(surrounding.is_some()));
                     links.push(Link::with_context(producer_span));
                     links.extend(surrounding.map(Link::with_context));
                 }
-                producer.clone()
+                &producer
             }
             ProcessParenting::LinkOnly => {
                 if producer_span.is_valid() {
                     links.push(Link::with_context(producer_span));
                 }
                 // A new root: the producer is only linked.
-                Context::new()
+                root = Context::new();
+                &root
             }
         };
-        let start = Start::under(&parent).with_links(links);
-        let cx = self.span(PROCESS, target, start, || {
-            let hook = message.map(|m| self.inst.process_hook_attributes(m));
-            recording().into_iter().chain(hook.into_iter().flatten())
+        let start = Start::under(parent).with_links(links).with_room(room);
+        let (cx, records) = self.span(PROCESS, target, start, |attributes| {
+            recording(attributes);
+            if let Some(message) = message {
+                self.inst.push_process_hook(message, attributes);
+            }
         });
-        (cx, producer)
+        (cx, producer, records)
     }
 }
 
@@ -491,6 +570,9 @@ impl Telemetry {
 /// counted, and no duration recorded (the outcome is unknown).
 pub(crate) struct Operation {
     cx: Option<Context>,
+    /// Whether the span records: a span that does not needs no explicit end
+    /// (dropping its context is enough, and saves a clock read and a lock).
+    records: bool,
     timer: Option<OpTimer>,
     sends: bool,
 }
@@ -509,6 +591,7 @@ impl Operation {
     pub(crate) fn none() -> Self {
         Self {
             cx: None,
+            records: false,
             timer: None,
             sends: false,
         }
@@ -523,17 +606,15 @@ impl Operation {
     pub(crate) fn recording(&self) -> Option<SpanRef<'_>> {
         self.cx
             .as_ref()
+            .filter(|_| self.records)
             .map(TraceContextExt::span)
-            .filter(SpanRef::is_recording)
     }
 
-    /// Adds attributes to the span if it records (computed only then).
-    pub(crate) fn record<I>(&self, attributes: impl FnOnce() -> I)
-    where
-        I: IntoIterator<Item = KeyValue>,
-    {
+    /// Adds the attributes `push` pushes to the span if it records (computed
+    /// only then).
+    pub(crate) fn record(&self, push: impl FnOnce(&mut Vec<KeyValue>)) {
         if let Some(span) = self.recording() {
-            span.set_attributes(attributes());
+            set_attributes(&span, push);
         }
     }
 
@@ -578,10 +659,12 @@ impl Operation {
             timer.finish(error_type);
         }
         if let Some(cx) = self.cx.take() {
-            if let Some((error_type, message)) = failure {
-                record_failure(&cx, error_type, message);
+            if self.records {
+                if let Some((error_type, message)) = failure {
+                    record_failure(&cx, error_type, message);
+                }
+                cx.span().end();
             }
-            cx.span().end();
         }
     }
 }
@@ -595,9 +678,26 @@ impl Drop for Operation {
             }
         }
         if let Some(cx) = self.cx.take() {
-            cx.span().end();
+            if self.records {
+                cx.span().end();
+            }
         }
     }
+}
+
+thread_local! {
+    /// The buffer recording attributes are gathered in before they go to a span
+    /// under one lock (kept per thread: no allocation per span).
+    static SCRATCH: std::cell::Cell<Vec<KeyValue>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Sets the attributes `push` pushes on `span`, through the per-thread buffer.
+fn set_attributes(span: &SpanRef<'_>, push: impl FnOnce(&mut Vec<KeyValue>)) {
+    // Taken, not borrowed: `push` may run hooks that start spans themselves.
+    let mut attributes = SCRATCH.try_with(std::cell::Cell::take).unwrap_or_default();
+    push(&mut attributes);
+    span.set_attributes(attributes.drain(..));
+    let _ = SCRATCH.try_with(|scratch| scratch.set(attributes));
 }
 
 /// Records a failure on the span in `cx`: `error.type` and an error status.

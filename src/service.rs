@@ -323,18 +323,16 @@ impl Endpoint {
         let target = Target::subject(inst, &self.span_name, message.subject.as_str())
             .with_group(Some(self.queue_group.clone()));
         let contexts =
-            telemetry.start_process(&target, message.headers.as_ref(), Some(message), || {
-                self.attributes
-                    .iter()
-                    .cloned()
-                    .chain(telemetry.message_attributes(
-                        message.headers.as_ref(),
-                        Body::plain(message.payload.len()),
-                    ))
+            telemetry.start_process(&target, message.headers.as_ref(), Some(message), 8, |a| {
+                a.extend_from_slice(&self.attributes);
+                telemetry.push_message_attributes(
+                    a,
+                    message.headers.as_ref(),
+                    Body::plain(message.payload.len()),
+                );
             });
         let timer = ProcessTimer::start(inst.instruments(), &self.metric_attributes, None);
-        let mut span =
-            ProcessSpan::new(contexts, telemetry.tracing(), timer, inst.error_type_hook());
+        let mut span = ProcessSpan::new(contexts, timer, inst.error_type_hook());
         let request = Request {
             inner: request,
             telemetry: telemetry.clone(),

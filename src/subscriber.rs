@@ -116,8 +116,8 @@ impl Subscriber {
             compressed,
         };
         let contexts =
-            telemetry.start_process(&target, message.headers.as_ref(), Some(&message), || {
-                telemetry.message_attributes(message.headers.as_ref(), body)
+            telemetry.start_process(&target, message.headers.as_ref(), Some(&message), 5, |a| {
+                telemetry.push_message_attributes(a, message.headers.as_ref(), body)
             });
         let published = inst
             .metrics_enabled()
@@ -126,7 +126,7 @@ impl Subscriber {
             .and_then(|h| h.get(crate::metrics::published_header()))
             .and_then(|v| v.as_str().parse::<i128>().ok());
         let timer = ProcessTimer::start(inst.instruments(), &self.metric_attributes, published);
-        let span = ProcessSpan::new(contexts, telemetry.tracing(), timer, inst.error_type_hook())
+        let span = ProcessSpan::new(contexts, timer, inst.error_type_hook())
             .with_decode_failure(decode_error);
         Delivery::new(message, span)
     }

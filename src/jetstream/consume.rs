@@ -177,10 +177,11 @@ impl ConsumerShared {
             &target,
             message.headers.as_ref(),
             Some(&message.message),
-            || self.process_attributes(&message, info.as_ref(), body),
+            13,
+            |a| self.push_process_attributes(a, &message, info.as_ref(), body),
         );
         let timer = ProcessTimer::start(inst.instruments(), &self.metric_attributes, published);
-        let span = ProcessSpan::new(contexts, telemetry.tracing(), timer, inst.error_type_hook())
+        let span = ProcessSpan::new(contexts, timer, inst.error_type_hook())
             .with_decode_failure(decode_error);
         let message = Message {
             process: span.context().clone(),
@@ -191,55 +192,58 @@ impl ConsumerShared {
         crate::Delivery::new(message, span)
     }
 
-    /// What a recording `process` span adds: the message's and the consumer's.
-    fn process_attributes(
+    /// Pushes what a recording `process` span adds: the consumer's and the
+    /// message's attributes.
+    fn push_process_attributes(
         &self,
+        attributes: &mut Vec<KeyValue>,
         message: &async_nats::jetstream::Message,
         info: Option<&Sequence>,
         body: Body,
-    ) -> impl Iterator<Item = KeyValue> {
-        let has_msg_id = message
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get(async_nats::header::NATS_MESSAGE_ID).is_some());
-        let sequence = info.map(|info| {
-            [
-                Some(KeyValue::new(
-                    semconv::MESSAGING_NATS_STREAM_SEQUENCE,
-                    clamp(info.stream),
-                )),
-                Some(KeyValue::new(
-                    semconv::MESSAGING_NATS_CONSUMER_SEQUENCE,
-                    clamp(info.consumer),
-                )),
-                Some(KeyValue::new(
-                    semconv::MESSAGING_NATS_DELIVERED,
-                    info.delivered,
-                )),
-                Some(KeyValue::new(
-                    semconv::MESSAGING_NATS_PENDING,
-                    clamp(info.pending),
-                )),
-                queue_wait(info.published).map(|wait| {
-                    KeyValue::new(semconv::MESSAGING_NATS_QUEUE_WAIT, wait.as_secs_f64())
-                }),
-                (!has_msg_id)
-                    .then(|| KeyValue::new(semconv::MESSAGING_MESSAGE_ID, info.stream.to_string())),
-            ]
-        });
-        [
-            KeyValue::new(semconv::MESSAGING_NATS_STREAM, self.stream_value.clone()),
-            KeyValue::new(
-                semconv::MESSAGING_NATS_CONSUMER,
-                self.consumer_value.clone(),
-            ),
-        ]
-        .into_iter()
-        .chain(sequence.into_iter().flatten().flatten())
-        .chain(
-            self.telemetry
-                .message_attributes(message.headers.as_ref(), body),
-        )
+    ) {
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_NATS_STREAM,
+            self.stream_value.clone(),
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_NATS_CONSUMER,
+            self.consumer_value.clone(),
+        ));
+        let headers = message.headers.as_ref();
+        if let Some(info) = info {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_STREAM_SEQUENCE,
+                clamp(info.stream),
+            ));
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_CONSUMER_SEQUENCE,
+                clamp(info.consumer),
+            ));
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_DELIVERED,
+                info.delivered,
+            ));
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_PENDING,
+                clamp(info.pending),
+            ));
+            if let Some(wait) = queue_wait(info.published) {
+                attributes.push(KeyValue::new(
+                    semconv::MESSAGING_NATS_QUEUE_WAIT,
+                    wait.as_secs_f64(),
+                ));
+            }
+            let has_msg_id =
+                headers.is_some_and(|h| h.get(async_nats::header::NATS_MESSAGE_ID).is_some());
+            if !has_msg_id {
+                attributes.push(KeyValue::new(
+                    semconv::MESSAGING_MESSAGE_ID,
+                    info.stream.to_string(),
+                ));
+            }
+        }
+        self.telemetry
+            .push_message_attributes(attributes, headers, body);
     }
 
     /// Records one `receive` span covering a fetch or batch that started at `start`
@@ -284,12 +288,16 @@ impl ConsumerShared {
         let op = self.telemetry.start(
             operation::RECEIVE,
             &target,
-            Start::default().with_links(links).at(start),
-            || {
-                [
-                    KeyValue::new(semconv::MESSAGING_NATS_STREAM, self.stream_value.clone()),
-                    KeyValue::new(semconv::MESSAGING_BATCH_MESSAGE_COUNT, count as i64),
-                ]
+            Start::default().with_links(links).at(start).with_room(3),
+            |a| {
+                a.push(KeyValue::new(
+                    semconv::MESSAGING_NATS_STREAM,
+                    self.stream_value.clone(),
+                ));
+                a.push(KeyValue::new(
+                    semconv::MESSAGING_BATCH_MESSAGE_COUNT,
+                    count as i64,
+                ));
             },
         );
         match failure {
@@ -315,34 +323,29 @@ impl ConsumerShared {
         let op = self.telemetry.start(
             Op::settle(operation),
             &target,
-            Start::under(&message.process),
-            || {
+            Start::under(&message.process).with_room(5),
+            |a| {
+                a.push(KeyValue::new(
+                    semconv::MESSAGING_NATS_STREAM,
+                    self.stream_value.clone(),
+                ));
                 let sequence = message.sequence.or_else(|| {
                     let info = message.inner.info().ok()?;
                     Some((info.stream_sequence, info.delivered))
                 });
-                let delay = match kind {
-                    AckKind::Nak(Some(delay)) => Some(KeyValue::new(
+                if let Some((stream, delivered)) = sequence {
+                    a.push(KeyValue::new(
+                        semconv::MESSAGING_NATS_STREAM_SEQUENCE,
+                        clamp(stream),
+                    ));
+                    a.push(KeyValue::new(semconv::MESSAGING_NATS_DELIVERED, delivered));
+                }
+                if let AckKind::Nak(Some(delay)) = kind {
+                    a.push(KeyValue::new(
                         semconv::MESSAGING_NATS_NAK_DELAY,
                         delay.as_secs_f64(),
-                    )),
-                    _ => None,
-                };
-                [
-                    Some(KeyValue::new(
-                        semconv::MESSAGING_NATS_STREAM,
-                        self.stream_value.clone(),
-                    )),
-                    sequence.map(|(stream, _)| {
-                        KeyValue::new(semconv::MESSAGING_NATS_STREAM_SEQUENCE, clamp(stream))
-                    }),
-                    sequence.map(|(_, delivered)| {
-                        KeyValue::new(semconv::MESSAGING_NATS_DELIVERED, delivered)
-                    }),
-                    delay,
-                ]
-                .into_iter()
-                .flatten()
+                    ));
+                }
             },
         );
         let result = if double {

@@ -130,20 +130,23 @@ impl Store {
         let name = SpanName::new(op.name, &self.inner.name);
         self.shared
             .telemetry
-            .start(op, &Target::named(&name), Start::default(), || {
-                self.key_attributes(key)
+            .start(op, &Target::named(&name), Start::default(), |a| {
+                self.push_key_attributes(a, key)
             })
     }
 
-    fn key_attributes(&self, key: Option<&str>) -> impl Iterator<Item = KeyValue> {
-        let key = key
-            .filter(|_| self.shared.record_keys)
-            .map(|key| KeyValue::new(semconv::MESSAGING_NATS_KV_KEY, key.to_owned()));
-        std::iter::once(KeyValue::new(
+    /// The bucket and, if asked for, the key.
+    fn push_key_attributes(&self, attributes: &mut Vec<KeyValue>, key: Option<&str>) {
+        attributes.push(KeyValue::new(
             semconv::MESSAGING_NATS_KV_BUCKET,
             self.inner.name.clone(),
-        ))
-        .chain(key)
+        ));
+        if let Some(key) = key.filter(|_| self.shared.record_keys) {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_KV_KEY,
+                key.to_owned(),
+            ));
+        }
     }
 
     /// A write of a value: PRODUCER when the writer's context goes with it.
@@ -164,11 +167,11 @@ impl Store {
     {
         if let Ok(value) = result {
             if let Some(revision) = revision(value) {
-                op.record(|| {
-                    [KeyValue::new(
+                op.record(|a| {
+                    a.push(KeyValue::new(
                         semconv::MESSAGING_NATS_KV_REVISION,
                         i64::try_from(revision).unwrap_or(i64::MAX),
-                    )]
+                    ))
                 });
             }
         }
@@ -620,27 +623,21 @@ impl Watch {
             &Target::named(&self.process_name),
             message.headers.as_ref(),
             None,
-            || {
-                let key = shared
-                    .record_keys
-                    .then(|| KeyValue::new(semconv::MESSAGING_NATS_KV_KEY, entry.key.clone()));
-                [
-                    KeyValue::new(semconv::MESSAGING_NATS_KV_BUCKET, store.inner.name.clone()),
-                    KeyValue::new(
-                        semconv::MESSAGING_NATS_KV_REVISION,
-                        i64::try_from(revision).unwrap_or(i64::MAX),
-                    ),
-                    KeyValue::new(
-                        semconv::MESSAGING_NATS_KV_OPERATION,
-                        match operation {
-                            Operation::Put => "PUT",
-                            Operation::Delete => "DEL",
-                            Operation::Purge => "PURGE",
-                        },
-                    ),
-                ]
-                .into_iter()
-                .chain(key)
+            5,
+            |a| {
+                store.push_key_attributes(a, Some(&entry.key));
+                a.push(KeyValue::new(
+                    semconv::MESSAGING_NATS_KV_REVISION,
+                    i64::try_from(revision).unwrap_or(i64::MAX),
+                ));
+                a.push(KeyValue::new(
+                    semconv::MESSAGING_NATS_KV_OPERATION,
+                    match operation {
+                        Operation::Put => "PUT",
+                        Operation::Delete => "DEL",
+                        Operation::Purge => "PURGE",
+                    },
+                ));
             },
         );
         let timer = ProcessTimer::start(
@@ -648,12 +645,7 @@ impl Watch {
             &self.metric_attributes,
             Some(created.unix_timestamp_nanos()),
         );
-        let span = ProcessSpan::new(
-            contexts,
-            telemetry.tracing(),
-            timer,
-            telemetry.inst().error_type_hook(),
-        );
+        let span = ProcessSpan::new(contexts, timer, telemetry.inst().error_type_hook());
         Ok(crate::Delivery::new(entry, span))
     }
 }

@@ -243,10 +243,10 @@ impl Context {
                     },
                     None => Body::plain(payload.len()),
                 };
-                telemetry.start(operation::PUBLISH, &target, Start::default(), || {
-                    telemetry.message_attributes(headers.as_ref(), body).chain(
-                        telemetry.publish_hook_attributes(subject.as_str(), headers.as_ref()),
-                    )
+                let start = Start::default().with_room(8);
+                telemetry.start(operation::PUBLISH, &target, start, |a| {
+                    telemetry.push_message_attributes(a, headers.as_ref(), body);
+                    telemetry.push_publish_hook(a, subject.as_str(), headers.as_ref());
                 })
             }
             None => Operation::none(),
@@ -339,15 +339,15 @@ impl AckSpan {
     }
 
     fn acked(self, ack: &PublishAck) {
-        self.op.record(|| {
-            [
+        self.op.record(|a| {
+            a.extend([
                 KeyValue::new(semconv::MESSAGING_NATS_STREAM, ack.stream.clone()),
                 KeyValue::new(
                     semconv::MESSAGING_NATS_STREAM_SEQUENCE,
                     i64::try_from(ack.sequence).unwrap_or(i64::MAX),
                 ),
                 KeyValue::new(semconv::MESSAGING_NATS_DUPLICATE, ack.duplicate),
-            ]
+            ])
         });
         self.op.succeed();
     }

@@ -95,23 +95,22 @@ impl fmt::Debug for ObjectStore {
     }
 }
 
-/// An object's size, chunk count and digest, as attributes.
-fn info_attributes(info: &ObjectInfo) -> impl Iterator<Item = KeyValue> {
-    [
-        Some(KeyValue::new(
-            semconv::MESSAGING_NATS_OBJECT_SIZE,
-            i64::try_from(info.size).unwrap_or(i64::MAX),
-        )),
-        Some(KeyValue::new(
-            semconv::MESSAGING_NATS_OBJECT_CHUNKS,
-            i64::try_from(info.chunks).unwrap_or(i64::MAX),
-        )),
-        info.digest
-            .clone()
-            .map(|digest| KeyValue::new(semconv::MESSAGING_NATS_OBJECT_DIGEST, digest)),
-    ]
-    .into_iter()
-    .flatten()
+/// Pushes an object's size, chunk count and digest.
+fn push_info_attributes(attributes: &mut Vec<KeyValue>, info: &ObjectInfo) {
+    attributes.push(KeyValue::new(
+        semconv::MESSAGING_NATS_OBJECT_SIZE,
+        i64::try_from(info.size).unwrap_or(i64::MAX),
+    ));
+    attributes.push(KeyValue::new(
+        semconv::MESSAGING_NATS_OBJECT_CHUNKS,
+        i64::try_from(info.chunks).unwrap_or(i64::MAX),
+    ));
+    if let Some(digest) = &info.digest {
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_NATS_OBJECT_DIGEST,
+            digest.clone(),
+        ));
+    }
 }
 
 impl ObjectStore {
@@ -133,25 +132,28 @@ impl ObjectStore {
         }
     }
 
-    /// The bucket and, if asked for, the object's name.
-    fn name_attributes(&self, name: Option<&str>) -> impl Iterator<Item = KeyValue> {
-        let name = name
-            .filter(|_| self.shared.record_names)
-            .map(|name| KeyValue::new(semconv::MESSAGING_NATS_OBJECT_NAME, name.to_owned()));
-        std::iter::once(KeyValue::new(
+    /// Pushes the bucket and, if asked for, the object's name.
+    fn push_name_attributes(&self, attributes: &mut Vec<KeyValue>, name: Option<&str>) {
+        attributes.push(KeyValue::new(
             semconv::MESSAGING_NATS_OBJECT_BUCKET,
             self.bucket.clone(),
-        ))
-        .chain(name)
+        ));
+        if let Some(name) = name.filter(|_| self.shared.record_names) {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_OBJECT_NAME,
+                name.to_owned(),
+            ));
+        }
     }
 
     /// Starts `op` on this bucket (the destination).
     fn start(&self, op: Op, name: Option<&str>) -> Operation {
         let span_name = SpanName::new(op.name, &self.bucket);
+        let start = Start::default().with_room(7);
         self.shared
             .telemetry
-            .start(op, &Target::named(&span_name), Start::default(), || {
-                self.name_attributes(name)
+            .start(op, &Target::named(&span_name), start, |a| {
+                self.push_name_attributes(a, name)
             })
     }
 
@@ -191,7 +193,7 @@ impl ObjectStore {
         }
         let result = self.inner.put::<ObjectMetadata>(meta, data).await;
         if let Ok(info) = &result {
-            op.record(|| info_attributes(info));
+            op.record(|a| push_info_attributes(a, info));
         }
         Self::finish(op, &result);
         result
@@ -219,7 +221,7 @@ impl ObjectStore {
                     .as_ref()
                     .map(|h| self.shared.telemetry.inst().extract(h))
                     .unwrap_or_default();
-                op.record(|| info_attributes(object.info()));
+                op.record(|a| push_info_attributes(a, object.info()));
                 op.link(producer.span().span_context().clone());
                 Ok(Object {
                     inner: object,
@@ -242,7 +244,7 @@ impl ObjectStore {
         let op = self.start(Op::receive(semconv::object::INFO), Some(name));
         let result = self.inner.info(name).await;
         if let Ok(info) = &result {
-            op.record(|| info_attributes(info));
+            op.record(|a| push_info_attributes(a, info));
         }
         Self::finish(op, &result);
         result
@@ -335,11 +337,11 @@ impl AsyncRead for Object {
             Poll::Ready(Ok(())) if buf.filled().len() == before => {
                 // End of object: async-nats has checked the digest by now.
                 if let Some(op) = self.op.take() {
-                    op.record(|| {
-                        [KeyValue::new(
+                    op.record(|a| {
+                        a.push(KeyValue::new(
                             semconv::MESSAGING_NATS_OBJECT_DIGEST_OK,
                             true,
-                        )]
+                        ))
                     });
                     op.succeed();
                 }
@@ -348,11 +350,11 @@ impl AsyncRead for Object {
                 if let Some(op) = self.op.take() {
                     let digest_failed = err.kind() == io::ErrorKind::InvalidData;
                     if digest_failed {
-                        op.record(|| {
-                            [KeyValue::new(
+                        op.record(|a| {
+                            a.push(KeyValue::new(
                                 semconv::MESSAGING_NATS_OBJECT_DIGEST_OK,
                                 false,
-                            )]
+                            ))
                         });
                     }
                     let error_type = if digest_failed {
@@ -393,10 +395,10 @@ impl Watch {
             &Target::named(&self.process_name),
             info.headers.as_ref(),
             None,
-            || {
-                store
-                    .name_attributes(Some(&info.name))
-                    .chain(info_attributes(&info))
+            7,
+            |a| {
+                store.push_name_attributes(a, Some(&info.name));
+                push_info_attributes(a, &info);
             },
         );
         let published = info.modified.map(|time| time.unix_timestamp_nanos());
@@ -405,12 +407,7 @@ impl Watch {
             &self.metric_attributes,
             published,
         );
-        let span = ProcessSpan::new(
-            contexts,
-            telemetry.tracing(),
-            timer,
-            telemetry.inst().error_type_hook(),
-        );
+        let span = ProcessSpan::new(contexts, timer, telemetry.inst().error_type_hook());
         crate::Delivery::new(info, span)
     }
 }
