@@ -17,7 +17,7 @@ use opentelemetry::{Context, KeyValue};
 
 use crate::error::{error_type, refusal_or_kind};
 use crate::instrumentation::{Instrumentation, Prepared};
-use crate::operation::{self, Body, Host, Operation, Start, Target, Telemetry};
+use crate::operation::{self, Body, Host, Operation, Telemetry};
 use crate::semconv;
 use crate::subscriber::Subscriber;
 
@@ -349,18 +349,13 @@ impl Client {
         mut request: Request,
     ) -> impl Future<Output = Result<Message, RequestError>> + Send + '_ {
         let telemetry = &self.telemetry;
-        let op = match telemetry.name_if_needed(operation::REQUEST, subject.as_str()) {
-            Some(name) => {
-                let target = Target::subject(telemetry.inst(), &name, subject.as_str());
-                let headers = request.headers.as_ref();
-                telemetry.start(operation::REQUEST, &target, Start::default(), |a| {
-                    let body = Body::plain(request.payload.as_ref().map_or(0, Bytes::len));
-                    telemetry.push_message_attributes(a, headers, body);
-                    telemetry.push_publish_hook(a, subject.as_str(), headers);
-                })
-            }
-            None => Operation::none(),
-        };
+        let op = telemetry.start_send(
+            operation::REQUEST,
+            subject.as_str(),
+            request.headers.as_ref(),
+            Body::plain(request.payload.as_ref().map_or(0, Bytes::len)),
+            4,
+        );
         if let Some(cx) = self.context_to_inject(&op) {
             let had_headers = request.headers.is_some();
             let headers = request.headers.get_or_insert_with(HeaderMap::new);
@@ -501,23 +496,13 @@ impl Client {
         let telemetry = &self.telemetry;
         let headers = self.with_publish_time(headers);
         let (headers, payload, compressed) = self.compress(headers, payload);
-        let op = match telemetry.name_if_needed(operation::PUBLISH, subject.as_str()) {
-            Some(name) => {
-                let target = Target::subject(telemetry.inst(), &name, subject.as_str());
-                let body = match compressed {
-                    Some((size, compressed)) => Body {
-                        size,
-                        compressed: Some(compressed),
-                    },
-                    None => Body::plain(payload.len()),
-                };
-                telemetry.start(operation::PUBLISH, &target, Start::default(), |a| {
-                    telemetry.push_message_attributes(a, headers.as_ref(), body);
-                    telemetry.push_publish_hook(a, subject.as_str(), headers.as_ref());
-                })
-            }
-            None => Operation::none(),
-        };
+        let op = telemetry.start_send(
+            operation::PUBLISH,
+            subject.as_str(),
+            headers.as_ref(),
+            Body::sent(payload.len(), compressed),
+            4,
+        );
         let headers = match self.context_to_inject(&op) {
             Some(cx) => {
                 let had_headers = headers.is_some();

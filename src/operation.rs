@@ -20,8 +20,9 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue, Value};
 
+use crate::delivery::ProcessSpan;
 use crate::instrumentation::{Compressed, Instrumentation, ProcessParenting};
-use crate::metrics::OpTimer;
+use crate::metrics::{OpTimer, ProcessTimer};
 use crate::names::SpanName;
 use crate::semconv;
 
@@ -166,6 +167,33 @@ impl<'a> Target<'a> {
     }
 }
 
+/// Where a source's messages are processed: the `process {template}` name, the
+/// consumer group, and the attributes of the process metrics, built once per
+/// subscription, consumer, endpoint or watch.
+#[derive(Debug, Clone)]
+pub(crate) struct Processing {
+    pub(crate) name: SpanName,
+    pub(crate) group: Option<Value>,
+    pub(crate) metric_attributes: Arc<[KeyValue]>,
+}
+
+impl Processing {
+    /// The destination template.
+    pub(crate) fn template(&self) -> &str {
+        self.name.template()
+    }
+
+    /// The target of a message on `subject` (the template itself when `None`).
+    fn target<'a>(&'a self, inst: &Instrumentation, subject: Option<&'a str>) -> Target<'a> {
+        Target {
+            name: &self.name,
+            destination: subject,
+            temporary: subject.is_some_and(|s| inst.is_temporary(s)),
+            group: self.group.clone(),
+        }
+    }
+}
+
 /// Where a span starts, what it links to, and how many attributes it may add once
 /// it records.
 pub(crate) struct Start<'a> {
@@ -231,6 +259,18 @@ impl Body {
         Self {
             size,
             compressed: None,
+        }
+    }
+
+    /// A payload of `size` bytes on the wire, or of the original size when it
+    /// was compressed.
+    pub(crate) fn sent(size: usize, compressed: Option<(usize, Compressed)>) -> Self {
+        match compressed {
+            Some((original, compressed)) => Self {
+                size: original,
+                compressed: Some(compressed),
+            },
+            None => Self::plain(size),
         }
     }
 }
@@ -322,6 +362,20 @@ impl Telemetry {
     /// will use it.
     pub(crate) fn name_if_needed(&self, op: Op, subject: &str) -> Option<SpanName> {
         self.inst.name_if_needed(op.name, subject)
+    }
+
+    /// Where messages with destination template `template` are processed, in
+    /// consumer group `group`.
+    pub(crate) fn processing(&self, template: &str, group: Option<Value>) -> Processing {
+        let name = SpanName::new(PROCESS.name, template);
+        let metric_attributes = self
+            .metric_attributes(PROCESS, &Target::named(&name).with_group(group.clone()))
+            .into();
+        Processing {
+            name,
+            group,
+            metric_attributes,
+        }
     }
 
     /// The attributes of `op`'s metric points on `target`.
@@ -494,22 +548,64 @@ impl Telemetry {
         }
     }
 
-    /// Pushes the publish hook's attributes for a recording `publish`/`request`.
-    pub(crate) fn push_publish_hook(
+    /// Starts sending a message (`publish`, `request`: `op`) to `subject` with
+    /// `headers` and `body`; nothing when neither spans nor metrics are on. A
+    /// recording span gets the message's attributes and the publish hook's, with
+    /// `room` for them.
+    pub(crate) fn start_send(
         &self,
-        attributes: &mut Vec<KeyValue>,
+        op: Op,
         subject: &str,
         headers: Option<&HeaderMap>,
-    ) {
-        self.inst.push_publish_hook(subject, headers, attributes);
+        body: Body,
+        room: usize,
+    ) -> Operation {
+        let Some(name) = self.name_if_needed(op, subject) else {
+            return Operation::none();
+        };
+        let target = Target::subject(&self.inst, &name, subject);
+        self.start(op, &target, Start::default().with_room(room), |a| {
+            self.push_message_attributes(a, headers, body);
+            self.inst.push_publish_hook(subject, headers, a);
+        })
     }
 
-    /// Starts the CONSUMER `process` span of a delivered message whose headers are
-    /// `headers`, parented and linked as [`ProcessParenting`] says. Returns the
-    /// process context, the producer's, and whether the span records. `recording` is called only if the span
-    /// records (`room` attributes, see [`Start::with_room`]); the process hook sees
-    /// `message`.
+    /// Starts processing a delivered message on `subject` (the template's own
+    /// destination when `None`) whose headers are `headers`: its CONSUMER `process`
+    /// span, parented and linked as [`ProcessParenting`] says, counted in
+    /// `messaging.client.consumed.messages` and timed for
+    /// `messaging.process.duration` (and end-to-end latency from `published`, Unix
+    /// nanoseconds). `recording` is called only if the span records (`room`
+    /// attributes, see [`Start::with_room`]); the process hook sees `message`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start_process(
+        &self,
+        processing: &Processing,
+        subject: Option<&str>,
+        headers: Option<&HeaderMap>,
+        message: Option<&Message>,
+        published: Option<i128>,
+        room: usize,
+        recording: impl FnOnce(&mut Vec<KeyValue>),
+    ) -> ProcessSpan {
+        let timer = ProcessTimer::start(
+            self.inst.instruments(),
+            &processing.metric_attributes,
+            published,
+        );
+        let contexts = self.process_span(
+            &processing.target(&self.inst, subject),
+            headers,
+            message,
+            room,
+            recording,
+        );
+        ProcessSpan::new(contexts, timer, self.inst.error_type_hook())
+    }
+
+    /// The process span itself: its context, the producer's, and whether it
+    /// records.
+    fn process_span(
         &self,
         target: &Target<'_>,
         headers: Option<&HeaderMap>,

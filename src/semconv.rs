@@ -125,8 +125,6 @@ pub mod operation {
     pub const PROCESS: &str = "process";
     /// Pulling a batch of messages from a consumer.
     pub const RECEIVE: &str = "receive";
-    /// Starting a KV or Object Store watch.
-    pub const WATCH: &str = "watch";
 }
 
 /// `messaging.operation.type` values.

@@ -30,9 +30,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{KeyValue, Value};
 
 use crate::delivery::{Delivery, ProcessSpan};
-use crate::metrics::ProcessTimer;
-use crate::names::SpanName;
-use crate::operation::{self, Body, Target, Telemetry};
+use crate::operation::{Body, Processing, Telemetry};
 use crate::{semconv, Client};
 
 /// async-nats's default queue group for service endpoints.
@@ -212,14 +210,9 @@ impl ServiceRef {
     ) -> Endpoint {
         let shared = &self.shared;
         let telemetry = &shared.telemetry;
-        let span_name = SpanName::new(operation::PROCESS.name, &telemetry.inst().template(subject));
         let queue_group = Value::from(Arc::<str>::from(queue_group));
-        let metric_attributes = telemetry
-            .metric_attributes(
-                operation::PROCESS,
-                &Target::named(&span_name).with_group(Some(queue_group.clone())),
-            )
-            .into();
+        let processing =
+            telemetry.processing(&telemetry.inst().template(subject), Some(queue_group));
         let mut attributes = vec![
             KeyValue::new(semconv::MESSAGING_NATS_SERVICE_NAME, shared.name.clone()),
             KeyValue::new(
@@ -237,10 +230,8 @@ impl ServiceRef {
         Endpoint {
             inner,
             shared: shared.clone(),
-            span_name,
-            queue_group,
+            processing,
             attributes: attributes.into(),
-            metric_attributes,
         }
     }
 }
@@ -295,17 +286,15 @@ impl Group {
 pub struct Endpoint {
     inner: service::endpoint::Endpoint,
     shared: Arc<ServiceShared>,
-    span_name: SpanName,
-    queue_group: Value,
+    processing: Processing,
     /// The service's attributes on every recording span.
     attributes: Arc<[KeyValue]>,
-    metric_attributes: Arc<[KeyValue]>,
 }
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("span_name", &self.span_name.name())
+            .field("template", &self.processing.template())
             .finish_non_exhaustive()
     }
 }
@@ -318,21 +307,23 @@ impl Endpoint {
 
     fn request(&self, request: service::Request) -> Delivery<Request> {
         let telemetry = &self.shared.telemetry;
-        let inst = telemetry.inst();
         let message = &request.message;
-        let target = Target::subject(inst, &self.span_name, message.subject.as_str())
-            .with_group(Some(self.queue_group.clone()));
-        let contexts =
-            telemetry.start_process(&target, message.headers.as_ref(), Some(message), 8, |a| {
+        let mut span = telemetry.start_process(
+            &self.processing,
+            Some(message.subject.as_str()),
+            message.headers.as_ref(),
+            Some(message),
+            None,
+            8,
+            |a| {
                 a.extend_from_slice(&self.attributes);
                 telemetry.push_message_attributes(
                     a,
                     message.headers.as_ref(),
                     Body::plain(message.payload.len()),
                 );
-            });
-        let timer = ProcessTimer::start(inst.instruments(), &self.metric_attributes, None);
-        let mut span = ProcessSpan::new(contexts, timer, inst.error_type_hook());
+            },
+        );
         let request = Request {
             inner: request,
             telemetry: telemetry.clone(),

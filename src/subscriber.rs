@@ -10,11 +10,9 @@ use async_nats::UnsubscribeError;
 use futures_util::Stream;
 use opentelemetry::{KeyValue, Value};
 
-use crate::delivery::{Delivery, ProcessSpan};
+use crate::delivery::Delivery;
 use crate::instrumentation::decode_in_place;
-use crate::metrics::ProcessTimer;
-use crate::names::SpanName;
-use crate::operation::{self, Body, Target, Telemetry};
+use crate::operation::{Body, Processing, Telemetry};
 
 /// A subscription whose messages each come with their trace context and a
 /// `process <template>` span.
@@ -26,16 +24,14 @@ use crate::operation::{self, Body, Target, Telemetry};
 pub struct Subscriber {
     inner: async_nats::Subscriber,
     telemetry: Telemetry,
-    name: SpanName,
+    processing: Processing,
     group: Option<String>,
-    group_value: Option<Value>,
-    metric_attributes: Arc<[KeyValue]>,
 }
 
 impl fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscriber")
-            .field("template", &self.name.template())
+            .field("template", &self.processing.template())
             .field("group", &self.group)
             .finish_non_exhaustive()
     }
@@ -48,19 +44,13 @@ impl Subscriber {
         group: Option<String>,
         telemetry: Telemetry,
     ) -> Self {
-        let name = SpanName::new(operation::PROCESS.name, &telemetry.inst().template(subject));
         let group_value = group.as_deref().map(|g| Value::from(Arc::<str>::from(g)));
-        let target = Target::named(&name).with_group(group_value.clone());
-        let metric_attributes = telemetry
-            .metric_attributes(operation::PROCESS, &target)
-            .into();
+        let processing = telemetry.processing(&telemetry.inst().template(subject), group_value);
         Self {
             inner,
             telemetry,
-            name,
+            processing,
             group,
-            group_value,
-            metric_attributes,
         }
     }
 
@@ -72,15 +62,15 @@ impl Subscriber {
     where
         I: IntoIterator<Item = KeyValue>,
     {
-        let mut all: Vec<KeyValue> = self.metric_attributes.to_vec();
+        let mut all: Vec<KeyValue> = self.processing.metric_attributes.to_vec();
         all.extend(crate::metrics::bounded_extra(attributes, &all));
-        self.metric_attributes = all.into();
+        self.processing.metric_attributes = all.into();
         self
     }
 
     /// The destination template of this subscription.
     pub fn template(&self) -> &str {
-        self.name.template()
+        self.processing.template()
     }
 
     /// The queue group, if this is a queue subscription.
@@ -109,24 +99,26 @@ impl Subscriber {
         let telemetry = &self.telemetry;
         let inst = telemetry.inst();
         let (compressed, decode_error) = decode_in_place(inst, &mut message);
-        let target = Target::subject(inst, &self.name, message.subject.as_str())
-            .with_group(self.group_value.clone());
         let body = Body {
             size: message.payload.len(),
             compressed,
         };
-        let contexts =
-            telemetry.start_process(&target, message.headers.as_ref(), Some(&message), 5, |a| {
-                telemetry.push_message_attributes(a, message.headers.as_ref(), body)
-            });
         let published = inst
             .metrics_enabled()
             .then_some(message.headers.as_ref())
             .flatten()
             .and_then(|h| h.get(crate::metrics::published_header()))
             .and_then(|v| v.as_str().parse::<i128>().ok());
-        let timer = ProcessTimer::start(inst.instruments(), &self.metric_attributes, published);
-        let span = ProcessSpan::new(contexts, timer, inst.error_type_hook())
+        let span = telemetry
+            .start_process(
+                &self.processing,
+                Some(message.subject.as_str()),
+                message.headers.as_ref(),
+                Some(&message),
+                published,
+                5,
+                |a| telemetry.push_message_attributes(a, message.headers.as_ref(), body),
+            )
             .with_decode_failure(decode_error);
         Delivery::new(message, span)
     }

@@ -2,6 +2,7 @@
 //! push or ordered consumer stream through [`Messages`], and the traced
 //! [`Message`] whose settlement (`ack`, `nak`, `term`, `progress`) gets its own span.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
 use std::pin::Pin;
@@ -16,12 +17,10 @@ use futures_util::{Stream, StreamExt};
 use opentelemetry::trace::{Link, SpanContext, TraceContextExt};
 use opentelemetry::{KeyValue, Value};
 
-use crate::delivery::ProcessSpan;
 use crate::error::boxed_error_type;
 use crate::instrumentation::decode_in_place;
-use crate::metrics::ProcessTimer;
 use crate::names::SpanName;
-use crate::operation::{self, Body, Op, Start, Target, Telemetry};
+use crate::operation::{self, Body, Op, Processing, Start, Target, Telemetry};
 use crate::semconv;
 
 /// A JetStream message with its `process` span; dereferences to [`Message`].
@@ -52,12 +51,11 @@ impl Failure {
 /// What every span of one consumer shares: names, template, attributes.
 pub(crate) struct ConsumerShared {
     pub(crate) telemetry: Telemetry,
-    /// Attributes of this consumer's process metrics (and the worker's counters).
-    pub(crate) metric_attributes: Arc<[KeyValue]>,
+    /// `process {template}` in the consumer's group; its metric attributes are
+    /// the worker's counters' too.
+    pub(crate) processing: Processing,
     /// Attributes of this consumer's health gauges.
     pub(crate) health_attributes: Arc<[KeyValue]>,
-    /// `process {template}`; its template is the consumer's.
-    pub(crate) process: SpanName,
     /// `receive`, then the settle operations on the same template, built once.
     receive: SpanName,
     settle: [(&'static str, SpanName); 5],
@@ -82,19 +80,12 @@ impl ConsumerShared {
         } else {
             None
         };
-        let process = match filter {
-            Some(subject) => {
-                SpanName::new(operation::PROCESS.name, &telemetry.inst().template(subject))
-            }
-            None => SpanName::new(operation::PROCESS.name, &info.stream_name),
+        let template = match filter {
+            Some(subject) => telemetry.inst().template(subject),
+            None => Cow::Borrowed(info.stream_name.as_str()),
         };
         let consumer_value = Value::from(Arc::<str>::from(info.name.as_str()));
-        let metric_attributes = telemetry
-            .metric_attributes(
-                operation::PROCESS,
-                &Target::named(&process).with_group(Some(consumer_value.clone())),
-            )
-            .into();
+        let processing = telemetry.processing(&template, Some(consumer_value.clone()));
         let mut health: Vec<KeyValue> = telemetry.connection().to_vec();
         health.push(KeyValue::new(
             semconv::MESSAGING_NATS_STREAM,
@@ -104,7 +95,7 @@ impl ConsumerShared {
             semconv::MESSAGING_CONSUMER_GROUP_NAME,
             info.name.clone(),
         ));
-        let template = process.template();
+        let template = processing.template();
         let settle = [
             semconv::settle::ACK,
             semconv::settle::DOUBLE_ACK,
@@ -117,9 +108,8 @@ impl ConsumerShared {
             receive: SpanName::new(operation::RECEIVE.name, template),
             settle,
             source: filter.unwrap_or(&info.stream_name).to_owned(),
-            process,
+            processing,
             telemetry,
-            metric_attributes,
             health_attributes: health.into(),
             stream: info.stream_name.clone(),
             consumer: info.name.clone(),
@@ -130,7 +120,7 @@ impl ConsumerShared {
 
     /// The consumer's destination template.
     pub(crate) fn template(&self) -> &str {
-        self.process.template()
+        self.processing.template()
     }
 
     pub(crate) fn deliver(
@@ -157,7 +147,9 @@ impl ConsumerShared {
             if let Some(instruments) = inst.instruments() {
                 if let Some(age) = crate::metrics::age_of(info.published) {
                     let age = age.as_secs_f64();
-                    instruments.queue_wait.record(age, &self.metric_attributes);
+                    instruments
+                        .queue_wait
+                        .record(age, &self.processing.metric_attributes);
                     instruments
                         .consumer_lag
                         .record(age, &self.health_attributes);
@@ -167,21 +159,20 @@ impl ConsumerShared {
                     .record(info.pending, &self.health_attributes);
             }
         }
-        let target = Target::subject(inst, &self.process, message.subject.as_str())
-            .with_group(Some(self.consumer_value.clone()));
         let body = Body {
             size: message.payload.len(),
             compressed,
         };
-        let contexts = telemetry.start_process(
-            &target,
-            message.headers.as_ref(),
-            Some(&message.message),
-            13,
-            |a| self.push_process_attributes(a, &message, info.as_ref(), body),
-        );
-        let timer = ProcessTimer::start(inst.instruments(), &self.metric_attributes, published);
-        let span = ProcessSpan::new(contexts, timer, inst.error_type_hook())
+        let span = telemetry
+            .start_process(
+                &self.processing,
+                Some(message.subject.as_str()),
+                message.headers.as_ref(),
+                Some(&message.message),
+                published,
+                13,
+                |a| self.push_process_attributes(a, &message, info.as_ref(), body),
+            )
             .with_decode_failure(decode_error);
         let message = Message {
             process: span.context().clone(),
@@ -615,7 +606,7 @@ impl Message {
 
     /// Attributes of this message's consumer metrics.
     pub(crate) fn metric_attributes(&self) -> &[KeyValue] {
-        &self.shared.metric_attributes
+        &self.shared.processing.metric_attributes
     }
 
     /// The instruments, when metrics are on.

@@ -36,11 +36,9 @@ use bytes::Bytes;
 use futures_util::Stream;
 use opentelemetry::{Context as OtelContext, KeyValue};
 
-use crate::delivery::ProcessSpan;
 use crate::error::error_type;
-use crate::metrics::ProcessTimer;
 use crate::names::SpanName;
-use crate::operation::{self, Op, Operation as Traced, Start, Target, Telemetry};
+use crate::operation::{Op, Operation as Traced, Processing, Start, Target, Telemetry};
 use crate::semconv;
 
 use super::Context;
@@ -514,17 +512,10 @@ impl Store {
             .messages()
             .await
             .map_err(|e| WatchError::with_source(WatchErrorKind::Other, e))?;
-        let process_name = SpanName::new(operation::PROCESS.name, &self.inner.name);
-        let metric_attributes = self
-            .shared
-            .telemetry
-            .metric_attributes(operation::PROCESS, &Target::named(&process_name))
-            .into();
         Ok(Watch {
             messages: Box::pin(messages),
             store: self.clone(),
-            process_name,
-            metric_attributes,
+            processing: self.shared.telemetry.processing(&self.inner.name, None),
         })
     }
 }
@@ -565,8 +556,7 @@ type OrderedMessages = Pin<
 pub struct Watch {
     messages: OrderedMessages,
     store: Store,
-    process_name: SpanName,
-    metric_attributes: Arc<[KeyValue]>,
+    processing: Processing,
 }
 
 impl fmt::Debug for Watch {
@@ -619,10 +609,12 @@ impl Watch {
             seen_current: delta == 0,
         };
         let telemetry = &shared.telemetry;
-        let contexts = telemetry.start_process(
-            &Target::named(&self.process_name),
+        let span = telemetry.start_process(
+            &self.processing,
+            None,
             message.headers.as_ref(),
             None,
+            Some(created.unix_timestamp_nanos()),
             5,
             |a| {
                 store.push_key_attributes(a, Some(&entry.key));
@@ -640,12 +632,6 @@ impl Watch {
                 ));
             },
         );
-        let timer = ProcessTimer::start(
-            telemetry.inst().instruments(),
-            &self.metric_attributes,
-            Some(created.unix_timestamp_nanos()),
-        );
-        let span = ProcessSpan::new(contexts, timer, telemetry.inst().error_type_hook());
         Ok(crate::Delivery::new(entry, span))
     }
 }

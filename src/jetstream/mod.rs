@@ -71,7 +71,7 @@ use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 
 use crate::instrumentation::Instrumentation;
-use crate::operation::{self, Body, Operation, Start, Target, Telemetry};
+use crate::operation::{self, Body, Operation, Telemetry};
 use crate::{semconv, Client};
 
 /// Creates a traced JetStream context on `client`'s connection and telemetry.
@@ -233,24 +233,14 @@ impl Context {
         #[cfg(not(feature = "compression"))]
         let compressed: Option<(usize, crate::instrumentation::Compressed)> = None;
         let telemetry = &self.telemetry;
-        let op = match telemetry.name_if_needed(operation::PUBLISH, subject.as_str()) {
-            Some(name) => {
-                let target = Target::subject(telemetry.inst(), &name, subject.as_str());
-                let body = match compressed {
-                    Some((size, compressed)) => Body {
-                        size,
-                        compressed: Some(compressed),
-                    },
-                    None => Body::plain(payload.len()),
-                };
-                let start = Start::default().with_room(8);
-                telemetry.start(operation::PUBLISH, &target, start, |a| {
-                    telemetry.push_message_attributes(a, headers.as_ref(), body);
-                    telemetry.push_publish_hook(a, subject.as_str(), headers.as_ref());
-                })
-            }
-            None => Operation::none(),
-        };
+        // Room for the ack's stream, sequence and duplicate flag too.
+        let op = telemetry.start_send(
+            operation::PUBLISH,
+            subject.as_str(),
+            headers.as_ref(),
+            Body::sent(payload.len(), compressed),
+            8,
+        );
         let headers = match op.context() {
             Some(cx) => Some(self.injected(cx, headers)),
             None => match telemetry.inst().ambient_context() {

@@ -28,11 +28,9 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context as OtelContext, KeyValue};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::delivery::ProcessSpan;
 use crate::error::error_type;
-use crate::metrics::ProcessTimer;
 use crate::names::SpanName;
-use crate::operation::{self, Op, Operation, Start, Target, Telemetry};
+use crate::operation::{Op, Operation, Processing, Start, Target, Telemetry};
 use crate::semconv;
 
 use super::Context;
@@ -276,17 +274,10 @@ impl ObjectStore {
         let result = self.inner.watch().await;
         Self::finish(op, &result);
         let inner = result?;
-        let process_name = SpanName::new(operation::PROCESS.name, &self.bucket);
-        let metric_attributes = self
-            .shared
-            .telemetry
-            .metric_attributes(operation::PROCESS, &Target::named(&process_name))
-            .into();
         Ok(Watch {
             inner,
             store: self.clone(),
-            process_name,
-            metric_attributes,
+            processing: self.shared.telemetry.processing(&self.bucket, None),
         })
     }
 }
@@ -375,8 +366,7 @@ impl AsyncRead for Object {
 pub struct Watch {
     inner: object_store::Watch,
     store: ObjectStore,
-    process_name: SpanName,
-    metric_attributes: Arc<[KeyValue]>,
+    processing: Processing,
 }
 
 impl fmt::Debug for Watch {
@@ -391,23 +381,19 @@ impl Watch {
     fn change(&self, info: ObjectInfo) -> ObjectChange {
         let store = &self.store;
         let telemetry = &store.shared.telemetry;
-        let contexts = telemetry.start_process(
-            &Target::named(&self.process_name),
+        let published = info.modified.map(|time| time.unix_timestamp_nanos());
+        let span = telemetry.start_process(
+            &self.processing,
+            None,
             info.headers.as_ref(),
             None,
+            published,
             7,
             |a| {
                 store.push_name_attributes(a, Some(&info.name));
                 push_info_attributes(a, &info);
             },
         );
-        let published = info.modified.map(|time| time.unix_timestamp_nanos());
-        let timer = ProcessTimer::start(
-            telemetry.inst().instruments(),
-            &self.metric_attributes,
-            published,
-        );
-        let span = ProcessSpan::new(contexts, timer, telemetry.inst().error_type_hook());
         crate::Delivery::new(info, span)
     }
 }
