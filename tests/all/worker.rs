@@ -21,9 +21,18 @@ struct Fixture {
 
 /// Stream `TASKS` on `tasks.>`, durable pull consumer `workers`.
 async fn fixture() -> Fixture {
+    fixture_with(|builder| builder).await
+}
+
+/// [`fixture`] with instrumentation settings of the test's own.
+async fn fixture_with(
+    configure: impl FnOnce(nats_otel::InstrumentationBuilder) -> nats_otel::InstrumentationBuilder,
+) -> Fixture {
     let server = NatsServer::start();
     let telemetry = Telemetry::new();
-    let client = telemetry.client(&server).await;
+    let client = telemetry
+        .connect(&server, configure(telemetry.builder()).build())
+        .await;
     let js = nats_otel::jetstream::new(&client);
     let stream = js
         .inner()
@@ -712,47 +721,18 @@ async fn undecodable_payloads_are_dead_lettered_with_the_reason_and_never_handle
 async fn worker_outcomes_set_exact_error_types_on_span_and_metric() {
     use nats_otel::metrics::names;
     use nats_otel::semconv;
-    let server = NatsServer::start();
-    let telemetry = Telemetry::new();
     let metrics = crate::support::Metrics::new();
-    let client = telemetry
-        .connect(
-            &server,
-            telemetry
-                .builder()
-                .with_meter_provider(&metrics.provider)
-                .build(),
-        )
-        .await;
-    let js = nats_otel::jetstream::new(&client);
-    let stream = js
-        .inner()
-        .get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: "TASKS".to_owned(),
-            subjects: vec!["tasks.>".to_owned()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let consumer = stream
-        .get_or_create_consumer(
-            "workers",
-            pull::Config {
-                durable_name: Some("workers".to_owned()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    dead_letter::ensure_stream(&js, "DLQ", &DeadLetter::default())
+    let f = fixture_with(|builder| builder.with_meter_provider(&metrics.provider)).await;
+    let (js, telemetry) = (&f.js, &f.telemetry);
+    dead_letter::ensure_stream(js, "DLQ", &DeadLetter::default())
         .await
         .unwrap();
     for outcome in ["ok", "transient", "fatal", "panic", "recorded"] {
-        publish(&js, &format!("tasks.{outcome}"), "x").await;
+        publish(js, &format!("tasks.{outcome}"), "x").await;
     }
     let (done_tx, mut done) = mpsc::unbounded_channel();
     // One delivery each: failures go straight to the dead-letter stream.
-    let worker = Worker::new(&js, js.pull_consumer(consumer)).max_deliver(1);
+    let worker = Worker::new(js, f.consumer.clone()).max_deliver(1);
     let (stop, task) = spawn_worker(worker, move |task| {
         let done_tx = done_tx.clone();
         async move {
