@@ -17,9 +17,10 @@ use opentelemetry::{Context, KeyValue};
 
 use crate::error::{error_type, refusal_or_kind};
 use crate::instrumentation::{Instrumentation, Prepared};
-use crate::operation::{self, Body, Host, Operation, Telemetry};
+use crate::operation::{self, Body, Operation};
 use crate::semconv;
 use crate::subscriber::Subscriber;
+use crate::telemetry::{Host, Telemetry};
 
 /// Connects to `addrs` with default options and the default [`Instrumentation`]
 /// (global tracer, meter and propagator).

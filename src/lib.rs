@@ -116,6 +116,7 @@ pub mod propagation;
 pub mod semconv;
 pub mod service;
 mod subscriber;
+mod telemetry;
 #[cfg(feature = "tracing")]
 pub mod tracing_interop;
 

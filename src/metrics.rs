@@ -19,8 +19,9 @@
 //! `messaging.operation.type`, `messaging.destination.template` (never a raw
 //! subject), `messaging.consumer.group.name`, `server.address`, `server.port`, and
 //! `error.type` on failures: the same operation name, type and template as the
-//! operation's span (see [`semconv`](crate::semconv)). Latencies that compare two clocks (queue wait, lag,
-//! end-to-end) are subject to clock skew between hosts.
+//! operation's span (the table is in [`crate::semconv`]). Latencies that compare
+//! two clocks (queue wait, lag, end-to-end) are subject to clock skew between
+//! hosts.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

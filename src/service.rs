@@ -30,7 +30,8 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{KeyValue, Value};
 
 use crate::delivery::{Delivery, ProcessSpan};
-use crate::operation::{Body, Processing, Telemetry};
+use crate::operation::{Body, Processing};
+use crate::telemetry::Telemetry;
 use crate::{semconv, Client};
 
 /// async-nats's default queue group for service endpoints.

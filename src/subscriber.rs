@@ -12,7 +12,8 @@ use opentelemetry::{KeyValue, Value};
 
 use crate::delivery::Delivery;
 use crate::instrumentation::decode_in_place;
-use crate::operation::{Body, Processing, Telemetry};
+use crate::operation::{Body, Processing};
+use crate::telemetry::Telemetry;
 
 /// A subscription whose messages each come with their trace context and a
 /// `process <template>` span.

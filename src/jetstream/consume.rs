@@ -20,8 +20,9 @@ use opentelemetry::{KeyValue, Value};
 use crate::error::boxed_error_type;
 use crate::instrumentation::decode_in_place;
 use crate::names::SpanName;
-use crate::operation::{self, Body, Op, Processing, Start, Target, Telemetry};
+use crate::operation::{self, Body, Op, Processing, Start, Target};
 use crate::semconv;
+use crate::telemetry::Telemetry;
 
 /// A JetStream message with its `process` span; dereferences to [`Message`].
 pub type Delivery = crate::Delivery<Message>;

@@ -38,8 +38,9 @@ use opentelemetry::{Context as OtelContext, KeyValue};
 
 use crate::error::error_type;
 use crate::names::SpanName;
-use crate::operation::{Op, Operation as Traced, Processing, Start, Target, Telemetry};
+use crate::operation::{Op, Operation as Traced, Processing, Start, Target};
 use crate::semconv;
+use crate::telemetry::Telemetry;
 
 use super::Context;
 

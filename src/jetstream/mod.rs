@@ -71,7 +71,8 @@ use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 
 use crate::instrumentation::Instrumentation;
-use crate::operation::{self, Body, Operation, Telemetry};
+use crate::operation::{self, Body, Operation};
+use crate::telemetry::Telemetry;
 use crate::{semconv, Client};
 
 /// Creates a traced JetStream context on `client`'s connection and telemetry.

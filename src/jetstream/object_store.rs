@@ -30,8 +30,9 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::error::error_type;
 use crate::names::SpanName;
-use crate::operation::{Op, Operation, Processing, Start, Target, Telemetry};
+use crate::operation::{Op, Operation, Processing, Start, Target};
 use crate::semconv;
+use crate::telemetry::Telemetry;
 
 use super::Context;
 

@@ -1,0 +1,399 @@
+//! The telemetry of one connection: where every span and duration metric of the
+//! contract in [`operation`](crate::operation) starts, with the attributes
+//! samplers see built first and the rest only for spans that record.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_nats::{HeaderMap, Message};
+use opentelemetry::trace::{Link, SpanBuilder, TraceContextExt};
+use opentelemetry::{Context, KeyValue, Value};
+
+use crate::delivery::ProcessSpan;
+use crate::instrumentation::{Instrumentation, ProcessParenting};
+use crate::metrics::{OpTimer, ProcessTimer};
+use crate::names::SpanName;
+use crate::operation::{
+    set_attributes, Body, Op, OpType, Operation, Processing, Start, Target, PROCESS,
+};
+use crate::semconv;
+
+/// The telemetry of one connection: settings plus the attributes every span and
+/// metric point of the connection carries. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Telemetry {
+    inst: Instrumentation,
+    /// `messaging.system`, `server.address`, `server.port`: spans (where samplers
+    /// see them) and metrics.
+    connection: Arc<[KeyValue]>,
+    /// `messaging.client.id`: spans only (per-connection metric series otherwise).
+    client_id: Option<KeyValue>,
+    /// `server.address` and `server.port`, built into each span's attributes
+    /// directly (cheaper than cloning `connection`'s entries).
+    server: Option<(Host, i64)>,
+}
+
+/// A server address as an attribute value: interned, or shared.
+#[derive(Clone, Debug)]
+pub(crate) enum Host {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Host {
+    fn value(&self) -> Value {
+        match self {
+            Host::Static(host) => Value::from(*host),
+            Host::Shared(host) => Value::from(host.clone()),
+        }
+    }
+}
+
+impl fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("inst", &self.inst)
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// The telemetry of a connection to `server` (host, port), whose id is
+    /// `client_id`.
+    pub(crate) fn new(
+        inst: Instrumentation,
+        server: Option<(Host, i64)>,
+        client_id: Option<KeyValue>,
+    ) -> Self {
+        let mut connection = vec![KeyValue::new(
+            semconv::MESSAGING_SYSTEM,
+            semconv::MESSAGING_SYSTEM_NATS,
+        )];
+        if let Some((host, port)) = &server {
+            connection.push(KeyValue::new(semconv::SERVER_ADDRESS, host.value()));
+            connection.push(KeyValue::new(semconv::SERVER_PORT, *port));
+        }
+        Self {
+            inst,
+            connection: connection.into(),
+            client_id,
+            server,
+        }
+    }
+
+    /// The client id attribute, if the server assigned one.
+    pub(crate) fn client_id(&self) -> Option<&KeyValue> {
+        self.client_id.as_ref()
+    }
+
+    pub(crate) fn inst(&self) -> &Instrumentation {
+        &self.inst
+    }
+
+    /// The connection's attributes (`messaging.system`, `server.*`).
+    pub(crate) fn connection(&self) -> &Arc<[KeyValue]> {
+        &self.connection
+    }
+
+    /// Whether spans are made.
+    pub(crate) fn tracing(&self) -> bool {
+        self.inst.tracing_enabled()
+    }
+
+    /// The span name of `op` on `subject`, computed only when a span or a metric
+    /// will use it.
+    pub(crate) fn name_if_needed(&self, op: Op, subject: &str) -> Option<SpanName> {
+        self.inst.name_if_needed(op.name, subject)
+    }
+
+    /// Where messages with destination template `template` are processed, in
+    /// consumer group `group`.
+    pub(crate) fn processing(&self, template: &str, group: Option<Value>) -> Processing {
+        let name = SpanName::new(PROCESS.name, template);
+        let metric_attributes = self
+            .metric_attributes(PROCESS, &Target::named(&name).with_group(group.clone()))
+            .into();
+        Processing {
+            name,
+            group,
+            metric_attributes,
+        }
+    }
+
+    /// The attributes of `op`'s metric points on `target`.
+    pub(crate) fn metric_attributes(&self, op: Op, target: &Target<'_>) -> Vec<KeyValue> {
+        let mut attributes = Vec::with_capacity(self.connection.len() + 4);
+        attributes.extend_from_slice(&self.connection);
+        self.push_operation(&mut attributes, op);
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_TEMPLATE,
+            target.name.template_value(),
+        ));
+        if let Some(group) = &target.group {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                group.clone(),
+            ));
+        }
+        attributes
+    }
+
+    fn push_operation(&self, attributes: &mut Vec<KeyValue>, op: Op) {
+        attributes.push(KeyValue::new(semconv::MESSAGING_OPERATION_NAME, op.name));
+        if let Some(ty) = op.ty {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_OPERATION_TYPE,
+                ty.as_str(),
+            ));
+        }
+    }
+
+    /// What the span builder gets: the attributes samplers conventionally read,
+    /// with `room` to spare.
+    fn sampler_attributes(&self, op: Op, target: &Target<'_>, room: usize) -> Vec<KeyValue> {
+        let exact = self.connection.len()
+            + 4
+            + 2 * usize::from(target.temporary)
+            + usize::from(target.group.is_some());
+        let mut attributes = Vec::with_capacity(exact + room);
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_SYSTEM,
+            semconv::MESSAGING_SYSTEM_NATS,
+        ));
+        if let Some((host, port)) = &self.server {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.value()));
+            attributes.push(KeyValue::new(semconv::SERVER_PORT, *port));
+        }
+        self.push_operation(&mut attributes, op);
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_NAME,
+            match target.destination {
+                Some(subject) => target.name.subject_value(subject),
+                None => target.name.template_value(),
+            },
+        ));
+        attributes.push(KeyValue::new(
+            semconv::MESSAGING_DESTINATION_TEMPLATE,
+            target.name.template_value(),
+        ));
+        if target.temporary {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_TEMPORARY,
+                true,
+            ));
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_DESTINATION_ANONYMOUS,
+                true,
+            ));
+        }
+        if let Some(group) = &target.group {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_CONSUMER_GROUP_NAME,
+                group.clone(),
+            ));
+        }
+        attributes
+    }
+
+    /// Builds the span and, if it records, adds `messaging.client.id` and
+    /// `recording`'s attributes under one lock. Returns its context and whether it
+    /// records.
+    fn span(
+        &self,
+        op: Op,
+        target: &Target<'_>,
+        start: Start<'_>,
+        recording: impl FnOnce(&mut Vec<KeyValue>),
+    ) -> (Context, bool) {
+        let mut builder = SpanBuilder::from_name(target.name.name())
+            .with_kind(op.kind())
+            .with_attributes(self.sampler_attributes(op, target, start.room));
+        if !start.links.is_empty() {
+            builder = builder.with_links(start.links);
+        }
+        if let Some(time) = start.time {
+            builder = builder.with_start_time(time);
+        }
+        let cx = match start.parent {
+            Some(parent) => self.inst.start_span(builder, parent),
+            None => Context::map_current(|parent| self.inst.start_span(builder, parent)),
+        };
+        let span = cx.span();
+        let records = span.is_recording();
+        if records {
+            set_attributes(&span, |attributes| {
+                attributes.extend(self.client_id.clone());
+                recording(attributes);
+            });
+        }
+        (cx, records)
+    }
+
+    /// Starts `op` on `target`: its span (when tracing) and its duration metric
+    /// (when metering). `recording` is called only if the span records.
+    pub(crate) fn start(
+        &self,
+        op: Op,
+        target: &Target<'_>,
+        start: Start<'_>,
+        recording: impl FnOnce(&mut Vec<KeyValue>),
+    ) -> Operation {
+        let timer = OpTimer::start(self.inst.instruments(), start.time, || {
+            self.metric_attributes(op, target)
+        });
+        let (cx, records) = match self.tracing() {
+            true => {
+                let (cx, records) = self.span(op, target, start, recording);
+                (Some(cx), records)
+            }
+            false => (None, false),
+        };
+        Operation::new(cx, records, timer, op.ty == Some(OpType::Send))
+    }
+
+    /// Pushes the attributes a message adds to a recording `publish`, `request` or
+    /// `process` span: its id, its encoding, and the opt-in body sizes.
+    pub(crate) fn push_message_attributes(
+        &self,
+        attributes: &mut Vec<KeyValue>,
+        headers: Option<&HeaderMap>,
+        body: Body,
+    ) {
+        if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_MESSAGE_ID,
+                id.as_str().to_owned(),
+            ));
+        }
+        if self.inst.body_size_enabled() {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_MESSAGE_BODY_SIZE,
+                body.size as i64,
+            ));
+            if let Some(compressed) = body.compressed {
+                attributes.push(KeyValue::new(
+                    semconv::MESSAGING_NATS_BODY_COMPRESSED_SIZE,
+                    compressed.size as i64,
+                ));
+            }
+        }
+        if let Some(compressed) = body.compressed {
+            attributes.push(KeyValue::new(
+                semconv::MESSAGING_NATS_CONTENT_ENCODING,
+                compressed.encoding,
+            ));
+        }
+    }
+
+    /// Starts sending a message (`publish`, `request`: `op`) to `subject` with
+    /// `headers` and `body`; nothing when neither spans nor metrics are on. A
+    /// recording span gets the message's attributes and the publish hook's, with
+    /// `room` for them.
+    pub(crate) fn start_send(
+        &self,
+        op: Op,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        body: Body,
+        room: usize,
+    ) -> Operation {
+        let Some(name) = self.name_if_needed(op, subject) else {
+            return Operation::none();
+        };
+        let target = Target::subject(&self.inst, &name, subject);
+        self.start(op, &target, Start::default().with_room(room), |a| {
+            self.push_message_attributes(a, headers, body);
+            self.inst.push_publish_hook(subject, headers, a);
+        })
+    }
+
+    /// Starts processing a delivered message on `subject` (the template's own
+    /// destination when `None`) whose headers are `headers`: its CONSUMER `process`
+    /// span, parented and linked as [`ProcessParenting`] says, counted in
+    /// `messaging.client.consumed.messages` and timed for
+    /// `messaging.process.duration` (and end-to-end latency from `published`, Unix
+    /// nanoseconds). `recording` is called only if the span records (`room`
+    /// attributes, see [`Start::with_room`]); the process hook sees `message`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_process(
+        &self,
+        processing: &Processing,
+        subject: Option<&str>,
+        headers: Option<&HeaderMap>,
+        message: Option<&Message>,
+        published: Option<i128>,
+        room: usize,
+        recording: impl FnOnce(&mut Vec<KeyValue>),
+    ) -> ProcessSpan {
+        let timer = ProcessTimer::start(
+            self.inst.instruments(),
+            &processing.metric_attributes,
+            published,
+        );
+        let contexts = self.process_span(
+            &processing.target(&self.inst, subject),
+            headers,
+            message,
+            room,
+            recording,
+        );
+        ProcessSpan::new(contexts, timer, self.inst.error_type_hook())
+    }
+
+    /// The process span itself: its context, the producer's, and whether it
+    /// records.
+    fn process_span(
+        &self,
+        target: &Target<'_>,
+        headers: Option<&HeaderMap>,
+        message: Option<&Message>,
+        room: usize,
+        recording: impl FnOnce(&mut Vec<KeyValue>),
+    ) -> (Context, Context, bool) {
+        let producer = match headers {
+            Some(headers) => self.inst.extract(headers),
+            None => Context::new(),
+        };
+        if !self.tracing() {
+            return (producer.clone(), producer, false);
+        }
+        let producer_span = producer.span().span_context().clone();
+        let mut links = Vec::new();
+        let root;
+        let parent = match self.inst.parenting() {
+            ProcessParenting::ChildAndLink => {
+                if producer_span.is_valid() {
+                    // Parented on the creation context: the span current where
+                    // processing starts (a caller's loop span) becomes a link.
+                    let surrounding = Context::map_current(|cx| {
+                        let span = cx.span();
+                        let sc = span.span_context();
+                        (sc.is_valid() && sc.span_id() != producer_span.span_id())
+                            .then(|| sc.clone())
+                    });
+                    links.reserve_exact(1 + usize::from(surrounding.is_some()));
+                    links.push(Link::with_context(producer_span));
+                    links.extend(surrounding.map(Link::with_context));
+                }
+                &producer
+            }
+            ProcessParenting::LinkOnly => {
+                if producer_span.is_valid() {
+                    links.push(Link::with_context(producer_span));
+                }
+                // A new root: the producer is only linked.
+                root = Context::new();
+                &root
+            }
+        };
+        let start = Start::under(parent).with_links(links).with_room(room);
+        let (cx, records) = self.span(PROCESS, target, start, |attributes| {
+            recording(attributes);
+            if let Some(message) = message {
+                self.inst.push_process_hook(message, attributes);
+            }
+        });
+        (cx, producer, records)
+    }
+}
