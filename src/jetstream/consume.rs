@@ -1,18 +1,16 @@
 //! Traced JetStream consumption: pull consumers (`messages`, `fetch`, `batch`), any
-//! push or ordered consumer stream through [`Messages`], and the traced
-//! [`Message`] whose settlement (`ack`, `nak`, `term`, `progress`) gets its own span.
+//! push or ordered consumer stream through [`Messages`], each message a traced
+//! [`Message`](super::Message).
 
 use std::borrow::Cow;
 use std::fmt;
-use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::pull::Stream as PullStream;
 use async_nats::jetstream::consumer::{self, StreamError};
-use async_nats::jetstream::message::AckKind;
 use futures_util::{Stream, StreamExt};
 use opentelemetry::trace::{Link, SpanContext, TraceContextExt};
 use opentelemetry::{KeyValue, Value};
@@ -20,12 +18,14 @@ use opentelemetry::{KeyValue, Value};
 use crate::error::boxed_error_type;
 use crate::instrumentation::decode_in_place;
 use crate::names::SpanName;
-use crate::operation::{self, Body, Op, Processing, Start, Target};
+use crate::operation::{self, Body, Processing, Start, Target};
 use crate::semconv;
 use crate::telemetry::Telemetry;
 
 /// A JetStream message with its `process` span; dereferences to [`Message`].
 pub type Delivery = crate::Delivery<Message>;
+
+use super::message::Message;
 
 /// Why a pull failed: its `error.type` and message.
 pub(crate) struct Failure {
@@ -59,14 +59,14 @@ pub(crate) struct ConsumerShared {
     pub(crate) health_attributes: Arc<[KeyValue]>,
     /// `receive`, then the settle operations on the same template, built once.
     receive: SpanName,
-    settle: [(&'static str, SpanName); 5],
+    pub(crate) settle: [(&'static str, SpanName); 5],
     /// What the consumer reads: its one filter subject, or its stream.
     source: String,
     pub(crate) stream: String,
     pub(crate) consumer: String,
     /// `stream` and `consumer` as attribute values shared by every span.
-    stream_value: Value,
-    consumer_value: Value,
+    pub(crate) stream_value: Value,
+    pub(crate) consumer_value: Value,
 }
 
 impl ConsumerShared {
@@ -138,6 +138,7 @@ impl ConsumerShared {
                 delivered: info.delivered,
                 pending: info.pending,
                 published: info.published.unix_timestamp_nanos(),
+                age: crate::metrics::age_of(info.published.unix_timestamp_nanos()),
             })
         } else {
             None
@@ -146,7 +147,7 @@ impl ConsumerShared {
         if let Some(info) = &info {
             published = Some(info.published);
             if let Some(instruments) = inst.instruments() {
-                if let Some(age) = crate::metrics::age_of(info.published) {
+                if let Some(age) = info.age {
                     let age = age.as_secs_f64();
                     instruments
                         .queue_wait
@@ -219,7 +220,7 @@ impl ConsumerShared {
                 semconv::MESSAGING_NATS_PENDING,
                 clamp(info.pending),
             ));
-            if let Some(wait) = queue_wait(info.published) {
+            if let Some(wait) = info.age {
                 attributes.push(KeyValue::new(
                     semconv::MESSAGING_NATS_QUEUE_WAIT,
                     wait.as_secs_f64(),
@@ -297,57 +298,6 @@ impl ConsumerShared {
             None => op.succeed(),
         }
     }
-
-    /// Settles `message` with a `{operation} {template}` CLIENT span under `parent`.
-    async fn settle(
-        &self,
-        message: &Message,
-        operation: &'static str,
-        kind: AckKind,
-        double: bool,
-    ) -> Result<(), async_nats::Error> {
-        let name = match self.settle.iter().find(|(op, _)| *op == operation) {
-            Some((_, name)) => name.clone(),
-            None => SpanName::new(operation, self.template()),
-        };
-        let target = Target::subject(self.telemetry.inst(), &name, message.subject.as_str())
-            .with_group(Some(self.consumer_value.clone()));
-        let op = self.telemetry.start(
-            Op::settle(operation),
-            &target,
-            Start::under(&message.process).with_room(5),
-            |a| {
-                a.push(KeyValue::new(
-                    semconv::MESSAGING_NATS_STREAM,
-                    self.stream_value.clone(),
-                ));
-                let sequence = message.sequence.or_else(|| {
-                    let info = message.inner.info().ok()?;
-                    Some((info.stream_sequence, info.delivered))
-                });
-                if let Some((stream, delivered)) = sequence {
-                    a.push(KeyValue::new(
-                        semconv::MESSAGING_NATS_STREAM_SEQUENCE,
-                        clamp(stream),
-                    ));
-                    a.push(KeyValue::new(semconv::MESSAGING_NATS_DELIVERED, delivered));
-                }
-                if let AckKind::Nak(Some(delay)) = kind {
-                    a.push(KeyValue::new(
-                        semconv::MESSAGING_NATS_NAK_DELAY,
-                        delay.as_secs_f64(),
-                    ));
-                }
-            },
-        );
-        let result = if double {
-            message.inner.double_ack_with(kind).await
-        } else {
-            message.inner.ack_with(kind).await
-        };
-        op.finish(&result, |err| boxed_error_type(err.as_ref()));
-        result
-    }
 }
 
 /// Where a delivered message sits in its stream and consumer.
@@ -358,21 +308,12 @@ struct Sequence {
     delivered: i64,
     pending: u64,
     published: i128,
+    /// Time since the stream stored it (`None` if the clocks disagree).
+    age: Option<Duration>,
 }
 
-fn clamp(v: u64) -> i64 {
+pub(crate) fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Time since the stream stored the message (`None` if the clocks disagree).
-fn queue_wait(published_unix_nanos: i128) -> Option<Duration> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_nanos();
-    let now = i128::try_from(now).ok()?;
-    let wait = u64::try_from(now.checked_sub(published_unix_nanos)?).ok()?;
-    Some(Duration::from_nanos(wait))
 }
 
 /// A traced pull consumer.
@@ -547,124 +488,5 @@ where
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-/// A delivered JetStream message whose settlement is traced: `ack`,
-/// `double_ack`, `nak`, `term` and `progress` each get a CLIENT span
-/// `{operation} {template}` (never named after the `$JS.ACK…` reply subject),
-/// child of the message's `process` span. It dereferences to the async-nats
-/// message (payload, headers, [`info`](async_nats::jetstream::Message::info), …).
-#[derive(Clone)]
-pub struct Message {
-    inner: async_nats::jetstream::Message,
-    shared: Arc<ConsumerShared>,
-    /// The process span settle spans are children of.
-    process: opentelemetry::Context,
-    /// Stream sequence and delivery count, read from the reply subject once on
-    /// delivery (when something records them) for the settle span.
-    sequence: Option<(u64, i64)>,
-}
-
-impl fmt::Debug for Message {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Message")
-            .field("subject", &self.inner.subject)
-            .field("stream", &self.shared.stream)
-            .field("consumer", &self.shared.consumer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Deref for Message {
-    type Target = async_nats::jetstream::Message;
-
-    fn deref(&self) -> &async_nats::jetstream::Message {
-        &self.inner
-    }
-}
-
-impl Message {
-    /// The untraced async-nats message.
-    pub fn inner(&self) -> &async_nats::jetstream::Message {
-        &self.inner
-    }
-
-    /// Unwraps the untraced async-nats message.
-    pub fn into_inner(self) -> async_nats::jetstream::Message {
-        self.inner
-    }
-
-    /// The name of the consumer that delivered the message.
-    pub fn consumer_name(&self) -> &str {
-        &self.shared.consumer
-    }
-
-    /// The name of the stream the message is stored in.
-    pub fn stream_name(&self) -> &str {
-        &self.shared.stream
-    }
-
-    /// Attributes of this message's consumer metrics.
-    pub(crate) fn metric_attributes(&self) -> &[KeyValue] {
-        &self.shared.processing.metric_attributes
-    }
-
-    /// The instruments, when metrics are on.
-    pub(crate) fn instruments(&self) -> Option<&Arc<crate::metrics::Instruments>> {
-        self.shared.telemetry.inst().instruments()
-    }
-
-    /// Acknowledges the message (`ack {template}` span).
-    pub async fn ack(&self) -> Result<(), async_nats::Error> {
-        self.ack_with(AckKind::Ack).await
-    }
-
-    /// Settles the message as `kind` says (a span named after the kind).
-    pub async fn ack_with(&self, kind: AckKind) -> Result<(), async_nats::Error> {
-        self.shared
-            .settle(self, settle_name(kind), kind, false)
-            .await
-    }
-
-    /// Acknowledges and waits for the server to confirm (`double_ack {template}`).
-    pub async fn double_ack(&self) -> Result<(), async_nats::Error> {
-        self.double_ack_with(AckKind::Ack).await
-    }
-
-    /// Settles as `kind` says and waits for the server to confirm (`double_ack
-    /// {template}` for an ack, else named after the kind).
-    pub async fn double_ack_with(&self, kind: AckKind) -> Result<(), async_nats::Error> {
-        let name = match kind {
-            AckKind::Ack => semconv::settle::DOUBLE_ACK,
-            other => settle_name(other),
-        };
-        self.shared.settle(self, name, kind, true).await
-    }
-
-    /// Asks for redelivery, after `delay` if given (`nak {template}` span).
-    pub async fn nak(&self, delay: Option<Duration>) -> Result<(), async_nats::Error> {
-        self.ack_with(AckKind::Nak(delay)).await
-    }
-
-    /// Stops redelivery for good (`term {template}` span).
-    pub async fn term(&self) -> Result<(), async_nats::Error> {
-        self.ack_with(AckKind::Term).await
-    }
-
-    /// Tells the server work is ongoing, resetting `ack_wait` (`progress {template}`).
-    pub async fn progress(&self) -> Result<(), async_nats::Error> {
-        self.ack_with(AckKind::Progress).await
-    }
-}
-
-/// The settle operation an ack kind is.
-fn settle_name(kind: AckKind) -> &'static str {
-    match kind {
-        AckKind::Ack => semconv::settle::ACK,
-        AckKind::Nak(_) => semconv::settle::NAK,
-        AckKind::Progress => semconv::settle::PROGRESS,
-        AckKind::Next => semconv::settle::ACK,
-        AckKind::Term => semconv::settle::TERM,
     }
 }

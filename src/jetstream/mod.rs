@@ -50,12 +50,14 @@ mod consume;
 pub mod dead_letter;
 pub mod dedup;
 pub mod kv;
+mod message;
 pub mod object_store;
 mod publish;
 mod worker;
 
 pub use backoff::Backoff;
-pub use consume::{Delivery, Message, Messages, PullConsumer};
+pub use consume::{Delivery, Messages, PullConsumer};
+pub use message::Message;
 pub use publish::{content_id, is_transient, AckHandle, Pipeline, PublishRetry};
 pub use worker::{BoxError, HandlerError, Task, Worker, WorkerStats};
 
