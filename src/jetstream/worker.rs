@@ -3,25 +3,28 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::StatusCode;
-use futures_util::{FutureExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry::KeyValue;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::backoff::Backoff;
 use super::consume::Failure as PullFailure;
 use super::dead_letter::DeadLetter;
 use super::dedup::IdempotencyStore;
-use super::{Context, Delivery, PullConsumer};
-use crate::semconv::{self, error_type, event as events};
+use super::{Context, PullConsumer};
+
+mod handle;
+mod pulls;
+
+use handle::Shared;
+use pulls::Pulls;
 
 /// What a [`Worker`]'s handler receives: the message with its `process` span (the
 /// worker settles it, so the message is async-nats's own).
@@ -475,301 +478,5 @@ impl Worker {
             health.abort();
         }
         counters.snapshot()
-    }
-}
-
-/// A pull request in flight.
-struct OpenPull {
-    id: u64,
-    start: SystemTime,
-    /// When to give up on an end status (`expires` plus a margin).
-    deadline: tokio::time::Instant,
-    requested: usize,
-    received: usize,
-    producers: Vec<opentelemetry::trace::SpanContext>,
-}
-
-/// The worker's open pulls, oldest first, and the handler slots they reserved.
-struct Pulls {
-    open: VecDeque<OpenPull>,
-    /// One permit per message asked for and not yet arrived.
-    reserved: Option<OwnedSemaphorePermit>,
-    next_id: u64,
-    consumer: Arc<super::consume::ConsumerShared>,
-}
-
-impl Pulls {
-    fn opened(
-        &mut self,
-        start: SystemTime,
-        requested: usize,
-        permit: OwnedSemaphorePermit,
-        expires: Duration,
-    ) {
-        self.open.push_back(OpenPull {
-            id: self.next_id,
-            start,
-            deadline: tokio::time::Instant::now() + expires + Duration::from_secs(5),
-            requested,
-            received: 0,
-            producers: Vec::new(),
-        });
-        self.next_id += 1;
-        match self.reserved.as_mut() {
-            Some(reserved) => reserved.merge(permit),
-            None => self.reserved = Some(permit),
-        }
-    }
-
-    fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
-        self.reserved.as_mut().and_then(|r| r.split(1))
-    }
-
-    /// A message arrived: the server fills pull requests in order, so it belongs
-    /// to the oldest open one, which ends once it has all it asked for.
-    fn received(&mut self, producer: opentelemetry::trace::SpanContext) {
-        let Some(pull) = self.open.iter_mut().find(|p| p.received < p.requested) else {
-            return;
-        };
-        pull.received += 1;
-        pull.producers.push(producer);
-        if pull.received == pull.requested {
-            let id = pull.id;
-            self.end(id, None);
-        }
-    }
-
-    /// Ends pull `id`: gives back the slots of messages that never came and
-    /// records its `receive` span.
-    fn end(&mut self, id: u64, failure: Option<PullFailure>) {
-        let Some(index) = self.open.iter().position(|p| p.id == id) else {
-            return;
-        };
-        let Some(pull) = self.open.remove(index) else {
-            return;
-        };
-        let unfilled = pull.requested.saturating_sub(pull.received);
-        if unfilled > 0 {
-            if let Some(reserved) = self.reserved.as_mut() {
-                drop(reserved.split(unfilled));
-            }
-        }
-        self.consumer
-            .record_receive_of(pull.start, pull.producers, failure);
-    }
-
-    fn expire(&mut self, now: tokio::time::Instant) {
-        let expired: Vec<u64> = self
-            .open
-            .iter()
-            .filter(|p| p.deadline <= now)
-            .map(|p| p.id)
-            .collect();
-        for id in expired {
-            self.end(
-                id,
-                Some(PullFailure::other(
-                    "pull request lost (no end status)".to_owned(),
-                )),
-            );
-        }
-    }
-}
-
-struct Shared {
-    js: Context,
-    backoff: Backoff,
-    max_deliver: i64,
-    dead_letter: Option<DeadLetter>,
-    progress_interval: Option<Duration>,
-    dedup: Option<Arc<dyn IdempotencyStore>>,
-    counters: Arc<Counters>,
-}
-
-impl Shared {
-    async fn handle<H, Fut>(&self, mut delivery: Delivery, handler: &H)
-    where
-        H: Fn(Task) -> Fut,
-        Fut: Future<Output = Result<(), HandlerError>>,
-    {
-        let (delivered, id) = match delivery.info() {
-            Ok(info) => (
-                info.delivered,
-                format!("{}:{}", info.stream, info.stream_sequence),
-            ),
-            Err(_) => (1, String::new()),
-        };
-        let id = delivery
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or(id);
-
-        if let Some(dedup) = &self.dedup {
-            if !id.is_empty() && dedup.seen(&id).await {
-                delivery.add_event(
-                    events::DUPLICATE_SKIPPED,
-                    vec![KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id)],
-                );
-                Counters::bump(&self.counters.duplicates_skipped);
-                if let Some(m) = delivery.instruments() {
-                    m.worker_duplicates.add(1, delivery.metric_attributes());
-                }
-                let _ = delivery.ack().await;
-                return;
-            }
-        }
-
-        #[cfg(feature = "compression")]
-        if let Some(error) = delivery.decode_error() {
-            // The handler would only see bytes it cannot read: no retry can help.
-            // The span already carries the decode error's kind.
-            let reason = format!("undecodable payload: {error}");
-            self.dead_letter(&delivery, &reason, delivered).await;
-            return;
-        }
-
-        Counters::bump(&self.counters.handled);
-        let task = delivery.share(delivery.inner().clone());
-        let run = AssertUnwindSafe(handler(task)).catch_unwind();
-        let outcome = delivery.in_span(self.with_progress(&delivery, run)).await;
-        let failure = match outcome {
-            Ok(Ok(())) => {
-                if let Some(dedup) = &self.dedup {
-                    if !id.is_empty() {
-                        dedup.record(&id).await;
-                    }
-                }
-                if delivery.ack().await.is_ok() {
-                    Counters::bump(&self.counters.acked);
-                }
-                return;
-            }
-            Ok(Err(HandlerError::Fatal(e))) => Failure {
-                reason: format!("fatal: {e}"),
-                error_type: error_type::FATAL,
-                retry: false,
-            },
-            Ok(Err(HandlerError::Transient(e))) => Failure {
-                reason: format!("transient: {e}"),
-                error_type: error_type::TRANSIENT,
-                retry: true,
-            },
-            Err(panic) => {
-                Counters::bump(&self.counters.panics);
-                Failure {
-                    reason: format!("handler panicked: {}", panic_message(&*panic)),
-                    error_type: error_type::PANIC,
-                    retry: true,
-                }
-            }
-        };
-        delivery.record_error_as(failure.error_type, &failure.reason);
-
-        let attempts_left = delivered < self.max_deliver;
-        if failure.retry && attempts_left {
-            let delay = self.backoff.delay(u64::try_from(delivered).unwrap_or(1));
-            delivery.add_event(
-                events::RETRY,
-                vec![
-                    KeyValue::new(semconv::MESSAGING_NATS_DELIVERED, delivered),
-                    KeyValue::new(events::RETRY_DELAY, delay.as_secs_f64()),
-                    KeyValue::new(events::RETRY_REASON, failure.reason.clone()),
-                ],
-            );
-            if delivery.nak(Some(delay)).await.is_ok() {
-                Counters::bump(&self.counters.retried);
-                if let Some(m) = delivery.instruments() {
-                    m.worker_retries.add(1, delivery.metric_attributes());
-                }
-            }
-            return;
-        }
-        self.dead_letter(&delivery, &failure.reason, delivered)
-            .await;
-    }
-
-    /// Runs `work`, sending `progress` for the delivery every interval meanwhile.
-    async fn with_progress<F: Future>(&self, delivery: &Delivery, work: F) -> F::Output {
-        let Some(interval) = self.progress_interval else {
-            return work.await;
-        };
-        let mut work = std::pin::pin!(work);
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        loop {
-            tokio::select! {
-                out = &mut work => return out,
-                _ = ticks.tick() => {
-                    let _ = delivery.progress().await;
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str, delivered: i64) {
-        let Some(dead_letter) = &self.dead_letter else {
-            delivery.add_event(
-                events::DEAD_LETTER,
-                vec![KeyValue::new(events::DLQ_REASON, reason.to_owned())],
-            );
-            if delivery.term().await.is_ok() {
-                Counters::bump(&self.counters.dead_lettered);
-                if let Some(m) = delivery.instruments() {
-                    m.worker_dead_letters.add(1, delivery.metric_attributes());
-                }
-            }
-            return;
-        };
-        let subject = dead_letter.subject_for(delivery.subject.as_str());
-        match delivery
-            .in_span(dead_letter.send(&self.js, delivery, reason))
-            .await
-        {
-            Ok(ack) => {
-                delivery.add_event(
-                    events::DEAD_LETTER,
-                    vec![
-                        KeyValue::new(events::DLQ_SUBJECT, subject),
-                        KeyValue::new(events::DLQ_STREAM, ack.stream),
-                        KeyValue::new(events::DLQ_REASON, reason.to_owned()),
-                    ],
-                );
-                if delivery.term().await.is_ok() {
-                    Counters::bump(&self.counters.dead_lettered);
-                    if let Some(m) = delivery.instruments() {
-                        m.worker_dead_letters.add(1, delivery.metric_attributes());
-                    }
-                }
-            }
-            Err(err) => {
-                delivery.add_event(
-                    events::DEAD_LETTER_FAILED,
-                    vec![
-                        KeyValue::new(events::DLQ_SUBJECT, subject),
-                        KeyValue::new(semconv::EXCEPTION_MESSAGE, err.to_string()),
-                    ],
-                );
-                Counters::bump(&self.counters.dead_letter_failures);
-                let delay = self.backoff.delay(u64::try_from(delivered).unwrap_or(1));
-                let _ = delivery.nak(Some(delay)).await;
-            }
-        }
-    }
-}
-
-struct Failure {
-    reason: String,
-    error_type: &'static str,
-    retry: bool,
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }
