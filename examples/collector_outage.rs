@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_metrics(false)
         .build();
     let client = instrumentation
-        .connect(&setup.url, async_nats::ConnectOptions::new())
+        .connect(&setup.url, nats_otel::ConnectOptions::new())
         .await?;
 
     let before = rss();

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 #[tokio::main]
 async fn main() -> Result<(), async_nats::Error> {
     let setup = shared::Setup::new();
-    let options = || async_nats::ConnectOptions::new().name("example");
+    let options = || nats_otel::ConnectOptions::new().name("example");
     let publisher = setup
         .instrumentation()
         .connect(&setup.url, options())

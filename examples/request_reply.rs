@@ -14,11 +14,11 @@ async fn main() -> Result<(), async_nats::Error> {
     let setup = shared::Setup::new();
     let caller = setup
         .instrumentation()
-        .connect(&setup.url, async_nats::ConnectOptions::new())
+        .connect(&setup.url, nats_otel::ConnectOptions::new())
         .await?;
     let users = setup
         .instrumentation()
-        .connect(&setup.url, async_nats::ConnectOptions::new())
+        .connect(&setup.url, nats_otel::ConnectOptions::new())
         .await?;
 
     let mut requests = users

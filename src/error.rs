@@ -138,7 +138,7 @@ impl Debug for HandlerFailure<'_> {
 }
 
 /// Classifies handler errors into `error.type` (`None`: the default).
-pub type ErrorTypeHook =
+pub(crate) type ErrorTypeHook =
     Arc<dyn Fn(&HandlerFailure<'_>) -> Option<Cow<'static, str>> + Send + Sync>;
 
 /// The `error.type` of a handler error `error`: the hook's answer, else

@@ -13,12 +13,11 @@
 //!
 //! Attributes: `messaging.system`, `server.address`, `server.port`,
 //! `messaging.client.id` (one series per connection). The event-based counters need
-//! the connection's events: connect with
-//! [`Instrumentation::connect_with_event_callback`](crate::Instrumentation::connect_with_event_callback),
-//! which chains your own callback instead of replacing it. Per-subscription pending
+//! the connection's events, which every connect path of this crate takes
+//! ([`ConnectOptions`](crate::ConnectOptions) chains your own callback behind them);
+//! a client wrapped with [`Client::new`](crate::Client::new) reports them as 0. Per-subscription pending
 //! counts are not exposed by async-nats and are not reported.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -213,19 +212,4 @@ pub(crate) fn register(
         })
         .build();
     health
-}
-
-/// Wraps `callback` so connection events are counted first.
-pub(crate) fn chained<F, Fut>(
-    counters: Arc<EventCounters>,
-    callback: F,
-) -> impl Fn(Event) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>> + Send + Sync + 'static
-where
-    F: Fn(Event) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + Sync + 'static,
-{
-    move |event: Event| {
-        counters.record(&event);
-        Box::pin(callback(event))
-    }
 }

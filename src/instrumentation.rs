@@ -22,10 +22,11 @@ use crate::semconv;
 
 /// Hook adding attributes to `publish`/`request` spans: receives the subject and
 /// the caller's headers (before trace context is injected).
-pub type PublishHook = Arc<dyn Fn(&str, Option<&HeaderMap>, &mut Vec<KeyValue>) + Send + Sync>;
+pub(crate) type PublishHook =
+    Arc<dyn Fn(&str, Option<&HeaderMap>, &mut Vec<KeyValue>) + Send + Sync>;
 
 /// Hook adding attributes to `process` spans: receives the delivered message.
-pub type ProcessHook = Arc<dyn Fn(&Message, &mut Vec<KeyValue>) + Send + Sync>;
+pub(crate) type ProcessHook = Arc<dyn Fn(&Message, &mut Vec<KeyValue>) + Send + Sync>;
 
 /// How a `process` span relates to the producer's context carried by the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

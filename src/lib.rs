@@ -101,6 +101,7 @@
 mod client;
 #[cfg(feature = "compression")]
 pub mod compression;
+mod connect;
 mod delivery;
 pub mod destination;
 mod error;
@@ -120,14 +121,11 @@ mod telemetry;
 #[cfg(feature = "tracing")]
 pub mod tracing_interop;
 
-pub use client::{connect, connect_with_options, Client};
+pub use client::{Client, PingError, PingErrorKind};
+pub use connect::{connect, connect_with_options, ConnectOptions};
 pub use delivery::Delivery;
 pub use destination::{DefaultSubjectMapper, SubjectMapper, SubjectTemplates};
-pub use error::{
-    error_type, handler_error_type, ErrorTypeHook, HandlerFailure, PermissionViolation,
-};
-pub use instrumentation::{
-    Instrumentation, InstrumentationBuilder, ProcessHook, ProcessParenting, PublishHook,
-};
+pub use error::{error_type, handler_error_type, HandlerFailure, PermissionViolation};
+pub use instrumentation::{Instrumentation, InstrumentationBuilder, ProcessParenting};
 pub use propagation::{HeaderExtractor, HeaderInjector, W3cPropagator};
 pub use subscriber::Subscriber;

@@ -30,7 +30,7 @@ impl Service {
         let run = std::env::var("DEMO_RUN").unwrap_or_else(|_| "manual".to_owned());
         let telemetry =
             nats_otel::otlp::init_with(Settings::from_env().with_default_service_name(name))?;
-        let options = async_nats::ConnectOptions::new()
+        let options = nats_otel::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect();
         let client = nats_otel::connect_with_options(url, options).await?;
@@ -63,7 +63,7 @@ impl Service {
             .inner()
             .subscribe(flows::SHUTDOWN_SUBJECT)
             .await?;
-        self.client.inner().flush().await?;
+        self.client.ping().await?;
         let (gone, parent_gone) = tokio::sync::oneshot::channel::<()>();
         if std::env::var_os("DEMO_WATCH_STDIN").is_some() {
             std::thread::spawn(move || {

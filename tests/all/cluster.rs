@@ -41,7 +41,7 @@ async fn worker_loses_no_acknowledged_message_when_the_stream_leader_is_killed()
         .build()
         .connect(
             cluster.urls(),
-            async_nats::ConnectOptions::new().retry_on_initial_connect(),
+            nats_otel::ConnectOptions::new().retry_on_initial_connect(),
         )
         .await
         .unwrap();

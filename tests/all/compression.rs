@@ -193,7 +193,7 @@ async fn corrupt_truncated_unknown_and_bomb_payloads_arrive_flagged_and_untouche
         .await;
     let raw = server.raw_client().await;
     let mut sub = client.subscribe("bad.*").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     let good = zstd::bulk::compress(&text(100_000), 3).unwrap();
     let truncated = Bytes::copy_from_slice(&good[..good.len() / 2]);

@@ -15,7 +15,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::SpanData;
 use tokio::io::AsyncReadExt;
 
-use crate::support::{attr, attr_str, next, sync, Metrics, NatsServer, Point, Telemetry};
+use crate::support::{attr, attr_str, next, Metrics, NatsServer, Point, Telemetry};
 
 const CONVENTIONS: &str = include_str!("../../src/conventions.md");
 const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.44.0";
@@ -280,7 +280,7 @@ async fn core(client: &nats_otel::Client) {
         .unwrap();
     let mut errors = client.subscribe("conf.errors.*").await.unwrap();
     let mut users = client.subscribe("conf.users.get").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
     client.publish("conf.core.8812", "a".into()).await.unwrap();
     client.publish("conf.queue.17", "b".into()).await.unwrap();
     for sub in [&mut sub, &mut queue] {

@@ -18,7 +18,7 @@ const PUBLISHERS: usize = 8;
 async fn acknowledged_messages_survive_a_server_kill_and_are_stored_once() {
     let mut server = NatsServer::start();
     let telemetry = Telemetry::new();
-    let options = async_nats::ConnectOptions::new()
+    let options = nats_otel::ConnectOptions::new()
         .retry_on_initial_connect()
         .max_reconnects(None);
     let client = telemetry

@@ -7,7 +7,7 @@ use tracing::Instrument;
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::Layer;
 
-use crate::support::{next, sync, NatsServer, Telemetry};
+use crate::support::{next, NatsServer, Telemetry};
 
 /// Records, for each `tracing` event, the trace id a log formatter would print.
 #[derive(Clone, Default)]
@@ -41,7 +41,7 @@ async fn publish_in_instrumented_fn_is_its_child_and_handler_logs_carry_the_trac
 
     let client = telemetry.client(&server).await;
     let mut sub = client.subscribe("orders.placed").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     place_order(&client).await;
 

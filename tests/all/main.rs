@@ -14,6 +14,7 @@ mod cluster;
 #[cfg(feature = "compression")]
 mod compression;
 mod conformance;
+mod connect;
 mod fault;
 #[cfg(feature = "compression")]
 mod fuzz;

@@ -23,7 +23,7 @@ async fn metered(server: &NatsServer) -> (Telemetry, Metrics, nats_otel::Client)
     (telemetry, metrics, client)
 }
 
-fn total(points: &[crate::support::Point]) -> f64 {
+pub(crate) fn total(points: &[crate::support::Point]) -> f64 {
     points.iter().map(|p| p.value).sum()
 }
 
@@ -345,7 +345,7 @@ async fn jetstream_and_worker_metrics_count_retries_dead_letters_and_latency() {
 async fn connect_with_events(
     server: &NatsServer,
     metrics: &Metrics,
-    options: async_nats::ConnectOptions,
+    options: nats_otel::ConnectOptions,
 ) -> (
     nats_otel::Client,
     tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -356,12 +356,15 @@ async fn connect_with_events(
         .builder()
         .with_meter_provider(&metrics.provider)
         .build()
-        .connect_with_event_callback(server.url(), options, move |event| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(event.to_string());
-            }
-        })
+        .connect(
+            server.url(),
+            options.event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(event.to_string());
+                }
+            }),
+        )
         .await
         .unwrap();
     (client, rx)
@@ -388,7 +391,7 @@ async fn reconnect_shows_in_connects_and_connection_state_and_user_callback_stil
     use nats_otel::health::names as health;
     let mut server = NatsServer::start();
     let metrics = Metrics::new();
-    let options = async_nats::ConnectOptions::new().max_reconnects(None);
+    let options = nats_otel::ConnectOptions::new().max_reconnects(None);
     let (client, mut events) = connect_with_events(&server, &metrics, options).await;
     assert_eq!(value(&metrics, health::CONNECTION_STATE), 1.0);
     assert_eq!(value(&metrics, health::CONNECTS), 1.0);
@@ -418,11 +421,11 @@ async fn slow_consumer_drops_are_counted_and_the_user_callback_still_fires() {
     use nats_otel::health::names as health;
     let server = NatsServer::start();
     let metrics = Metrics::new();
-    let options = async_nats::ConnectOptions::new().subscription_capacity(8);
+    let options = nats_otel::ConnectOptions::new().subscription_capacity(8);
     let (client, mut events) = connect_with_events(&server, &metrics, options).await;
     // A subscriber that never reads.
     let _stuck = client.subscribe("flood").await.unwrap();
-    crate::support::sync(client.inner()).await;
+    client.ping().await.expect("ping");
     let raw = server.raw_client().await;
     for i in 0..500 {
         raw.publish("flood", format!("{i}").into()).await.unwrap();

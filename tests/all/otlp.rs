@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use tokio::sync::mpsc;
 
-use crate::support::{next, sync, NatsServer};
+use crate::support::{next, NatsServer};
 
 struct Receiver(mpsc::UnboundedSender<ExportTraceServiceRequest>);
 
@@ -76,7 +76,7 @@ async fn otlp_setup_exports_spans_and_metrics_to_a_real_receiver() {
     // Default instrumentation: the globals the setup just installed.
     let client = nats_otel::connect(server.url()).await.unwrap();
     let mut sub = client.subscribe("wire.test").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
     client.publish("wire.test", "x".into()).await.unwrap();
     let delivery = next(&mut sub).await;
     assert!(
@@ -215,7 +215,7 @@ async fn collector_down_messaging_completes_memory_stays_bounded_and_export_resu
         .with_metrics(false)
         .build();
     let client = inst
-        .connect(server.url(), async_nats::ConnectOptions::new())
+        .connect(server.url(), nats_otel::ConnectOptions::new())
         .await
         .unwrap();
     for i in 0..1000 {
@@ -224,7 +224,7 @@ async fn collector_down_messaging_completes_memory_stays_bounded_and_export_resu
             .await
             .expect("publishing is unaffected by the collector");
     }
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     // The collector comes back on the same address: export resumes.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -19,7 +19,7 @@ async fn capitalised_traceparent_continues_the_trace() {
     let client = telemetry.client(&server).await;
     let raw = server.raw_client().await;
     let mut sub = client.subscribe("go.events").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Traceparent", traceparent(TRACE, PARENT, true).as_str());
@@ -43,7 +43,7 @@ async fn unsampled_parent_records_nothing_but_propagates_the_decision() {
     let mut downstream = raw.subscribe("stage.two").await.unwrap();
     let mut sub = client.subscribe("stage.one").await.unwrap();
     sync(&raw).await;
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("traceparent", traceparent(TRACE, PARENT, false).as_str());
@@ -77,7 +77,7 @@ async fn baggage_seen_downstream(
 ) -> Option<String> {
     let client = telemetry.connect(server, inst).await;
     let mut sub = client.subscribe("with.baggage").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
     let cx = Context::current().with_baggage(vec![KeyValue::new("tenant", "acme")]);
     {
         let _guard = cx.attach();

@@ -99,7 +99,7 @@ async fn each_process_span_takes_its_own_messages_context() {
     let client = telemetry.client(&server).await;
     let raw = server.raw_client().await;
     let mut sub = client.subscribe("jobs.*").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     // Two traced messages from unrelated traces, then one with no headers at all.
     let tracer = telemetry.provider.tracer("test");
@@ -110,7 +110,7 @@ async fn each_process_span_takes_its_own_messages_context() {
         cx.span().end();
     }
     // Messages from two connections are not ordered; flush so the plain one is last.
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
     raw.publish("jobs.run", "plain".into()).await.unwrap();
     sync(&raw).await;
 
@@ -167,7 +167,7 @@ async fn failing_handler_marks_process_span_as_error_and_every_span_ends() {
     let telemetry = Telemetry::new();
     let client = telemetry.client(&server).await;
     let mut sub = client.subscribe("tasks.>").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     for i in 0..4 {
         client
@@ -256,7 +256,7 @@ async fn queue_group_members_share_the_load_and_record_the_group() {
         .await
         .unwrap();
     assert_eq!(a.queue_group(), Some("workers"));
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     const N: usize = 60;
     for _ in 0..N {
@@ -297,7 +297,7 @@ async fn wildcard_subscription_names_span_after_the_pattern() {
     let client = telemetry.client(&server).await;
     let mut one = client.subscribe("orders.*").await.unwrap();
     let mut many = client.subscribe("orders.>").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     client
         .publish("orders.eu.created", "1".into())
@@ -579,7 +579,7 @@ async fn process_span_links_the_span_current_where_processing_starts() {
     let telemetry = Telemetry::new();
     let client = telemetry.client(&server).await;
     let mut sub = client.subscribe("loop.items").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
     client.publish("loop.items", "a".into()).await.unwrap();
 
     // The consuming loop runs inside a span of its own (a batch job, say).
@@ -640,7 +640,7 @@ async fn inbox_destinations_are_temporary_and_anonymous() {
     let client = telemetry.client(&server).await;
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
     client.publish(inbox.clone(), "r".into()).await.unwrap();
     drop(next(&mut replies).await);
     client.publish("orders.plain", "p".into()).await.unwrap();
@@ -683,7 +683,7 @@ async fn body_sizes_are_recorded_only_when_switched_on() {
             )
             .await;
         let mut sub = client.subscribe("sizes.get").await.unwrap();
-        sync(client.inner()).await;
+        client.ping().await.expect("ping");
         let responder = {
             let client = client.clone();
             tokio::spawn(async move {
@@ -730,7 +730,7 @@ async fn handler_errors_are_classified_by_the_hook_or_named_after_their_type() {
         )
         .await;
     let mut sub = client.subscribe("jobs.*").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
     for job in ["slow", "io", "text"] {
         client
             .publish(format!("jobs.{job}"), "x".into())

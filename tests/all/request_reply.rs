@@ -5,7 +5,7 @@ use std::time::Duration;
 use nats_otel::semconv;
 use opentelemetry::trace::{SpanKind, Status};
 
-use crate::support::{attr, attr_str, next, sync, NatsServer, Telemetry};
+use crate::support::{attr, attr_str, next, NatsServer, Telemetry};
 
 #[tokio::test]
 async fn request_process_reply_is_one_trace() {
@@ -16,7 +16,7 @@ async fn request_process_reply_is_one_trace() {
     let responder = responder_telemetry.client(&server).await;
 
     let mut service = responder.subscribe("users.get").await.unwrap();
-    sync(responder.inner()).await;
+    responder.ping().await.expect("ping");
     let responder_task = {
         let responder = responder.clone();
         tokio::spawn(async move {
@@ -97,7 +97,7 @@ async fn request_timeout_is_an_error_span_and_the_original_error() {
     let client = telemetry.client(&server).await;
     // A responder that receives but never answers.
     let _silent = client.subscribe("slow.service").await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
 
     let request = async_nats::Request::new()
         .payload("?".into())

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use nats_otel::semconv;
 
-use crate::support::{attr_str, next, sync, NatsServer, Telemetry};
+use crate::support::{attr_str, next, NatsServer, Telemetry};
 
 pub const PASSWORD: &str = "pw-s3cr3t-7731";
 pub const TOKEN: &str = "tok3n-s3cr3t-9152";
@@ -41,8 +41,8 @@ fn secure_server(dir: &std::path::Path, authorization: &str) -> (NatsServer, Str
     (NatsServer::start_with(&["-c", &conf]), cert)
 }
 
-fn tls_options(cert: &str) -> async_nats::ConnectOptions {
-    async_nats::ConnectOptions::new()
+fn tls_options(cert: &str) -> nats_otel::ConnectOptions {
+    nats_otel::ConnectOptions::new()
         .add_root_certificates(cert.into())
         .require_tls(true)
 }
@@ -50,7 +50,7 @@ fn tls_options(cert: &str) -> async_nats::ConnectOptions {
 /// Publishes and receives one traced message on `client`; returns the spans.
 async fn round_trip(telemetry: &Telemetry, client: &nats_otel::Client, subject: &str) {
     let mut sub = client.subscribe(subject.to_owned()).await.unwrap();
-    sync(client.inner()).await;
+    client.ping().await.expect("ping");
     client
         .publish(subject.to_owned(), PAYLOAD.into())
         .await
@@ -76,21 +76,21 @@ pub const PAYLOAD: &str = "payload-s3cr3t-4410";
 async fn tls_with_each_auth_method_connects_and_traces() {
     let seed_pair = nkeys::KeyPair::new_user();
     let seed = seed_pair.seed().unwrap();
-    let methods: [(&str, String, async_nats::ConnectOptions); 3] = [
+    let methods: [(&str, String, nats_otel::ConnectOptions); 3] = [
         (
             "password",
             format!("user: alice\npassword: {PASSWORD:?}"),
-            async_nats::ConnectOptions::new(),
+            nats_otel::ConnectOptions::new(),
         ),
         (
             "token",
             format!("token: {TOKEN:?}"),
-            async_nats::ConnectOptions::new(),
+            nats_otel::ConnectOptions::new(),
         ),
         (
             "nkey",
             format!("users = [ {{ nkey: {:?} }} ]", seed_pair.public_key()),
-            async_nats::ConnectOptions::new(),
+            nats_otel::ConnectOptions::new(),
         ),
     ];
     for (method, authorization, _) in methods {
@@ -173,10 +173,9 @@ async fn denied_requests_and_jetstream_publishes_report_permissions_violation_on
     let client = telemetry
         .builder()
         .build()
-        .connect_with_event_callback(
+        .connect(
             server.url(),
             tls_options(&cert).user_and_password("bob".into(), PASSWORD.into()),
-            |_| async {},
         )
         .await
         .unwrap();

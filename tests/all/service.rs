@@ -22,7 +22,7 @@ async fn request_to_a_service_endpoint_is_one_trace_and_stats_still_count() {
         .unwrap();
     let mut get = service.group("users").endpoint("get").await.unwrap();
     // The endpoint subscribes on another connection than the caller's.
-    crate::support::sync(host.inner()).await;
+    host.ping().await.expect("ping");
     let responder = tokio::spawn(async move {
         for _ in 0..2 {
             let request = get.next().await.unwrap();

@@ -102,7 +102,7 @@ impl Telemetry {
     }
 
     pub async fn connect(&self, server: &NatsServer, inst: Instrumentation) -> Client {
-        inst.connect(server.url(), async_nats::ConnectOptions::new())
+        inst.connect(server.url(), nats_otel::ConnectOptions::new())
             .await
             .expect("instrumented connect")
     }
