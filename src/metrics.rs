@@ -236,9 +236,17 @@ impl OpTimer {
         }
     }
 
-    /// Records the duration, with `error.type` when the operation failed.
-    pub(crate) fn finish(self, error_type: Option<&str>) {
-        let seconds = self.started.elapsed().as_secs_f64();
+    /// Records the duration until now (or until `ended`, when the operation ended
+    /// earlier), with `error.type` when the operation failed.
+    pub(crate) fn finish(self, error_type: Option<&str>, ended: Option<SystemTime>) {
+        let since_end = ended
+            .and_then(|ended| ended.elapsed().ok())
+            .unwrap_or_default();
+        let seconds = self
+            .started
+            .elapsed()
+            .saturating_sub(since_end)
+            .as_secs_f64();
         match error_type {
             Some(e) => self
                 .instruments

@@ -357,13 +357,19 @@ impl Operation {
 
     /// Ends the operation as a success.
     pub(crate) fn succeed(mut self) {
-        self.end(None);
+        self.end(None, None);
+    }
+
+    /// Ends the operation as of `ended` (an earlier moment), failed when
+    /// `failure` gives an `error.type` and a message.
+    pub(crate) fn end_at(mut self, ended: SystemTime, failure: Option<(&str, &dyn Display)>) {
+        self.end(failure, Some(ended));
     }
 
     /// Ends the operation as failed with `error_type` (from the documented
     /// vocabulary) and `message` as the status description.
     pub(crate) fn fail(mut self, error_type: &str, message: &dyn Display) {
-        self.end(Some((error_type, message)));
+        self.end(Some((error_type, message)), None);
     }
 
     /// Ends the operation with `result`, failed with `error_type(err)` on `Err`.
@@ -378,20 +384,23 @@ impl Operation {
         }
     }
 
-    fn end(&mut self, failure: Option<(&str, &dyn Display)>) {
+    fn end(&mut self, failure: Option<(&str, &dyn Display)>, ended: Option<SystemTime>) {
         let error_type = failure.map(|(error_type, _)| error_type);
         if let Some(timer) = self.timer.take() {
             if self.sends {
                 timer.count_sent(error_type);
             }
-            timer.finish(error_type);
+            timer.finish(error_type, ended);
         }
         if let Some(cx) = self.cx.take() {
             if self.records {
                 if let Some((error_type, message)) = failure {
                     record_failure(&cx, error_type, message);
                 }
-                cx.span().end();
+                match ended {
+                    Some(ended) => cx.span().end_with_timestamp(ended),
+                    None => cx.span().end(),
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
-//! Traced JetStream consumption: pull consumers (`messages`, `fetch`, `batch`), any
-//! push or ordered consumer stream through [`Messages`], each message a traced
-//! [`Message`](super::Message).
+//! Traced JetStream consumption shared by every consumer: what one consumer's spans
+//! share, the `process` span of each delivered message (a traced
+//! [`Message`](super::Message)), the `receive` span of a pull, and [`Messages`], the
+//! stream over any pull, push or ordered consumer's messages.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -9,10 +10,9 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::consumer::pull::Stream as PullStream;
-use async_nats::jetstream::consumer::{self, StreamError};
-use futures_util::{Stream, StreamExt};
-use opentelemetry::trace::{Link, SpanContext, TraceContextExt};
+use async_nats::jetstream::consumer;
+use futures_util::Stream;
+use opentelemetry::trace::{Link, SpanContext};
 use opentelemetry::{KeyValue, Value};
 
 use crate::error::boxed_error_type;
@@ -239,23 +239,14 @@ impl ConsumerShared {
             .push_message_attributes(attributes, headers, body);
     }
 
-    /// Records one `receive` span covering a fetch or batch that started at `start`
-    /// and returned `deliveries`.
-    fn record_receive(&self, start: SystemTime, deliveries: &[Delivery], failure: Option<Failure>) {
-        let producers: Vec<SpanContext> = deliveries
-            .iter()
-            .map(|d| d.producer_context().span().span_context().clone())
-            .collect();
-        self.record_receive_of(start, producers, failure);
-    }
-
     /// Records one `receive` span that started at `start`, delivered messages whose
-    /// producers are `producers`, and ended now.
+    /// producers are `producers`, and ended at `ended` (`None`: now).
     pub(crate) fn record_receive_of(
         &self,
         start: SystemTime,
         producers: Vec<SpanContext>,
         failure: Option<Failure>,
+        ended: Option<SystemTime>,
     ) {
         // An empty pull that worked is not worth a span or a duration sample: idle
         // workers would emit one every pull timeout, all of them long polls.
@@ -293,9 +284,14 @@ impl ConsumerShared {
                 ));
             },
         );
-        match failure {
-            Some(failure) => op.fail(&failure.error_type, &failure.message),
-            None => op.succeed(),
+        let failure = failure.as_ref();
+        let failure = failure.map(|f| (f.error_type.as_str(), &f.message as &dyn fmt::Display));
+        match ended {
+            Some(ended) => op.end_at(ended, failure),
+            None => match failure {
+                Some((error_type, message)) => op.fail(error_type, message),
+                None => op.succeed(),
+            },
         }
     }
 }
@@ -314,144 +310,6 @@ struct Sequence {
 
 pub(crate) fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// A traced pull consumer.
-#[derive(Clone)]
-pub struct PullConsumer {
-    inner: consumer::PullConsumer,
-    shared: Arc<ConsumerShared>,
-}
-
-impl fmt::Debug for PullConsumer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PullConsumer")
-            .field("stream", &self.shared.stream)
-            .field("consumer", &self.shared.consumer)
-            .field("template", &self.shared.template())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PullConsumer {
-    pub(crate) fn new(inner: consumer::PullConsumer, shared: Arc<ConsumerShared>) -> Self {
-        Self { inner, shared }
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<ConsumerShared> {
-        &self.shared
-    }
-
-    /// The untraced async-nats consumer.
-    pub fn inner(&self) -> &consumer::PullConsumer {
-        &self.inner
-    }
-
-    /// The destination template of this consumer's spans.
-    pub fn template(&self) -> &str {
-        self.shared.template()
-    }
-
-    /// Reads the consumer's info from the server and records the health gauges
-    /// (`messaging.nats.consumer.pending`, `.ack_pending`, `.redelivered`).
-    pub async fn record_health(&self) -> Result<consumer::Info, async_nats::Error> {
-        let mut inner = self.inner.clone();
-        let info = inner.info().await?.clone();
-        if let Some(instruments) = self.shared.telemetry.inst().instruments() {
-            let attributes = &self.shared.health_attributes;
-            instruments
-                .consumer_pending
-                .record(info.num_pending, attributes);
-            instruments
-                .consumer_ack_pending
-                .record(info.num_ack_pending as u64, attributes);
-            instruments
-                .consumer_redelivered
-                .record(info.num_redelivered as u64, attributes);
-        }
-        Ok(info)
-    }
-
-    /// A continuous stream of messages, each with its `process` span.
-    pub async fn messages(&self) -> Result<Messages<PullStream>, StreamError> {
-        let stream = self.inner.messages().await?;
-        Ok(Messages {
-            inner: stream,
-            shared: self.shared.clone(),
-        })
-    }
-
-    /// Fetches up to `max_messages` already available messages without waiting,
-    /// inside one `receive` span that links every message's producer.
-    pub async fn fetch(&self, max_messages: usize) -> Result<Vec<Delivery>, async_nats::Error> {
-        let start = SystemTime::now();
-        let batch = self
-            .inner
-            .fetch()
-            .max_messages(max_messages)
-            .messages()
-            .await;
-        self.collect(start, batch.map_err(Into::into)).await
-    }
-
-    /// Waits up to `expires` for `max_messages` messages, inside one `receive` span
-    /// that links every message's producer.
-    pub async fn batch(
-        &self,
-        max_messages: usize,
-        expires: Duration,
-    ) -> Result<Vec<Delivery>, async_nats::Error> {
-        let start = SystemTime::now();
-        let batch = self
-            .inner
-            .batch()
-            .max_messages(max_messages)
-            .expires(expires)
-            .messages()
-            .await;
-        self.collect(start, batch.map_err(Into::into)).await
-    }
-
-    async fn collect(
-        &self,
-        start: SystemTime,
-        batch: Result<consumer::pull::Batch, async_nats::Error>,
-    ) -> Result<Vec<Delivery>, async_nats::Error> {
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(err) => {
-                self.shared
-                    .record_receive(start, &[], Some(Failure::of(err.as_ref())));
-                return Err(err);
-            }
-        };
-        let mut messages = Vec::new();
-        let mut failure = None;
-        while let Some(item) = batch.next().await {
-            match item {
-                Ok(message) => messages.push(message),
-                Err(err) => {
-                    failure = Some(err);
-                    break;
-                }
-            }
-        }
-        let deliveries: Vec<Delivery> = messages
-            .into_iter()
-            .map(|m| self.shared.deliver(m))
-            .collect();
-        self.shared.record_receive(
-            start,
-            &deliveries,
-            failure.as_ref().map(|err| Failure::of(err.as_ref())),
-        );
-        match failure {
-            // Messages already received are handed over (they are not lost); the
-            // error is on the receive span and returns on the next call if it lasts.
-            Some(err) if deliveries.is_empty() => Err(err),
-            _ => Ok(deliveries),
-        }
-    }
 }
 
 /// A stream of traced deliveries over any JetStream message stream (pull, push or

@@ -19,11 +19,12 @@
 //!
 //! # Consuming
 //!
-//! * [`Context::pull_consumer`] traces a pull consumer: `messages()` yields one
-//!   [`Delivery`] per message with a `process {template}` CONSUMER span (stream,
-//!   consumer, sequences, delivery count, pending, queue wait); `fetch`/`batch` add
-//!   one `receive {template}` CLIENT span per call linking every message's producer,
-//!   with `messaging.batch.message_count`.
+//! * [`Context::pull_consumer`] traces a pull consumer ([`PullConsumer`], the
+//!   methods of async-nats's): `messages()` and `stream()` yield one [`Delivery`] per
+//!   message with a `process {template}` CONSUMER span (stream, consumer, sequences,
+//!   delivery count, pending, queue wait); each pull of `fetch()`, `batch()` and
+//!   `sequence()` adds one `receive {template}` CLIENT span linking every message's
+//!   producer, with `messaging.batch.message_count`.
 //! * [`Context::messages`] does the same for push and ordered consumer streams.
 //! * A [`Delivery`] is the crate's one processing type ([`crate::Delivery`]) around
 //!   a traced [`Message`]: `delivery.process(|message| async move { ...;
@@ -53,12 +54,14 @@ pub mod kv;
 mod message;
 pub mod object_store;
 mod publish;
+pub mod pull;
 mod worker;
 
 pub use backoff::Backoff;
-pub use consume::{Delivery, Messages, PullConsumer};
+pub use consume::{Delivery, Messages};
 pub use message::Message;
 pub use publish::{content_id, is_transient, AckHandle, Pipeline, PublishRetry};
+pub use pull::PullConsumer;
 pub use worker::{BoxError, HandlerError, Task, Worker, WorkerStats};
 
 use std::future::{Future, IntoFuture};

@@ -309,7 +309,7 @@ impl Worker {
                     loop {
                         ticks.tick().await;
                         // A failed read (reconnecting) just skips one sample.
-                        let _ = consumer.record_health().await;
+                        let _ = consumer.get_info().await;
                     }
                 }))
             }
@@ -331,6 +331,7 @@ impl Worker {
                         SystemTime::now(),
                         Vec::new(),
                         Some(PullFailure::of(&err)),
+                        None,
                     );
                     tokio::select! {
                         () = &mut shutdown => break None,
@@ -454,7 +455,7 @@ impl Worker {
                             }
                             Err(err) => {
                                 drop(permit);
-                                consumer.record_receive_of(start, Vec::new(), Some(PullFailure::of(&err)));
+                                consumer.record_receive_of(start, Vec::new(), Some(PullFailure::of(&err)), None);
                                 // The connection is down: wait and pull again
                                 // instead of spinning.
                                 pull_failures += 1;

@@ -359,7 +359,7 @@ async fn jetstream(client: &nats_otel::Client, js: &nats_otel::jetstream::Contex
     js_publish(js, "conf.js.fetch").await;
     js_publish(js, "conf.js.fetch").await;
     let fetching = pull_consumer(js, "CONF", "fetch", "conf.js.fetch").await;
-    let mut fetched = fetching.fetch(2).await.unwrap();
+    let mut fetched = crate::support::fetch(&fetching, 2).await;
     assert_eq!(fetched.len(), 2);
     let second = fetched.pop().unwrap();
     let first = fetched.pop().unwrap();
@@ -370,7 +370,7 @@ async fn jetstream(client: &nats_otel::Client, js: &nats_otel::jetstream::Contex
 
     js_publish(js, "conf.js.batch").await;
     let batching = pull_consumer(js, "CONF", "batch", "conf.js.batch").await;
-    let batch = batching.batch(1, Duration::from_secs(5)).await.unwrap();
+    let batch = crate::support::batch(&batching, 1, Duration::from_secs(5)).await;
     for delivery in batch {
         delivery.term().await.unwrap();
     }

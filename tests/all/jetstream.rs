@@ -248,7 +248,7 @@ async fn fetch_is_one_receive_span_linking_every_message() {
             .await
             .unwrap();
     }
-    let deliveries = consumer.fetch(10).await.unwrap();
+    let deliveries = crate::support::fetch(&consumer, 10).await;
     assert_eq!(deliveries.len(), N);
     for delivery in &deliveries {
         delivery.ack().await.unwrap();
@@ -302,14 +302,12 @@ async fn nak_and_term_are_settle_spans_with_their_outcome() {
         .await
         .unwrap();
 
-    let first = consumer.fetch(1).await.unwrap().remove(0);
+    let first = crate::support::fetch(&consumer, 1).await.remove(0);
     first.nak(Some(Duration::from_millis(50))).await.unwrap();
     drop(first);
     // Redelivered after the nak delay: the batch waits for it.
-    let second = consumer
-        .batch(1, Duration::from_secs(5))
+    let second = crate::support::batch(&consumer, 1, Duration::from_secs(5))
         .await
-        .unwrap()
         .remove(0);
     assert_eq!(second.info().unwrap().delivered, 2);
     second.progress().await.unwrap();

@@ -28,5 +28,6 @@ mod metrics;
 mod otlp;
 mod propagation;
 mod pubsub;
+mod pull;
 mod request_reply;
 mod secure;

@@ -299,3 +299,32 @@ impl Metrics {
             .collect()
     }
 }
+
+/// Fetches up to `n` messages already available, the async-nats way
+/// (`fetch().max_messages(n).messages()`), and collects them.
+pub async fn fetch(
+    consumer: &nats_otel::jetstream::PullConsumer,
+    n: usize,
+) -> Vec<nats_otel::jetstream::Delivery> {
+    use futures_util::StreamExt;
+    let batch = consumer.fetch().max_messages(n).messages().await.unwrap();
+    batch.map(|d| d.expect("delivered")).collect().await
+}
+
+/// Waits up to `expires` for `n` messages (`batch().max_messages(n).expires(..)`)
+/// and collects them.
+pub async fn batch(
+    consumer: &nats_otel::jetstream::PullConsumer,
+    n: usize,
+    expires: Duration,
+) -> Vec<nats_otel::jetstream::Delivery> {
+    use futures_util::StreamExt;
+    let batch = consumer
+        .batch()
+        .max_messages(n)
+        .expires(expires)
+        .messages()
+        .await
+        .unwrap();
+    batch.map(|d| d.expect("delivered")).collect().await
+}

@@ -392,7 +392,7 @@ async fn redelivered_message_with_a_seen_id_is_not_processed_twice() {
         .unwrap();
     // A replica processes order-7 and records it, but its ack never arrives: the
     // server hands the message out again.
-    let first = f.consumer.fetch(1).await.unwrap().pop().unwrap();
+    let first = crate::support::fetch(&f.consumer, 1).await.pop().unwrap();
     nats_otel::jetstream::dedup::IdempotencyStore::record(&*seen, "order-7").await;
     first.nak(None).await.unwrap();
     drop(first);
@@ -479,17 +479,15 @@ async fn max_deliveries_advisory_dead_letters_messages_of_other_consumers() {
         .trace_id();
     // A hand-written consumer that gives up without dead-lettering.
     for attempt in 1..=2 {
-        let delivery = manual
-            .batch(1, Duration::from_secs(5))
+        let delivery = crate::support::batch(&manual, 1, Duration::from_secs(5))
             .await
-            .unwrap()
             .pop()
             .expect("delivered");
         assert_eq!(delivery.info().unwrap().delivered, attempt);
         delivery.nak(None).await.unwrap();
     }
     // The server notices the limit when the consumer next pulls.
-    let after = manual.batch(1, Duration::from_millis(500)).await.unwrap();
+    let after = crate::support::batch(&manual, 1, Duration::from_millis(500)).await;
     assert!(after.is_empty(), "not delivered a third time");
 
     let dlq = f.js.inner().get_stream("DLQ").await.unwrap();

@@ -85,7 +85,7 @@ impl Pulls {
             }
         }
         self.consumer
-            .record_receive_of(pull.start, pull.producers, failure);
+            .record_receive_of(pull.start, pull.producers, failure, None);
     }
 
     pub(super) fn expire(&mut self, now: tokio::time::Instant) {

@@ -1,0 +1,445 @@
+//! The traced pull consumer: async-nats's `PullConsumer` method for method, with
+//! its `messages()`, `stream()`, `fetch()`, `batch()` and `sequence()` yielding
+//! traced deliveries and `receive` spans.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::consumer::pull::{
+    self, BatchConfig, BatchError, BatchRequestError, MessagesError,
+};
+use async_nats::jetstream::consumer::{self, StreamError};
+use async_nats::jetstream::context::ConsumerInfoError;
+use async_nats::Subject;
+use futures_util::Stream;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+
+use super::consume::{ConsumerShared, Delivery, Failure, Messages};
+
+/// A traced pull consumer: the methods of async-nats's
+/// [`PullConsumer`](consumer::PullConsumer), with the same arguments and error
+/// types; what it delivers is a traced [`Delivery`].
+#[derive(Clone)]
+pub struct PullConsumer {
+    inner: consumer::PullConsumer,
+    shared: Arc<ConsumerShared>,
+}
+
+impl fmt::Debug for PullConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PullConsumer")
+            .field("stream", &self.shared.stream)
+            .field("consumer", &self.shared.consumer)
+            .field("template", &self.shared.template())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PullConsumer {
+    pub(crate) fn new(inner: consumer::PullConsumer, shared: Arc<ConsumerShared>) -> Self {
+        Self { inner, shared }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<ConsumerShared> {
+        &self.shared
+    }
+
+    /// The untraced async-nats consumer.
+    pub fn inner(&self) -> &consumer::PullConsumer {
+        &self.inner
+    }
+
+    /// The destination template of this consumer's spans.
+    pub fn template(&self) -> &str {
+        self.shared.template()
+    }
+
+    /// Reads the consumer's info from the server, keeps it as the cached info and
+    /// records the health gauges (`messaging.nats.consumer.pending`,
+    /// `.ack_pending`, `.redelivered`).
+    pub async fn info(&mut self) -> Result<&consumer::Info, ConsumerInfoError> {
+        let info = self.inner.info().await?;
+        record_health(&self.shared, info);
+        Ok(info)
+    }
+
+    /// Reads the consumer's info from the server and records the health gauges;
+    /// the cached info is left as it was.
+    pub async fn get_info(&self) -> Result<consumer::Info, ConsumerInfoError> {
+        let info = self.inner.get_info().await?;
+        record_health(&self.shared, &info);
+        Ok(info)
+    }
+
+    /// The info read when the consumer was bound, or by the last
+    /// [`info`](Self::info).
+    pub fn cached_info(&self) -> &consumer::Info {
+        self.inner.cached_info()
+    }
+
+    /// [`get_info`](Self::get_info) under its former name.
+    #[deprecated(since = "0.2.0", note = "use `get_info`, as with async-nats")]
+    pub async fn record_health(&self) -> Result<consumer::Info, ConsumerInfoError> {
+        self.get_info().await
+    }
+
+    /// A continuous stream of messages, each with its `process` span.
+    pub async fn messages(&self) -> Result<Messages<pull::Stream>, StreamError> {
+        let stream = self.inner.messages().await?;
+        Ok(Messages::new(stream, self.shared.clone()))
+    }
+
+    /// A continuous stream with settings: [`StreamBuilder`].
+    pub fn stream(&self) -> StreamBuilder<'_> {
+        StreamBuilder {
+            inner: self.inner.stream(),
+            shared: &self.shared,
+        }
+    }
+
+    /// Asks for `batch` messages to be delivered to `inbox` (the raw pull request;
+    /// nothing is traced until messages are read through this crate).
+    pub async fn request_batch<I: Into<BatchConfig>>(
+        &self,
+        batch: I,
+        inbox: Subject,
+    ) -> Result<(), BatchRequestError> {
+        self.inner.request_batch(batch, inbox).await
+    }
+
+    /// One pull returning only messages already available: [`FetchBuilder`]. Its
+    /// [`Batch`] is one `receive` span linking every message's producer.
+    pub fn fetch(&self) -> FetchBuilder<'_> {
+        FetchBuilder {
+            inner: self.inner.fetch(),
+            shared: &self.shared,
+        }
+    }
+
+    /// One pull waiting up to its expiry for messages: [`BatchBuilder`]. Its
+    /// [`Batch`] is one `receive` span linking every message's producer.
+    pub fn batch(&self) -> BatchBuilder<'_> {
+        BatchBuilder {
+            inner: self.inner.batch(),
+            shared: &self.shared,
+        }
+    }
+
+    /// Pulls of `batch` messages one after the other, as a stream of [`Batch`]es.
+    pub fn sequence(&self, batch: usize) -> Result<Sequence, BatchError> {
+        Ok(Sequence {
+            inner: self.inner.sequence(batch)?,
+            shared: self.shared.clone(),
+            start: None,
+        })
+    }
+}
+
+/// Records the consumer health gauges from `info`.
+fn record_health(shared: &ConsumerShared, info: &consumer::Info) {
+    if let Some(instruments) = shared.telemetry.inst().instruments() {
+        let attributes = &shared.health_attributes;
+        instruments
+            .consumer_pending
+            .record(info.num_pending, attributes);
+        instruments
+            .consumer_ack_pending
+            .record(info.num_ack_pending as u64, attributes);
+        instruments
+            .consumer_redelivered
+            .record(info.num_redelivered as u64, attributes);
+    }
+}
+
+/// Setters that take `self` and plain arguments, passed to async-nats's builder.
+macro_rules! settings {
+    ($($(#[$doc:meta])* fn $name:ident($arg:ident: $ty:ty);)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $arg: $ty) -> Self {
+                self.inner = self.inner.$name($arg);
+                self
+            }
+        )*
+    };
+}
+
+/// Settings of a continuous pull stream (async-nats's `StreamBuilder`).
+pub struct StreamBuilder<'a> {
+    inner: pull::StreamBuilder<'a>,
+    shared: &'a Arc<ConsumerShared>,
+}
+
+impl fmt::Debug for StreamBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamBuilder").finish_non_exhaustive()
+    }
+}
+
+impl StreamBuilder<'_> {
+    settings! {
+        /// Bytes asked for per pull.
+        fn max_bytes_per_batch(max_bytes: usize);
+        /// Messages asked for per pull.
+        fn max_messages_per_batch(batch: usize);
+        /// The server's idle heartbeat interval.
+        fn heartbeat(heartbeat: Duration);
+        /// How long each pull stays open.
+        fn expires(expires: Duration);
+        /// Only deliver when at least this many messages are pending (priority groups).
+        fn min_pending(min_pending: usize);
+        /// This pull's priority (priority groups).
+        fn priority(priority: usize);
+        /// Only deliver when at least this many acks are pending (priority groups).
+        fn min_ack_pending(min_ack_pending: usize);
+    }
+
+    /// The priority group to pull in.
+    pub fn group<T: Into<String>>(mut self, group: T) -> Self {
+        self.inner = self.inner.group(group);
+        self
+    }
+
+    /// Starts the stream; each message comes with its `process` span.
+    pub async fn messages(self) -> Result<Messages<pull::Stream>, StreamError> {
+        let stream = self.inner.messages().await?;
+        Ok(Messages::new(stream, self.shared.clone()))
+    }
+}
+
+/// Settings of a fetch (async-nats's `FetchBuilder`).
+pub struct FetchBuilder<'a> {
+    inner: pull::FetchBuilder<'a>,
+    shared: &'a Arc<ConsumerShared>,
+}
+
+impl fmt::Debug for FetchBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchBuilder").finish_non_exhaustive()
+    }
+}
+
+impl FetchBuilder<'_> {
+    settings! {
+        /// At most this many bytes.
+        fn max_bytes(max_bytes: usize);
+        /// At most this many messages.
+        fn max_messages(batch: usize);
+        /// The server's idle heartbeat interval.
+        fn heartbeat(heartbeat: Duration);
+        /// How long the pull stays open.
+        fn expires(expires: Duration);
+        /// Only deliver when at least this many messages are pending (priority groups).
+        fn min_pending(min_pending: usize);
+        /// This pull's priority (priority groups).
+        fn priority(priority: usize);
+        /// Only deliver when at least this many acks are pending (priority groups).
+        fn min_ack_pending(min_ack_pending: usize);
+    }
+
+    /// The priority group to pull in.
+    pub fn group<T: Into<String>>(mut self, group: T) -> Self {
+        self.inner = self.inner.group(group);
+        self
+    }
+
+    /// Sends the pull; the [`Batch`] yields what arrives.
+    pub async fn messages(self) -> Result<Batch, BatchError> {
+        let start = SystemTime::now();
+        Batch::start(self.shared, start, self.inner.messages().await)
+    }
+}
+
+/// Settings of a batch (async-nats's `BatchBuilder`).
+pub struct BatchBuilder<'a> {
+    inner: pull::BatchBuilder<'a>,
+    shared: &'a Arc<ConsumerShared>,
+}
+
+impl fmt::Debug for BatchBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchBuilder").finish_non_exhaustive()
+    }
+}
+
+impl BatchBuilder<'_> {
+    settings! {
+        /// At most this many bytes.
+        fn max_bytes(max_bytes: usize);
+        /// At most this many messages.
+        fn max_messages(batch: usize);
+        /// The server's idle heartbeat interval.
+        fn heartbeat(heartbeat: Duration);
+        /// Only deliver when at least this many messages are pending (priority groups).
+        fn min_pending(min_pending: usize);
+        /// Only deliver when at least this many acks are pending (priority groups).
+        fn min_ack_pending(min_ack_pending: usize);
+        /// How long the pull waits for messages.
+        fn expires(expires: Duration);
+    }
+
+    /// The priority group to pull in.
+    pub fn group<T: Into<String>>(mut self, group: T) -> Self {
+        self.inner = self.inner.group(group);
+        self
+    }
+
+    /// Sends the pull; the [`Batch`] yields what arrives.
+    pub async fn messages(self) -> Result<Batch, BatchError> {
+        let start = SystemTime::now();
+        Batch::start(self.shared, start, self.inner.messages().await)
+    }
+}
+
+/// The messages of one pull, each a [`Delivery`] with its `process` span, as
+/// async-nats's `Batch` yields them.
+///
+/// The pull is one `receive` span, from the request to the last message (or to the
+/// end of the pull when it ended waiting), linking every message's producer and
+/// carrying `messaging.batch.message_count`. It is recorded when the batch ends or
+/// is dropped; an empty pull that worked records nothing.
+pub struct Batch {
+    inner: pull::Batch,
+    shared: Arc<ConsumerShared>,
+    start: SystemTime,
+    producers: Vec<SpanContext>,
+    failure: Option<Failure>,
+    /// When the last message was handed over.
+    last: Option<SystemTime>,
+    /// Whether the stream waited since the last message was handed over.
+    waited: bool,
+    recorded: bool,
+}
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("template", &self.shared.template())
+            .field("received", &self.producers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batch {
+    fn start(
+        shared: &Arc<ConsumerShared>,
+        start: SystemTime,
+        batch: Result<pull::Batch, BatchError>,
+    ) -> Result<Self, BatchError> {
+        match batch {
+            Ok(inner) => Ok(Self::new(inner, shared.clone(), start)),
+            Err(err) => {
+                shared.record_receive_of(start, Vec::new(), Some(Failure::of(&err)), None);
+                Err(err)
+            }
+        }
+    }
+
+    fn new(inner: pull::Batch, shared: Arc<ConsumerShared>, start: SystemTime) -> Self {
+        Self {
+            inner,
+            shared,
+            start,
+            producers: Vec::new(),
+            failure: None,
+            last: None,
+            waited: false,
+            recorded: false,
+        }
+    }
+
+    /// Records the `receive` span once. It ends at the last message unless the
+    /// pull waited after it (then: now), so time the caller spent on the messages
+    /// in between is not counted.
+    fn record(&mut self) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let ended = if self.waited { None } else { self.last };
+        self.shared.record_receive_of(
+            self.start,
+            std::mem::take(&mut self.producers),
+            self.failure.take(),
+            ended,
+        );
+    }
+}
+
+impl Stream for Batch {
+    type Item = Result<Delivery, async_nats::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(message))) => {
+                let delivery = this.shared.deliver(message);
+                this.producers
+                    .push(delivery.producer_context().span().span_context().clone());
+                this.last = Some(SystemTime::now());
+                this.waited = false;
+                Poll::Ready(Some(Ok(delivery)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.failure
+                    .get_or_insert_with(|| Failure::of(err.as_ref()));
+                this.waited = true;
+                Poll::Ready(Some(Err(err)))
+            }
+            Poll::Ready(None) => {
+                this.record();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                this.waited = true;
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+/// Pulls one after the other, each a traced [`Batch`] (async-nats's `Sequence`).
+pub struct Sequence {
+    inner: pull::Sequence,
+    shared: Arc<ConsumerShared>,
+    /// When the pull being made now was asked for (pulls are made when polled).
+    start: Option<SystemTime>,
+}
+
+impl fmt::Debug for Sequence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sequence")
+            .field("template", &self.shared.template())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for Sequence {
+    type Item = Result<Batch, MessagesError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        this.start.get_or_insert_with(SystemTime::now);
+        let polled = Pin::new(&mut this.inner).poll_next(cx);
+        let Poll::Ready(item) = polled else {
+            return Poll::Pending;
+        };
+        let start = this.start.take().unwrap_or_else(SystemTime::now);
+        Poll::Ready(item.map(|result| match result {
+            Ok(batch) => Ok(Batch::new(batch, this.shared.clone(), start)),
+            Err(err) => {
+                this.shared
+                    .record_receive_of(start, Vec::new(), Some(Failure::of(&err)), None);
+                Err(err)
+            }
+        }))
+    }
+}
