@@ -83,7 +83,7 @@ impl Client {
     /// Wraps an already connected client.
     ///
     /// `server.address`/`server.port` come from the server's INFO here; prefer
-    /// [`connect`]/[`Instrumentation::connect`], which record the address you
+    /// [`connect`](crate::connect)/[`Instrumentation::connect`], which record the address you
     /// connected to.
     pub fn new(inner: async_nats::Client, instrumentation: Instrumentation) -> Self {
         Self::build(inner, instrumentation, None, None)

@@ -203,7 +203,7 @@ impl DeadLetter {
         consumer: &str,
     ) -> Result<MaxDeliveriesForwarder, async_nats::Error> {
         let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}");
-        let advisories = js.client().subscribe(subject).await?;
+        let advisories = js.raw_client().subscribe(subject).await?;
         // A round trip on the same connection: once it returns, the server has
         // registered the subscription above.
         let source = js.inner().get_stream(stream).await?;

@@ -17,15 +17,20 @@
 //! known, `messaging.nats.kv.revision`. Keys can carry ids or personal data, so
 //! `messaging.nats.kv.key` is only recorded after
 //! [`Store::with_key_attribute`]`(true)`.
+//!
+//! This module is async-nats's `jetstream::kv` too: everything of theirs is
+//! re-exported here (`Config`, `Entry`, `Operation`, the error types …), and
+//! [`Store`] and [`Watch`] replace theirs under the same names, with the same
+//! methods.
 
 use std::fmt;
 use std::sync::Arc;
 
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::kv::{
-    self, CreateError, CreateErrorKind, DeleteError, Entry, EntryError, EntryErrorKind,
-    HistoryError, Operation, PurgeError, PutError, PutErrorKind, UpdateError, UpdateErrorKind,
-};
+pub use async_nats::jetstream::kv::*;
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use opentelemetry::{Context as OtelContext, KeyValue};
@@ -38,12 +43,13 @@ use crate::telemetry::Telemetry;
 
 use super::Context;
 
+mod read;
 mod watch;
+mod write;
 
 pub use watch::{Change, Watch};
 
 const KV_OPERATION: &str = "KV-Operation";
-const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 
 /// Whether `key` is a valid KV key (`[-/_=.a-zA-Z0-9]+`, no leading or trailing
 /// dot), the same rule async-nats and the server apply.
@@ -180,19 +186,27 @@ impl Store {
     }
 
     /// Publishes `value` for `key` with the current (operation span) context in the
-    /// headers, optionally expecting `revision` as the key's last revision.
+    /// headers, optionally expecting `revision` as the key's last revision and
+    /// expiring after `ttl`.
     async fn write(
         &self,
         cx: Option<&OtelContext>,
         key: &str,
         value: Bytes,
         expected_revision: Option<u64>,
+        ttl: Option<Duration>,
     ) -> Result<u64, async_nats::jetstream::context::PublishError> {
         let mut headers = HeaderMap::new();
         if let Some(revision) = expected_revision {
             headers.insert(
-                EXPECTED_LAST_SUBJECT_SEQUENCE,
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                 revision.to_string().as_str(),
+            );
+        }
+        if let Some(ttl) = ttl {
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_TTL,
+                ttl.as_secs().to_string().as_str(),
             );
         }
         let inst = self.shared.telemetry.inst();
@@ -214,224 +228,6 @@ impl Store {
     /// the subject is only known to async-nats, so writes go through it untraced.
     fn can_write_headers(&self) -> bool {
         !self.inner.use_jetstream_prefix
-    }
-
-    /// Stores `value` under `key`; returns the new revision. The writer's trace
-    /// context is stored with it.
-    pub async fn put<T: AsRef<str>>(&self, key: T, value: Bytes) -> Result<u64, PutError> {
-        let key = key.as_ref();
-        let op = self.start(self.write_op(semconv::kv::PUT), Some(key));
-        let result = if !is_valid_key(key) {
-            Err(PutError::new(PutErrorKind::InvalidKey))
-        } else if !self.can_write_headers() {
-            self.inner.put(key, value).await
-        } else {
-            self.write(op.context(), key, value, None)
-                .await
-                .map_err(|e| PutError::with_source(PutErrorKind::Ack, e))
-        };
-        Self::finish(op, &result, |r| Some(*r));
-        result
-    }
-
-    /// Stores `value` only if `key` does not exist (or was deleted or purged).
-    pub async fn create<T: AsRef<str>>(&self, key: T, value: Bytes) -> Result<u64, CreateError> {
-        let key = key.as_ref();
-        let op = self.start(self.write_op(semconv::kv::CREATE), Some(key));
-        let result = self.create_inner(op.context(), key, value).await;
-        Self::finish(op, &result, |r| Some(*r));
-        result
-    }
-
-    async fn create_inner(
-        &self,
-        cx: Option<&OtelContext>,
-        key: &str,
-        value: Bytes,
-    ) -> Result<u64, CreateError> {
-        if !is_valid_key(key) {
-            return Err(CreateError::new(CreateErrorKind::InvalidKey));
-        }
-        if !self.can_write_headers() {
-            return self.inner.create(key, value).await;
-        }
-        let first = match self.write(cx, key, value.clone(), Some(0)).await {
-            Ok(revision) => return Ok(revision),
-            Err(err) => err,
-        };
-        if first.kind() != PublishErrorKind::WrongLastSequence {
-            return Err(CreateError::with_source(CreateErrorKind::Publish, first));
-        }
-        // The key has history: creating is allowed over a delete or purge marker.
-        match self.inner.entry(key).await {
-            Ok(Some(Entry {
-                operation: Operation::Delete | Operation::Purge,
-                revision,
-                ..
-            })) => self
-                .write(cx, key, value, Some(revision))
-                .await
-                .map_err(|e| match e.kind() {
-                    PublishErrorKind::WrongLastSequence => {
-                        CreateError::new(CreateErrorKind::AlreadyExists)
-                    }
-                    _ => CreateError::with_source(CreateErrorKind::Publish, e),
-                }),
-            Ok(Some(_)) => Err(CreateError::new(CreateErrorKind::AlreadyExists)),
-            Ok(None) => Err(CreateError::with_source(CreateErrorKind::Publish, first)),
-            Err(e) => Err(CreateError::with_source(CreateErrorKind::Other, e)),
-        }
-    }
-
-    /// Stores `value` only if the key's last revision is `revision`
-    /// (compare-and-set). A stale revision fails with `WrongLastRevision` and
-    /// leaves the stored value unchanged.
-    pub async fn update<T: AsRef<str>>(
-        &self,
-        key: T,
-        value: Bytes,
-        revision: u64,
-    ) -> Result<u64, UpdateError> {
-        let key = key.as_ref();
-        let op = self.start(self.write_op(semconv::kv::UPDATE), Some(key));
-        let result = if !is_valid_key(key) {
-            Err(UpdateError::new(UpdateErrorKind::InvalidKey))
-        } else if !self.can_write_headers() {
-            self.inner.update(key, value, revision).await
-        } else {
-            self.write(op.context(), key, value, Some(revision))
-                .await
-                .map_err(|e| match e.kind() {
-                    PublishErrorKind::WrongLastSequence => {
-                        UpdateError::with_source(UpdateErrorKind::WrongLastRevision, e)
-                    }
-                    PublishErrorKind::TimedOut => {
-                        UpdateError::with_source(UpdateErrorKind::TimedOut, e)
-                    }
-                    _ => UpdateError::with_source(UpdateErrorKind::Other, e),
-                })
-        };
-        Self::finish(op, &result, |r| Some(*r));
-        result
-    }
-
-    /// The current value of `key`.
-    pub async fn get<T: AsRef<str>>(&self, key: T) -> Result<Option<Bytes>, EntryError> {
-        let key = key.as_ref();
-        let op = self.start(Op::receive(semconv::kv::GET), Some(key));
-        let result = self.inner.entry(key).await;
-        Self::finish(op, &result, |e| e.as_ref().map(|e| e.revision));
-        result.map(|entry| match entry {
-            Some(Entry {
-                operation: Operation::Put,
-                value,
-                ..
-            }) => Some(value),
-            _ => None,
-        })
-    }
-
-    /// The latest entry of `key` (including delete and purge markers).
-    pub async fn entry<T: AsRef<str>>(&self, key: T) -> Result<Option<Entry>, EntryError> {
-        let key = key.as_ref();
-        let op = self.start(Op::receive(semconv::kv::ENTRY), Some(key));
-        let result = self.inner.entry(key).await;
-        Self::finish(op, &result, |e| e.as_ref().map(|e| e.revision));
-        result
-    }
-
-    /// The latest entry of `key` with the trace context of whoever wrote it (an
-    /// empty context if the writer did not trace).
-    pub async fn entry_with_context<T: AsRef<str>>(
-        &self,
-        key: T,
-    ) -> Result<Option<(Entry, OtelContext)>, EntryError> {
-        let key = key.as_ref();
-        let op = self.start(Op::receive(semconv::kv::ENTRY), Some(key));
-        let result = self.entry_with_context_inner(key).await;
-        Self::finish(op, &result, |e| e.as_ref().map(|(e, _)| e.revision));
-        result
-    }
-
-    async fn entry_with_context_inner(
-        &self,
-        key: &str,
-    ) -> Result<Option<(Entry, OtelContext)>, EntryError> {
-        if !is_valid_key(key) {
-            return Err(EntryError::new(EntryErrorKind::InvalidKey));
-        }
-        let subject = format!("{}{key}", self.inner.prefix);
-        let stream = &self.inner.stream;
-        let message = if stream.cached_info().config.allow_direct {
-            match stream.direct_get_last_for_subject(subject.as_str()).await {
-                Ok(message) => message,
-                Err(e)
-                    if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
-                {
-                    return Ok(None)
-                }
-                Err(e) => return Err(EntryError::with_source(EntryErrorKind::Other, e)),
-            }
-        } else {
-            match stream.get_last_raw_message_by_subject(subject.as_str()).await {
-                Ok(message) => message,
-                Err(e)
-                    if e.kind()
-                        == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    return Ok(None)
-                }
-                Err(e) => return Err(EntryError::with_source(EntryErrorKind::Other, e)),
-            }
-        };
-        let operation = operation_of(Some(&message.headers));
-        let writer = self.shared.telemetry.inst().extract(&message.headers);
-        let entry = Entry {
-            bucket: self.inner.name.clone(),
-            key: key.to_owned(),
-            value: message.payload,
-            revision: message.sequence,
-            delta: 0,
-            created: message.time,
-            operation,
-            seen_current: false,
-        };
-        Ok(Some((entry, writer)))
-    }
-
-    /// Deletes `key` (a delete marker; history is kept).
-    pub async fn delete<T: AsRef<str>>(&self, key: T) -> Result<(), DeleteError> {
-        let key = key.as_ref();
-        let op = self.start(Op::send_without_context(semconv::kv::DELETE), Some(key));
-        let result = self.inner.delete(key).await;
-        Self::finish(op, &result, |_| None);
-        result
-    }
-
-    /// Purges `key` (a purge marker; history is removed).
-    pub async fn purge<T: AsRef<str>>(&self, key: T) -> Result<(), PurgeError> {
-        let key = key.as_ref();
-        let op = self.start(Op::send_without_context(semconv::kv::PURGE), Some(key));
-        let result = self.inner.purge(key).await;
-        Self::finish(op, &result, |_| None);
-        result
-    }
-
-    /// The bucket's keys (the span covers starting the listing).
-    pub async fn keys(&self) -> Result<kv::Keys, HistoryError> {
-        let op = self.start(Op::receive(semconv::kv::KEYS), None);
-        let result = self.inner.keys().await;
-        Self::finish(op, &result, |_| None);
-        result
-    }
-
-    /// The history of `key` (the span covers starting the listing).
-    pub async fn history<T: AsRef<str>>(&self, key: T) -> Result<kv::History, HistoryError> {
-        let key = key.as_ref();
-        let op = self.start(Op::receive(semconv::kv::HISTORY), Some(key));
-        let result = self.inner.history(key).await;
-        Self::finish(op, &result, |_| None);
-        result
     }
 }
 

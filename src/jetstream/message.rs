@@ -1,13 +1,17 @@
-//! The traced JetStream message: settlement (`ack`, `double_ack`, `nak`, `term`,
-//! `progress`) gets a CLIENT span `{operation} {template}`, child of the
-//! message's `process` span.
+//! JetStream messages, traced: async-nats's `jetstream::message` module, whose
+//! [`Message`]'s settlement (`ack`, `double_ack`, `nak`, `term`, `progress`) gets a
+//! CLIENT span `{operation} {template}`, child of the message's `process` span.
+//!
+//! Everything of async-nats's module is re-exported here (`PublishMessage`,
+//! `StreamMessage`, `Info`, `AckKind` …); [`Message`] replaces theirs.
+
+pub use async_nats::jetstream::message::*;
 
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::message::AckKind;
 use opentelemetry::KeyValue;
 
 use super::consume::{clamp, ConsumerShared};

@@ -1,8 +1,18 @@
 //! JetStream, traced, with the reliability loop most services write by hand.
 //!
-//! [`new`] (or [`wrap`] for a context you configured) traces a JetStream context
-//! on an instrumented [`Client`]'s connection. Stream and consumer management go
-//! through [`Context::inner`] unchanged.
+//! [`new`] (or [`with_domain`], [`with_prefix`], or [`wrap`] for a context you
+//! configured) traces a JetStream context on an instrumented [`Client`]'s
+//! connection.
+//!
+//! This module mirrors async-nats's `jetstream`: [`Context`] has every method of
+//! theirs, and the submodules [`consumer`] (with `pull` and `push`), [`stream`],
+//! [`kv`], [`object_store`], [`message`] and [`context`] re-export everything of
+//! async-nats's modules of the same names, with this crate's traced types in
+//! place of theirs. Code written against async-nats compiles after changing
+//! `use async_nats::jetstream` to `use nats_otel::jetstream`. Where a message
+//! moves (publish, consume, KV and Object Store reads, writes and watches) it is
+//! traced; management calls pass through with async-nats's own types, and the
+//! streams, consumers and buckets they return are traced.
 //!
 //! # Publishing
 //!
@@ -46,24 +56,38 @@
 //!   consumers gave up on (max-deliveries advisories).
 //! * [`dedup`] skips already processed ids: bounded in memory, or shared in KV.
 
+#[macro_use]
+mod delegate;
+
 mod backoff;
 mod consume;
+pub mod consumer;
 pub mod dead_letter;
 pub mod dedup;
 pub mod kv;
-mod message;
+mod manage;
+pub mod message;
 pub mod object_store;
-mod publish;
-pub mod pull;
+mod publishing;
+pub mod stream;
 mod worker;
 
+pub use async_nats::jetstream::{account, publish, response, AckKind, Error, ErrorCode};
 pub use backoff::Backoff;
 pub use consume::{Delivery, Messages};
+pub use consumer::{Consumer, PullConsumer};
 pub use message::Message;
-pub use publish::{content_id, is_transient, AckHandle, Pipeline, PublishRetry};
-pub use pull::PullConsumer;
+pub use publishing::{content_id, is_transient, AckHandle, Pipeline, PublishRetry};
 pub use worker::{BoxError, HandlerError, Task, Worker, WorkerStats};
 
+/// async-nats's `jetstream::context` module (its error types, `Publish` …), with
+/// this crate's traced [`Context`] and [`PublishAckFuture`] in place of theirs.
+pub mod context {
+    pub use super::{Context, PublishAckFuture};
+    pub use async_nats::jetstream::context::*;
+}
+
+use std::borrow::Borrow;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -81,14 +105,29 @@ use crate::telemetry::Telemetry;
 use crate::{semconv, Client};
 
 /// Creates a traced JetStream context on `client`'s connection and telemetry.
-pub fn new(client: &Client) -> Context {
-    Context {
-        inner: async_nats::jetstream::new(client.inner().clone()),
-        telemetry: client.telemetry().clone(),
-        events: client.events(),
-        #[cfg(feature = "compression")]
-        compression: client.compression(),
-    }
+/// Takes the client by value (as async-nats's `jetstream::new`) or by reference.
+pub fn new<C: Borrow<Client>>(client: C) -> Context {
+    let client = client.borrow();
+    wrap(client, async_nats::jetstream::new(client.inner().clone()))
+}
+
+/// Creates a traced JetStream context for JetStream domain `domain`.
+pub fn with_domain<C: Borrow<Client>, T: AsRef<str>>(client: C, domain: T) -> Context {
+    let client = client.borrow();
+    wrap(
+        client,
+        async_nats::jetstream::with_domain(client.inner().clone(), domain),
+    )
+}
+
+/// Creates a traced JetStream context whose API subjects start with `prefix`
+/// (instead of `$JS.API`).
+pub fn with_prefix<C: Borrow<Client>>(client: C, prefix: &str) -> Context {
+    let client = client.borrow();
+    wrap(
+        client,
+        async_nats::jetstream::with_prefix(client.inner().clone(), prefix),
+    )
 }
 
 /// Traces an async-nats JetStream context you configured yourself (domain, API
@@ -96,6 +135,7 @@ pub fn new(client: &Client) -> Context {
 pub fn wrap(client: &Client, inner: async_nats::jetstream::Context) -> Context {
     Context {
         inner,
+        client: client.clone(),
         telemetry: client.telemetry().clone(),
         events: client.events(),
         #[cfg(feature = "compression")]
@@ -107,6 +147,7 @@ pub fn wrap(client: &Client, inner: async_nats::jetstream::Context) -> Context {
 #[derive(Clone, Debug)]
 pub struct Context {
     inner: async_nats::jetstream::Context,
+    client: Client,
     telemetry: Telemetry,
     events: Option<Arc<crate::health::EventCounters>>,
     #[cfg(feature = "compression")]
@@ -141,17 +182,24 @@ impl Context {
     }
 
     /// The untraced client of this context's connection.
-    pub(crate) fn client(&self) -> async_nats::Client {
+    pub(crate) fn raw_client(&self) -> async_nats::Client {
         self.inner.client()
     }
 
-    /// Traces `consumer` (from `inner().get_stream(..)?.get_or_create_consumer(..)`).
+    /// Traces an async-nats pull consumer you already have.
     pub fn pull_consumer(
         &self,
         consumer: async_nats::jetstream::consumer::PullConsumer,
     ) -> PullConsumer {
-        let shared = consume::ConsumerShared::new(self.telemetry.clone(), consumer.cached_info());
-        PullConsumer::new(consumer, shared)
+        self.consumer(consumer)
+    }
+
+    /// Traces any async-nats consumer you already have (pull, push, ordered).
+    pub fn consumer<T: consumer::IntoConsumerConfig>(
+        &self,
+        consumer: async_nats::jetstream::consumer::Consumer<T>,
+    ) -> Consumer<T> {
+        Consumer::new(consumer, self.telemetry.clone())
     }
 
     /// Traces any stream of JetStream messages (a push or ordered consumer's
@@ -174,13 +222,7 @@ impl Context {
     ) -> Result<PublishAckFuture, PublishError> {
         if self.passthrough() {
             let inner = self.inner.publish(subject, payload).await?;
-            return Ok(PublishAckFuture {
-                inner,
-                span: AckSpan {
-                    op: Operation::none(),
-                    refusal: None,
-                },
-            });
+            return Ok(PublishAckFuture::untraced(inner));
         }
         Box::pin(self.send_traced(subject.to_subject(), None, payload)).await
     }
@@ -193,6 +235,24 @@ impl Context {
         payload: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
         Box::pin(self.send_traced(subject.to_subject(), Some(headers), payload)).await
+    }
+
+    /// Publishes a message built with async-nats's
+    /// [`PublishMessage`](message::PublishMessage) (message id, expected last
+    /// sequence or id, expected stream, TTL …); trace context is added to its
+    /// headers.
+    pub async fn send_publish<S: ToSubject>(
+        &self,
+        subject: S,
+        publish: message::PublishMessage,
+    ) -> Result<PublishAckFuture, PublishError> {
+        if self.passthrough() {
+            let inner = self.inner.send_publish(subject, publish).await?;
+            return Ok(PublishAckFuture::untraced(inner));
+        }
+        let subject = subject.to_subject();
+        let message = publish.outbound_message(subject.clone());
+        Box::pin(self.send_traced(subject, message.headers, message.payload)).await
     }
 
     /// Publishes with a `Nats-Msg-Id`, so the stream drops repeats within its
@@ -355,6 +415,19 @@ impl AckSpan {
 pub struct PublishAckFuture {
     inner: InnerAckFuture,
     span: AckSpan,
+}
+
+impl PublishAckFuture {
+    /// An ack future with nothing of this crate's to record.
+    fn untraced(inner: InnerAckFuture) -> Self {
+        Self {
+            inner,
+            span: AckSpan {
+                op: Operation::none(),
+                refusal: None,
+            },
+        }
+    }
 }
 
 impl IntoFuture for PublishAckFuture {

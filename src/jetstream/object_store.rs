@@ -12,6 +12,13 @@
 //! bucket. Object names can carry ids or personal data, so
 //! `messaging.nats.object.name` is only recorded after
 //! [`ObjectStore::with_name_attribute`]`(true)`.
+//!
+//! This module is async-nats's `jetstream::object_store` too: everything of theirs
+//! is re-exported here (`Config`, `ObjectInfo`, `ObjectMetadata`, the error types
+//! …), and [`ObjectStore`], [`Object`] and [`Watch`] replace theirs under the same
+//! names, with the same methods.
+
+pub use async_nats::jetstream::object_store::*;
 
 use std::fmt;
 use std::io;
@@ -19,10 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use async_nats::jetstream::object_store::{
-    self, DeleteError, GetError, GetErrorKind, InfoError, ListError, ObjectInfo, ObjectMetadata,
-    PutError, PutErrorKind, WatchError, WatcherError,
-};
+use async_nats::jetstream::object_store;
 use futures_util::Stream;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context as OtelContext, KeyValue};
@@ -41,11 +45,12 @@ use super::Context;
 pub type ObjectChange = crate::Delivery<ObjectInfo>;
 
 impl Context {
-    /// Opens the object store `bucket`, traced.
-    pub async fn get_object_store(
+    /// Opens the object store `bucket_name`, traced.
+    pub async fn get_object_store<T: AsRef<str>>(
         &self,
-        bucket: &str,
+        bucket_name: T,
     ) -> Result<ObjectStore, async_nats::jetstream::context::ObjectStoreError> {
+        let bucket = bucket_name.as_ref();
         let store = self.inner().get_object_store(bucket).await?;
         Ok(self.object_store(bucket, store))
     }
@@ -116,6 +121,23 @@ impl ObjectStore {
     /// The untraced async-nats store.
     pub fn inner(&self) -> &object_store::ObjectStore {
         &self.inner
+    }
+
+    /// Seals the bucket: no more writes or deletes.
+    pub async fn seal(&mut self) -> Result<(), object_store::SealError> {
+        self.inner.seal().await
+    }
+
+    delegate_async! {
+        /// Renames an object or changes its description, headers or metadata.
+        fn update_metadata[A: AsRef<str>](&self, object: A, metadata: object_store::UpdateMetadata)
+            -> Result<ObjectInfo, object_store::UpdateMetadataError>;
+        /// Adds `name`, a link to `object`.
+        fn add_link[T, O](&self, name: T, object: O) -> Result<ObjectInfo, object_store::AddLinkError>
+            where [T: ToString, O: object_store::AsObjectInfo];
+        /// Adds `name`, a link to the object store `bucket`.
+        fn add_bucket_link[T: ToString, U: ToString](&self, name: T, bucket: U)
+            -> Result<ObjectInfo, object_store::AddLinkError>;
     }
 
     /// Records object names in `messaging.nats.object.name` (off by default).
@@ -271,8 +293,22 @@ impl ObjectStore {
 
     /// Changes from now on, each an [`ObjectChange`] with a `process {bucket}` span.
     pub async fn watch(&self) -> Result<Watch, WatchError> {
+        self.watch_traced(false).await
+    }
+
+    /// The current info of every object, then changes as they happen, each an
+    /// [`ObjectChange`] with a `process {bucket}` span.
+    pub async fn watch_with_history(&self) -> Result<Watch, WatchError> {
+        self.watch_traced(true).await
+    }
+
+    async fn watch_traced(&self, history: bool) -> Result<Watch, WatchError> {
         let op = self.start(Op::call(semconv::object::WATCH), None);
-        let result = self.inner.watch().await;
+        let result = if history {
+            self.inner.watch_with_history().await
+        } else {
+            self.inner.watch().await
+        };
         Self::finish(op, &result);
         let inner = result?;
         Ok(Watch {
@@ -314,6 +350,13 @@ impl Object {
     /// The `get` span's context.
     pub fn context(&self) -> &OtelContext {
         &self.context
+    }
+}
+
+/// An object being read is linkable like async-nats's (`add_link(name, &object)`).
+impl AsObjectInfo for &Object {
+    fn as_info(&self) -> &ObjectInfo {
+        self.inner.info()
     }
 }
 

@@ -26,6 +26,7 @@ mod kv;
 mod metrics;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod parity;
 mod propagation;
 mod pubsub;
 mod pull;

@@ -43,10 +43,42 @@ impl Store {
         self.watch_subjects(keys, DeliverPolicy::New).await
     }
 
+    /// The latest value of each key matching any of `keys`, then changes as they
+    /// happen.
+    pub async fn watch_many_with_history<T: AsRef<str>, K: IntoIterator<Item = T>>(
+        &self,
+        keys: K,
+    ) -> Result<Watch, WatchError> {
+        let keys = keys.into_iter().map(|k| k.as_ref().to_owned()).collect();
+        self.watch_subjects(keys, DeliverPolicy::LastPerSubject)
+            .await
+    }
+
+    /// Changes to `key` from bucket revision `revision` on.
+    pub async fn watch_from_revision<T: AsRef<str>>(
+        &self,
+        key: T,
+        revision: u64,
+    ) -> Result<Watch, WatchError> {
+        let from = DeliverPolicy::ByStartSequence {
+            start_sequence: revision,
+        };
+        self.watch_subjects(vec![key.as_ref().to_owned()], from)
+            .await
+    }
+
     /// Changes to every key from now on.
     pub async fn watch_all(&self) -> Result<Watch, WatchError> {
         self.watch_subjects(vec![">".to_owned()], DeliverPolicy::New)
             .await
+    }
+
+    /// Changes to every key from bucket revision `revision` on.
+    pub async fn watch_all_from_revision(&self, revision: u64) -> Result<Watch, WatchError> {
+        let from = DeliverPolicy::ByStartSequence {
+            start_sequence: revision,
+        };
+        self.watch_subjects(vec![">".to_owned()], from).await
     }
 
     async fn watch_subjects(
@@ -81,7 +113,7 @@ impl Store {
             .inner
             .stream
             .create_consumer(OrderedConfig {
-                deliver_subject: self.shared.js.client().new_inbox(),
+                deliver_subject: self.shared.js.raw_client().new_inbox(),
                 description: Some("kv watch consumer".to_owned()),
                 filter_subjects,
                 replay_policy: ReplayPolicy::Instant,

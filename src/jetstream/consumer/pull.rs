@@ -1,6 +1,10 @@
-//! The traced pull consumer: async-nats's `PullConsumer` method for method, with
-//! its `messages()`, `stream()`, `fetch()`, `batch()` and `sequence()` yielding
-//! traced deliveries and `receive` spans.
+//! Pull consumers, traced: async-nats's `consumer::pull` module, whose consumer's
+//! `messages()`, `stream()`, `fetch()`, `batch()` and `sequence()` yield traced
+//! deliveries and `receive` spans.
+//!
+//! Everything of async-nats's module is re-exported here (`Config`,
+//! `OrderedConfig`, `BatchConfig`, the error types …); the items this crate
+//! traces replace theirs under the same names.
 
 use std::fmt;
 use std::pin::Pin;
@@ -8,86 +12,28 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::consumer::pull::{
-    self, BatchConfig, BatchError, BatchRequestError, MessagesError,
-};
-use async_nats::jetstream::consumer::{self, StreamError};
-use async_nats::jetstream::context::ConsumerInfoError;
+pub use async_nats::jetstream::consumer::pull::*;
+
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::consumer::StreamError;
 use async_nats::Subject;
-use futures_util::Stream;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 
-use super::consume::{ConsumerShared, Delivery, Failure, Messages};
+use super::Consumer;
+use crate::jetstream::consume::{ConsumerShared, Delivery, Failure};
+use crate::jetstream::Messages;
 
-/// A traced pull consumer: the methods of async-nats's
-/// [`PullConsumer`](consumer::PullConsumer), with the same arguments and error
-/// types; what it delivers is a traced [`Delivery`].
-#[derive(Clone)]
-pub struct PullConsumer {
-    inner: consumer::PullConsumer,
-    shared: Arc<ConsumerShared>,
-}
+/// The traced continuous pull stream: each message a [`Delivery`] with its
+/// `process` span.
+pub type Stream = Messages<pull::Stream>;
 
-impl fmt::Debug for PullConsumer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PullConsumer")
-            .field("stream", &self.shared.stream)
-            .field("consumer", &self.shared.consumer)
-            .field("template", &self.shared.template())
-            .finish_non_exhaustive()
-    }
-}
+/// The traced ordered pull stream: each message a [`Delivery`] with its
+/// `process` span.
+pub type Ordered = Messages<pull::Ordered>;
 
-impl PullConsumer {
-    pub(crate) fn new(inner: consumer::PullConsumer, shared: Arc<ConsumerShared>) -> Self {
-        Self { inner, shared }
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<ConsumerShared> {
-        &self.shared
-    }
-
-    /// The untraced async-nats consumer.
-    pub fn inner(&self) -> &consumer::PullConsumer {
-        &self.inner
-    }
-
-    /// The destination template of this consumer's spans.
-    pub fn template(&self) -> &str {
-        self.shared.template()
-    }
-
-    /// Reads the consumer's info from the server, keeps it as the cached info and
-    /// records the health gauges (`messaging.nats.consumer.pending`,
-    /// `.ack_pending`, `.redelivered`).
-    pub async fn info(&mut self) -> Result<&consumer::Info, ConsumerInfoError> {
-        let info = self.inner.info().await?;
-        record_health(&self.shared, info);
-        Ok(info)
-    }
-
-    /// Reads the consumer's info from the server and records the health gauges;
-    /// the cached info is left as it was.
-    pub async fn get_info(&self) -> Result<consumer::Info, ConsumerInfoError> {
-        let info = self.inner.get_info().await?;
-        record_health(&self.shared, &info);
-        Ok(info)
-    }
-
-    /// The info read when the consumer was bound, or by the last
-    /// [`info`](Self::info).
-    pub fn cached_info(&self) -> &consumer::Info {
-        self.inner.cached_info()
-    }
-
-    /// [`get_info`](Self::get_info) under its former name.
-    #[deprecated(since = "0.2.0", note = "use `get_info`, as with async-nats")]
-    pub async fn record_health(&self) -> Result<consumer::Info, ConsumerInfoError> {
-        self.get_info().await
-    }
-
+impl Consumer<Config> {
     /// A continuous stream of messages, each with its `process` span.
-    pub async fn messages(&self) -> Result<Messages<pull::Stream>, StreamError> {
+    pub async fn messages(&self) -> Result<Stream, StreamError> {
         let stream = self.inner.messages().await?;
         Ok(Messages::new(stream, self.shared.clone()))
     }
@@ -138,19 +84,13 @@ impl PullConsumer {
     }
 }
 
-/// Records the consumer health gauges from `info`.
-fn record_health(shared: &ConsumerShared, info: &consumer::Info) {
-    if let Some(instruments) = shared.telemetry.inst().instruments() {
-        let attributes = &shared.health_attributes;
-        instruments
-            .consumer_pending
-            .record(info.num_pending, attributes);
-        instruments
-            .consumer_ack_pending
-            .record(info.num_ack_pending as u64, attributes);
-        instruments
-            .consumer_redelivered
-            .record(info.num_redelivered as u64, attributes);
+impl Consumer<OrderedConfig> {
+    /// The ordered consumer's messages, each with its `process` span; the consumer
+    /// is recreated on a gap, as async-nats does.
+    pub async fn messages(self) -> Result<Ordered, StreamError> {
+        let shared = self.shared;
+        let stream = self.inner.messages().await?;
+        Ok(Messages::new(stream, shared))
     }
 }
 
@@ -204,7 +144,7 @@ impl StreamBuilder<'_> {
     }
 
     /// Starts the stream; each message comes with its `process` span.
-    pub async fn messages(self) -> Result<Messages<pull::Stream>, StreamError> {
+    pub async fn messages(self) -> Result<Stream, StreamError> {
         let stream = self.inner.messages().await?;
         Ok(Messages::new(stream, self.shared.clone()))
     }
@@ -368,7 +308,7 @@ impl Batch {
     }
 }
 
-impl Stream for Batch {
+impl futures_util::Stream for Batch {
     type Item = Result<Delivery, async_nats::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
@@ -422,7 +362,7 @@ impl fmt::Debug for Sequence {
     }
 }
 
-impl Stream for Sequence {
+impl futures_util::Stream for Sequence {
     type Item = Result<Batch, MessagesError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
