@@ -23,9 +23,9 @@ async fn main() -> Result<(), async_nats::Error> {
         .await?;
 
     let mut orders = subscriber.subscribe("orders.>").await?;
-    // `flush` only empties the local buffer; a round trip makes sure the server
+    // `flush` only empties the local buffer; `ping` is a round trip, so the server
     // has registered the subscription before the publisher sends.
-    let _ = subscriber.inner().request("example.sync", "".into()).await;
+    subscriber.ping().await?;
 
     for user in [8812, 1337, 42] {
         publisher

@@ -45,7 +45,8 @@ async fn main() -> Result<(), async_nats::Error> {
             }
         }
     });
-    let _ = users.inner().request("example.sync", "".into()).await;
+    // A round trip: the server has registered the responder before the first request.
+    users.ping().await?;
 
     for id in ["1", "2"] {
         let reply = caller.request("users.get", id.into()).await?;

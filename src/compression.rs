@@ -37,6 +37,7 @@ pub const DEFAULT_MAX_DECODED_SIZE: usize = 16 * 1024 * 1024;
 
 /// A compression algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Codec {
     /// Zstandard (`Content-Encoding: zstd`).
     Zstd,
@@ -169,6 +170,7 @@ fn content_encoding() -> HeaderName {
 
 /// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// `Content-Encoding` names an encoding this crate does not decode.
     UnknownEncoding(String),

@@ -43,6 +43,7 @@ pub fn error_type<K: Debug>(kind: &K) -> String {
 /// request whose subject was refused, instead of waiting for its timeout; its
 /// span gets `error.type = permissions_violation`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PermissionViolation {
     /// The refused subject.
     pub subject: String,

@@ -30,6 +30,7 @@ pub(crate) type ProcessHook = Arc<dyn Fn(&Message, &mut Vec<KeyValue>) + Send + 
 
 /// How a `process` span relates to the producer's context carried by the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ProcessParenting {
     /// Child of the producer's span with one link to it (the conventions'
     /// default), plus a link to the span current where processing starts (a

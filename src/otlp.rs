@@ -38,26 +38,36 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 /// Why [`init`] could not set telemetry up.
-#[derive(Debug)]
-pub struct SetupError {
-    message: String,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SetupErrorKind {
+    /// An `OTEL_*` variable's value is not understood; the error's source names
+    /// the variable, the value and what is accepted.
+    InvalidVariable,
+    /// The gRPC exporter was asked for outside a Tokio runtime.
+    NoRuntime,
+    /// An OTLP exporter could not be built.
+    Exporter,
 }
 
-impl SetupError {
-    fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for SetupError {
+impl fmt::Display for SetupErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "telemetry setup failed: {}", self.message)
+        f.write_str(match self {
+            Self::InvalidVariable => "telemetry setup failed: invalid variable",
+            Self::NoRuntime => "telemetry setup failed: no Tokio runtime",
+            Self::Exporter => "telemetry setup failed: OTLP exporter",
+        })
     }
 }
 
-impl std::error::Error for SetupError {}
+/// The error of [`init`], [`init_with`], [`providers`] and [`propagator`]: match
+/// on [`kind`](async_nats::error::Error::kind).
+pub type SetupError = async_nats::error::Error<SetupErrorKind>;
+
+/// An `InvalidVariable` error saying what is wrong.
+fn invalid(message: String) -> SetupError {
+    SetupError::with_source(SetupErrorKind::InvalidVariable, message)
+}
 
 /// Where [`init_with`] reads its variables from, plus defaults the variables
 /// override.
@@ -214,7 +224,7 @@ pub fn propagator(settings: &Settings) -> Result<TextMapCompositePropagator, Set
             "baggage" => propagators.push(Box::new(BaggagePropagator::new())),
             "none" => propagators.clear(),
             other => {
-                return Err(SetupError::new(format!(
+                return Err(invalid(format!(
                     "OTEL_PROPAGATORS: unsupported propagator `{other}` (supported: tracecontext, baggage, none)"
                 )))
             }
@@ -255,7 +265,7 @@ fn sampler(settings: &Settings) -> Result<Sampler, SetupError> {
                 .ok()
                 .filter(|r| (0.0..=1.0).contains(r))
                 .ok_or_else(|| {
-                    SetupError::new(format!(
+                    invalid(format!(
                         "OTEL_TRACES_SAMPLER_ARG: `{arg}` is not a ratio between 0 and 1"
                     ))
                 }),
@@ -275,7 +285,7 @@ fn sampler(settings: &Settings) -> Result<Sampler, SetupError> {
                 Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?)))
             }
             other => {
-                return Err(SetupError::new(format!(
+                return Err(invalid(format!(
                     "OTEL_TRACES_SAMPLER: unsupported sampler `{other}`"
                 )))
             }
@@ -287,7 +297,7 @@ fn exporter_enabled(settings: &Settings, var: &str) -> Result<bool, SetupError> 
     match settings.var(var).unwrap_or("otlp") {
         "otlp" => Ok(true),
         "none" => Ok(false),
-        other => Err(SetupError::new(format!(
+        other => Err(invalid(format!(
             "{var}: unsupported exporter `{other}` (supported: otlp, none)"
         ))),
     }
@@ -307,7 +317,7 @@ fn protocol(settings: &Settings, signal: &str) -> Result<Protocol, SetupError> {
     match value {
         "grpc" => Ok(Protocol::Grpc),
         "http/protobuf" => Ok(Protocol::HttpProtobuf),
-        other => Err(SetupError::new(format!(
+        other => Err(invalid(format!(
             "OTLP protocol `{other}` is not supported (use grpc or http/protobuf)"
         ))),
     }
@@ -331,7 +341,8 @@ fn endpoint(settings: &Settings, signal: &str, protocol: Protocol) -> Option<Str
 
 fn require_runtime(protocol: Protocol) -> Result<(), SetupError> {
     if protocol == Protocol::Grpc && tokio::runtime::Handle::try_current().is_err() {
-        return Err(SetupError::new(
+        return Err(SetupError::with_source(
+            SetupErrorKind::NoRuntime,
             "the gRPC OTLP exporter needs a Tokio runtime: call init() inside #[tokio::main], or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
         ));
     }
@@ -344,7 +355,7 @@ fn number(settings: &Settings, var: &str) -> Result<Option<u64>, SetupError> {
         None => Ok(None),
         Some(value) => match value.trim().parse::<u64>() {
             Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(SetupError::new(format!(
+            _ => Err(invalid(format!(
                 "{var}={value:?}: expected a positive whole number"
             ))),
         },
@@ -406,7 +417,7 @@ fn span_exporter(settings: &Settings) -> Result<SpanExporter, SetupError> {
             b.build()
         }
     };
-    built.map_err(|e| SetupError::new(format!("OTLP span exporter: {e}")))
+    built.map_err(|e| SetupError::with_source(SetupErrorKind::Exporter, format!("spans: {e}")))
 }
 
 fn metric_exporter(settings: &Settings) -> Result<MetricExporter, SetupError> {
@@ -431,7 +442,7 @@ fn metric_exporter(settings: &Settings) -> Result<MetricExporter, SetupError> {
             b.build()
         }
     };
-    built.map_err(|e| SetupError::new(format!("OTLP metric exporter: {e}")))
+    built.map_err(|e| SetupError::with_source(SetupErrorKind::Exporter, format!("metrics: {e}")))
 }
 
 #[cfg(test)]
@@ -481,19 +492,29 @@ mod tests {
     #[test]
     fn bad_values_are_clear_errors() {
         let s = Settings::from_vars([("OTEL_TRACES_SAMPLER", "sometimes")]);
-        assert!(sampler(&s).unwrap_err().to_string().contains("sometimes"));
+        let err = sampler(&s).unwrap_err();
+        assert_eq!(err.kind(), SetupErrorKind::InvalidVariable);
+        assert!(err.to_string().contains("sometimes"));
         let s = Settings::from_vars([
             ("OTEL_TRACES_SAMPLER", "traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "2"),
         ]);
-        assert!(sampler(&s).is_err());
+        assert_eq!(
+            sampler(&s).unwrap_err().kind(),
+            SetupErrorKind::InvalidVariable
+        );
         let s = Settings::from_vars([("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]);
         assert!(protocol(&s, "TRACES")
             .unwrap_err()
             .to_string()
             .contains("http/json"));
         let s = Settings::from_vars([("OTEL_TRACES_EXPORTER", "zipkin")]);
-        assert!(exporter_enabled(&s, "OTEL_TRACES_EXPORTER").is_err());
+        assert_eq!(
+            exporter_enabled(&s, "OTEL_TRACES_EXPORTER")
+                .unwrap_err()
+                .kind(),
+            SetupErrorKind::InvalidVariable
+        );
         for (var, value) in [
             ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
             ("OTEL_BSP_SCHEDULE_DELAY", "0"),
@@ -520,6 +541,7 @@ mod tests {
     #[test]
     fn grpc_outside_a_runtime_is_an_error_not_a_panic() {
         let err = init_with(Settings::from_vars([("OTEL_METRICS_EXPORTER", "none")])).unwrap_err();
+        assert_eq!(err.kind(), SetupErrorKind::NoRuntime);
         assert!(err.to_string().contains("Tokio runtime"), "{err}");
     }
 }

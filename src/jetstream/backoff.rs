@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long to wait before the next delivery of a failed message.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Backoff {
     /// `initial × multiplier^(attempt-1)`, capped at `max`, each delay scaled by a
     /// random factor in `[1 - jitter, 1 + jitter]` so failures do not retry in

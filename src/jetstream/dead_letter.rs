@@ -42,6 +42,7 @@ pub mod headers {
 /// tool that inspects or replays dead letters). Every field comes from the
 /// network: values are as found (or `None` when missing or not a number).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct DeadLetterInfo {
     /// `Dlq-Reason`.
     pub reason: String,
@@ -325,19 +326,32 @@ fn insert_lossy(headers: &mut HeaderMap, name: &str, value: &str) {
     }
 }
 
-/// A dead-letter layout the server would reject or that would loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayoutError {
-    message: String,
+/// Why a dead-letter stream could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LayoutErrorKind {
+    /// Dead-letter subjects overlap a source stream's: the server would reject the
+    /// stream, and dead letters would be consumed again.
+    Overlap,
+    /// The existing streams could not be listed.
+    ListStreams,
+    /// The dead-letter stream could not be created.
+    CreateStream,
 }
 
-impl fmt::Display for LayoutError {
+impl fmt::Display for LayoutErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(match self {
+            Self::Overlap => "dead-letter subjects overlap source subjects",
+            Self::ListStreams => "could not list streams",
+            Self::CreateStream => "could not create the dead-letter stream",
+        })
     }
 }
 
-impl std::error::Error for LayoutError {}
+/// The error of [`validate_layout`] and [`ensure_stream`]: match on
+/// [`kind`](async_nats::error::Error::kind).
+pub type LayoutError = async_nats::error::Error<LayoutErrorKind>;
 
 /// Whether some subject matches both NATS patterns `a` and `b`.
 pub fn subjects_overlap(a: &str, b: &str) -> bool {
@@ -364,14 +378,15 @@ pub fn validate_layout(
     for dlq in dlq_subjects {
         for source in source_subjects {
             if subjects_overlap(source, dlq) {
-                return Err(LayoutError {
-                    message: format!(
-                        "dead-letter subjects `{dlq}` overlap source subjects `{source}`: the server \
-                         rejects overlapping streams (error 10065) and dead letters would be consumed \
-                         again; put them under a disjoint root, e.g. `dlq.{}`",
+                return Err(LayoutError::with_source(
+                    LayoutErrorKind::Overlap,
+                    format!(
+                        "`{dlq}` overlaps `{source}`: the server rejects overlapping streams \
+                         (error 10065) and dead letters would be consumed again; put them under \
+                         a disjoint root, e.g. `dlq.{}`",
                         source.trim_end_matches(".>")
                     ),
-                });
+                ));
             }
         }
     }
@@ -384,26 +399,36 @@ pub async fn ensure_stream(
     js: &Context,
     name: &str,
     dead_letter: &DeadLetter,
-) -> Result<async_nats::jetstream::stream::Stream, async_nats::Error> {
+) -> Result<super::stream::Stream, LayoutError> {
     let dlq_subjects = dead_letter.stream_subjects();
-    let mut streams = js.inner().streams();
-    while let Some(info) = streams.try_next().await? {
+    let mut streams = js.streams();
+    while let Some(info) = streams
+        .try_next()
+        .await
+        .map_err(|e| LayoutError::with_source(LayoutErrorKind::ListStreams, e))?
+    {
         if info.config.name == name {
             continue;
         }
-        validate_layout(&info.config.subjects, &dlq_subjects).map_err(|e| LayoutError {
-            message: format!("stream `{}`: {e}", info.config.name),
+        validate_layout(&info.config.subjects, &dlq_subjects).map_err(|e| {
+            LayoutError::with_source(
+                LayoutErrorKind::Overlap,
+                format!("stream `{}`: {}", info.config.name, source_text(&e)),
+            )
         })?;
     }
-    let stream = js
-        .inner()
-        .get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: name.to_owned(),
-            subjects: dlq_subjects,
-            ..Default::default()
-        })
-        .await?;
-    Ok(stream)
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: dlq_subjects,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| LayoutError::with_source(LayoutErrorKind::CreateStream, e))
+}
+
+/// The message an error's source carries.
+fn source_text(error: &LayoutError) -> String {
+    std::error::Error::source(error).map_or_else(String::new, |s| s.to_string())
 }
 
 /// Whether `subject` is a dead-letter subject of `dead_letter`.
@@ -429,12 +454,16 @@ mod tests {
     #[test]
     fn layout_rejects_dlq_inside_the_source_root() {
         let err = validate_layout(&["orders.>".into()], &["orders.dlq.>".into()]).unwrap_err();
+        assert_eq!(err.kind(), LayoutErrorKind::Overlap);
         let text = err.to_string();
         assert!(
             text.contains("10065") && text.contains("dlq.orders"),
             "{text}"
         );
-        assert!(validate_layout(&["orders.>".into()], &["dlq.>".into()]).is_ok());
+        assert_eq!(
+            validate_layout(&["orders.>".into()], &["dlq.>".into()]).map_err(|e| e.kind()),
+            Ok(())
+        );
     }
 
     #[test]

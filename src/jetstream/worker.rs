@@ -35,6 +35,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a handler failed, which decides what happens to the message.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum HandlerError {
     /// Worth retrying (a timeout, an unavailable dependency).
     Transient(BoxError),
@@ -67,6 +68,7 @@ impl std::error::Error for HandlerError {}
 
 /// Counts of what a worker did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerStats {
     /// Handler runs (a redelivered message counts again).
     pub handled: u64,

@@ -238,7 +238,13 @@ async fn fetch_is_one_receive_span_linking_every_message() {
     let telemetry = Telemetry::new();
     let client = telemetry.client(&server).await;
     let js = nats_otel::jetstream::new(&client);
-    let consumer = orders_consumer(&js, "").await;
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "ORDERS".to_owned(),
+        subjects: vec!["orders.>".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     const N: usize = 5;
     for i in 0..N {
@@ -248,6 +254,8 @@ async fn fetch_is_one_receive_span_linking_every_message() {
             .await
             .unwrap();
     }
+    // A no-wait fetch: the consumer, made after the publishes, has them all.
+    let consumer = orders_consumer(&js, "").await;
     let deliveries = crate::support::fetch(&consumer, 10).await;
     assert_eq!(deliveries.len(), N);
     for delivery in &deliveries {
@@ -302,7 +310,9 @@ async fn nak_and_term_are_settle_spans_with_their_outcome() {
         .await
         .unwrap();
 
-    let first = crate::support::fetch(&consumer, 1).await.remove(0);
+    let first = crate::support::batch(&consumer, 1, Duration::from_secs(5))
+        .await
+        .remove(0);
     first.nak(Some(Duration::from_millis(50))).await.unwrap();
     drop(first);
     // Redelivered after the nak delay: the batch waits for it.

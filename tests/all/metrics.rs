@@ -471,7 +471,9 @@ async fn consumer_health_gauges_report_pending_ack_pending_and_redelivered() {
             .unwrap();
     }
     // Take one and nak it (redelivered), take another and hold it (ack pending).
-    let first = crate::support::fetch(&consumer, 1).await.remove(0);
+    let first = crate::support::batch(&consumer, 1, Duration::from_secs(5))
+        .await
+        .remove(0);
     first.nak(None).await.unwrap();
     let held = crate::support::batch(&consumer, 1, Duration::from_secs(5)).await;
     assert_eq!(held.len(), 1);

@@ -299,8 +299,9 @@ async fn dead_letter_layout_inside_the_source_root_is_rejected_clearly() {
     let f = fixture().await;
     let err = dead_letter::ensure_stream(&f.js, "TASKS_DLQ", &DeadLetter::new("tasks.dlq"))
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    assert_eq!(err.kind(), dead_letter::LayoutErrorKind::Overlap);
+    let err = err.to_string();
     assert!(err.contains("TASKS"), "{err}");
     assert!(err.contains("10065"), "{err}");
     assert!(
@@ -392,7 +393,10 @@ async fn redelivered_message_with_a_seen_id_is_not_processed_twice() {
         .unwrap();
     // A replica processes order-7 and records it, but its ack never arrives: the
     // server hands the message out again.
-    let first = crate::support::fetch(&f.consumer, 1).await.pop().unwrap();
+    let first = crate::support::batch(&f.consumer, 1, Duration::from_secs(5))
+        .await
+        .pop()
+        .unwrap();
     nats_otel::jetstream::dedup::IdempotencyStore::record(&*seen, "order-7").await;
     first.nak(None).await.unwrap();
     drop(first);
