@@ -12,7 +12,7 @@
 //! | `messaging.nats.end_to_end.duration` | histogram | `s` | published → processing ended (JetStream timestamp, or the opt-in `Nats-Otel-Published` header on core NATS) |
 //! | `messaging.nats.consumer.lag` | gauge | `s` | JetStream: age of the message being delivered |
 //! | `messaging.nats.consumer.pending` | gauge | `{message}` | JetStream: messages left for the consumer |
-//! | `messaging.nats.consumer.ack_pending`, `.redelivered` | gauges | `{message}` | JetStream consumer info, read by [`PullConsumer::record_health`](crate::jetstream::PullConsumer::record_health) (the worker does it periodically) |
+//! | `messaging.nats.consumer.ack_pending`, `.redelivered` | gauges | `{message}` | JetStream consumer info, read by the consumer's `info()` / `get_info()` (the worker does it periodically) |
 //! | `messaging.nats.worker.retries`, `.dead_letters`, `.duplicates_skipped` | counters | `{message}` | the consumer worker |
 //!
 //! Attributes: `messaging.system`, `messaging.operation.name`,

@@ -99,14 +99,7 @@ impl Service {
     }
 
     async fn consumer(&self, stream: &str, name: &str) -> Result<jetstream::PullConsumer, Error> {
-        let consumer = self
-            .js
-            .inner()
-            .get_stream(stream)
-            .await?
-            .get_consumer(name)
-            .await?;
-        Ok(self.js.pull_consumer(consumer))
+        Ok(self.js.get_stream(stream).await?.get_consumer(name).await?)
     }
 }
 

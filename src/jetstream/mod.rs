@@ -29,13 +29,17 @@
 //!
 //! # Consuming
 //!
-//! * [`Context::pull_consumer`] traces a pull consumer ([`PullConsumer`], the
-//!   methods of async-nats's): `messages()` and `stream()` yield one [`Delivery`] per
-//!   message with a `process {template}` CONSUMER span (stream, consumer, sequences,
-//!   delivery count, pending, queue wait); each pull of `fetch()`, `batch()` and
+//! * Consumers bound or created through this crate (`js.get_stream(..)?
+//!   .get_consumer(..)`, `create_consumer_on_stream`, …, or an async-nats
+//!   consumer passed to [`Context::consumer`]) are traced. A pull consumer's
+//!   `messages()` and `stream()` yield one [`Delivery`] per message with a
+//!   `process {template}` CONSUMER span (stream, consumer, sequences, delivery
+//!   count, pending, queue wait); each pull of `fetch()`, `batch()` and
 //!   `sequence()` adds one `receive {template}` CLIENT span linking every message's
-//!   producer, with `messaging.batch.message_count`.
-//! * [`Context::messages`] does the same for push and ordered consumer streams.
+//!   producer, with `messaging.batch.message_count`. Push and ordered consumers'
+//!   `messages()` yield the same deliveries.
+//! * [`Context::messages`] does the same for any other stream of JetStream
+//!   messages.
 //! * A [`Delivery`] is the crate's one processing type ([`crate::Delivery`]) around
 //!   a traced [`Message`]: `delivery.process(|message| async move { ...;
 //!   message.ack().await })` runs the handler in the span and records an `Err`.

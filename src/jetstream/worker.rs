@@ -143,16 +143,11 @@ impl Counters {
 /// # async fn run(client: nats_otel::Client) -> Result<(), async_nats::Error> {
 /// let js = jetstream::new(&client);
 /// dead_letter::ensure_stream(&js, "DLQ", &dead_letter::DeadLetter::default()).await?;
-/// let consumer = js
-///     .inner()
-///     .get_stream("TASKS")
-///     .await?
-///     .get_consumer("workers")
-///     .await?;
+/// let consumer = js.get_stream("TASKS").await?.get_consumer("workers").await?;
 /// // Send on `stop` (or drop it) to shut down gracefully.
 /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 /// # drop(stop);
-/// let stats = Worker::new(&js, js.pull_consumer(consumer))
+/// let stats = Worker::new(&js, consumer)
 ///     .concurrency(8)
 ///     .run(
 ///         |task| async move {
