@@ -99,7 +99,7 @@ impl Service {
     }
 
     async fn consumer(&self, stream: &str, name: &str) -> Result<jetstream::PullConsumer, Error> {
-        Ok(self.js.get_stream(stream).await?.get_consumer(name).await?)
+        self.js.get_stream(stream).await?.get_consumer(name).await
     }
 }
 
