@@ -81,12 +81,10 @@ impl Client {
         let health = telemetry.inst().metrics_enabled().then(|| {
             let mut attributes = telemetry.connection().to_vec();
             attributes.extend(telemetry.client_id().cloned());
-            crate::health::register(
-                telemetry.inst().meter(),
-                inner.clone(),
-                events.clone(),
-                attributes,
-            )
+            telemetry
+                .inst()
+                .health()
+                .register(inner.clone(), events.clone(), attributes)
         });
         Self {
             inner,

@@ -21,7 +21,8 @@ type EventCallback =
     Arc<dyn Fn(Event) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> + Send + Sync>;
 
 /// Connects to `addrs` with default options and the default [`Instrumentation`]
-/// (global tracer, meter and propagator).
+/// (global tracer, meter and propagator), built for this connection; to connect
+/// many clients, connect them through one [`Instrumentation`].
 pub async fn connect<A: ToServerAddrs>(addrs: A) -> Result<Client, ConnectError> {
     ConnectOptions::new().connect(addrs).await
 }

@@ -15,7 +15,13 @@
 //! `messaging.client.id` (one series per connection). The event-based counters need
 //! the connection's events, which every connect path of this crate takes
 //! ([`ConnectOptions`](crate::ConnectOptions) chains your own callback behind them);
-//! a client wrapped with [`Client::new`](crate::Client::new) reports them as 0. Per-subscription pending
+//! a client wrapped with [`Client::new`](crate::Client::new) reports them as 0.
+//!
+//! The instruments and their callbacks are registered once per
+//! [`Instrumentation`](crate::Instrumentation), on its first connect; each
+//! collection observes every client of it still alive. Connect many clients
+//! through one `Instrumentation` (`inst.connect(..)`): the free `connect`
+//! functions build a new default one per call. Per-subscription pending
 //! counts are not exposed by async-nats and are not reported.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -144,72 +150,112 @@ impl std::fmt::Debug for Health {
     }
 }
 
-/// Registers the health instruments for one connection. Returns the strong
-/// handle the client keeps.
-pub(crate) fn register(
-    meter: &Meter,
-    client: async_nats::Client,
-    events: Option<Arc<EventCounters>>,
-    attributes: Vec<KeyValue>,
-) -> Arc<Health> {
-    let health = Arc::new(Health {
-        client,
-        events,
-        attributes,
-    });
-    let weak = Arc::downgrade(&health);
-    let stat = |name: &'static str, unit: &'static str, read: fn(&Health) -> u64| {
-        let weak: Weak<Health> = weak.clone();
+/// The health instruments of one [`Instrumentation`](crate::Instrumentation):
+/// registered once, their callbacks observe every live connection made through it
+/// (each with its own attributes), so connecting many clients adds no callbacks.
+pub(crate) struct HealthRegistry {
+    connections: std::sync::Mutex<Vec<Weak<Health>>>,
+}
+
+impl std::fmt::Debug for HealthRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthRegistry").finish_non_exhaustive()
+    }
+}
+
+impl HealthRegistry {
+    /// Registers the health instruments on `meter`.
+    pub(crate) fn new(meter: &Meter) -> Arc<Self> {
+        let registry = Arc::new(Self {
+            connections: std::sync::Mutex::new(Vec::new()),
+        });
+        let weak = Arc::downgrade(&registry);
+        let stat = |name: &'static str, unit: &'static str, read: fn(&Health) -> u64| {
+            let weak: Weak<HealthRegistry> = weak.clone();
+            meter
+                .u64_observable_counter(name)
+                .with_unit(unit)
+                .with_callback(move |observer| {
+                    if let Some(registry) = weak.upgrade() {
+                        registry.each(|health| observer.observe(read(health), &health.attributes));
+                    }
+                })
+                .build()
+        };
+        stat(names::BYTES_IN, "By", |h| {
+            h.client.statistics().in_bytes.load(Ordering::Relaxed)
+        });
+        stat(names::BYTES_OUT, "By", |h| {
+            h.client.statistics().out_bytes.load(Ordering::Relaxed)
+        });
+        stat(names::MESSAGES_IN, "{message}", |h| {
+            h.client.statistics().in_messages.load(Ordering::Relaxed)
+        });
+        stat(names::MESSAGES_OUT, "{message}", |h| {
+            h.client.statistics().out_messages.load(Ordering::Relaxed)
+        });
+        stat(names::CONNECTS, "{connect}", |h| {
+            h.client.statistics().connects.load(Ordering::Relaxed)
+        });
+        stat(names::RECONNECTS, "{reconnect}", |h| {
+            h.events
+                .as_ref()
+                .map_or(0, |e| e.reconnects.load(Ordering::Relaxed))
+        });
+        stat(names::SLOW_CONSUMERS, "{event}", |h| {
+            h.events
+                .as_ref()
+                .map_or(0, |e| e.slow_consumers.load(Ordering::Relaxed))
+        });
+        stat(names::PERMISSION_VIOLATIONS, "{event}", |h| {
+            h.events
+                .as_ref()
+                .map_or(0, |e| e.permission_violations.load(Ordering::Relaxed))
+        });
+        let weak_state = weak.clone();
         meter
-            .u64_observable_counter(name)
-            .with_unit(unit)
+            .i64_observable_gauge(names::CONNECTION_STATE)
+            .with_unit("1")
             .with_callback(move |observer| {
-                if let Some(health) = weak.upgrade() {
-                    observer.observe(read(&health), &health.attributes);
+                if let Some(registry) = weak_state.upgrade() {
+                    registry.each(|health| {
+                        let up = matches!(health.client.connection_state(), State::Connected);
+                        observer.observe(i64::from(up), &health.attributes);
+                    });
                 }
             })
-            .build()
-    };
-    stat(names::BYTES_IN, "By", |h| {
-        h.client.statistics().in_bytes.load(Ordering::Relaxed)
-    });
-    stat(names::BYTES_OUT, "By", |h| {
-        h.client.statistics().out_bytes.load(Ordering::Relaxed)
-    });
-    stat(names::MESSAGES_IN, "{message}", |h| {
-        h.client.statistics().in_messages.load(Ordering::Relaxed)
-    });
-    stat(names::MESSAGES_OUT, "{message}", |h| {
-        h.client.statistics().out_messages.load(Ordering::Relaxed)
-    });
-    stat(names::CONNECTS, "{connect}", |h| {
-        h.client.statistics().connects.load(Ordering::Relaxed)
-    });
-    stat(names::RECONNECTS, "{reconnect}", |h| {
-        h.events
-            .as_ref()
-            .map_or(0, |e| e.reconnects.load(Ordering::Relaxed))
-    });
-    stat(names::SLOW_CONSUMERS, "{event}", |h| {
-        h.events
-            .as_ref()
-            .map_or(0, |e| e.slow_consumers.load(Ordering::Relaxed))
-    });
-    stat(names::PERMISSION_VIOLATIONS, "{event}", |h| {
-        h.events
-            .as_ref()
-            .map_or(0, |e| e.permission_violations.load(Ordering::Relaxed))
-    });
-    let weak_state = weak.clone();
-    meter
-        .i64_observable_gauge(names::CONNECTION_STATE)
-        .with_unit("1")
-        .with_callback(move |observer| {
-            if let Some(health) = weak_state.upgrade() {
-                let up = matches!(health.client.connection_state(), State::Connected);
-                observer.observe(i64::from(up), &health.attributes);
+            .build();
+        registry
+    }
+
+    /// Adds one connection; it is observed while the returned handle (kept by the
+    /// client and its clones) lives.
+    pub(crate) fn register(
+        &self,
+        client: async_nats::Client,
+        events: Option<Arc<EventCounters>>,
+        attributes: Vec<KeyValue>,
+    ) -> Arc<Health> {
+        let health = Arc::new(Health {
+            client,
+            events,
+            attributes,
+        });
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.retain(|c| c.strong_count() > 0);
+        connections.push(Arc::downgrade(&health));
+        health
+    }
+
+    /// Calls `observe` for each live connection, forgetting dropped ones.
+    fn each(&self, mut observe: impl FnMut(&Health)) {
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.retain(|c| match c.upgrade() {
+            Some(health) => {
+                observe(&health);
+                true
             }
-        })
-        .build();
-    health
+            None => false,
+        });
+    }
 }

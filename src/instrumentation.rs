@@ -80,6 +80,8 @@ struct Inner {
     body_size: bool,
     #[cfg_attr(not(feature = "compression"), allow(dead_code))]
     max_decoded: usize,
+    /// The client health instruments, registered on the first connect.
+    health: std::sync::OnceLock<Arc<crate::health::HealthRegistry>>,
 }
 
 impl fmt::Debug for Instrumentation {
@@ -136,6 +138,14 @@ impl Instrumentation {
     /// The meter instruments are created from.
     pub fn meter(&self) -> &Meter {
         &self.inner.meter
+    }
+
+    /// The client health instruments, registered once for every client connected
+    /// with these settings.
+    pub(crate) fn health(&self) -> &Arc<crate::health::HealthRegistry> {
+        self.inner
+            .health
+            .get_or_init(|| crate::health::HealthRegistry::new(&self.inner.meter))
     }
 
     /// Injects `cx` into `headers` through the configured propagator.
@@ -528,6 +538,7 @@ impl InstrumentationBuilder {
                 error_type_hook: self.error_type_hook,
                 body_size: self.body_size,
                 max_decoded: self.max_decoded,
+                health: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -1,6 +1,8 @@
 //! Connecting: every connect path takes the connection's events and still runs the
 //! user's callback; `ping` is a real round trip.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -207,4 +209,100 @@ async fn ping_reports_a_timeout_a_refusal_and_an_answering_responder_by_kind() {
     server.kill();
     let err = client.ping().await.expect_err("timed out");
     assert_eq!(err.kind(), PingErrorKind::TimedOut);
+}
+
+/// A meter provider that creates no-op instruments and counts the callbacks
+/// registered on observable ones.
+struct CallbackCounting(Arc<AtomicUsize>);
+
+struct CountingInstruments(Arc<AtomicUsize>);
+
+impl opentelemetry::metrics::MeterProvider for CallbackCounting {
+    fn meter_with_scope(
+        &self,
+        _scope: opentelemetry::InstrumentationScope,
+    ) -> opentelemetry::metrics::Meter {
+        opentelemetry::metrics::Meter::new(Arc::new(CountingInstruments(self.0.clone())))
+    }
+}
+
+impl opentelemetry::metrics::InstrumentProvider for CountingInstruments {
+    fn u64_observable_counter(
+        &self,
+        builder: opentelemetry::metrics::AsyncInstrumentBuilder<
+            '_,
+            opentelemetry::metrics::ObservableCounter<u64>,
+            u64,
+        >,
+    ) -> opentelemetry::metrics::ObservableCounter<u64> {
+        self.0.fetch_add(builder.callbacks.len(), Ordering::SeqCst);
+        opentelemetry::metrics::ObservableCounter::new()
+    }
+
+    fn i64_observable_gauge(
+        &self,
+        builder: opentelemetry::metrics::AsyncInstrumentBuilder<
+            '_,
+            opentelemetry::metrics::ObservableGauge<i64>,
+            i64,
+        >,
+    ) -> opentelemetry::metrics::ObservableGauge<i64> {
+        self.0.fetch_add(builder.callbacks.len(), Ordering::SeqCst);
+        opentelemetry::metrics::ObservableGauge::new()
+    }
+}
+
+#[tokio::test]
+async fn health_callbacks_are_registered_once_per_instrumentation_not_per_connect() {
+    let server = NatsServer::start();
+    let callbacks = Arc::new(AtomicUsize::new(0));
+    let inst = nats_otel::Instrumentation::builder()
+        .with_meter_provider(&CallbackCounting(callbacks.clone()))
+        .build();
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(
+            inst.connect(server.url(), ConnectOptions::new())
+                .await
+                .unwrap(),
+        );
+    }
+    // Eight observable counters and the connection-state gauge, once.
+    assert_eq!(callbacks.load(Ordering::SeqCst), 9);
+}
+
+#[tokio::test]
+async fn health_metrics_report_each_live_connection_and_forget_dropped_ones() {
+    use nats_otel::health::names as health;
+    let server = NatsServer::start();
+    let metrics = crate::support::Metrics::new();
+    let inst = nats_otel::Instrumentation::builder()
+        .with_meter_provider(&metrics.provider)
+        .build();
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(
+            inst.connect(server.url(), ConnectOptions::new())
+                .await
+                .unwrap(),
+        );
+    }
+    let points = metrics.points(health::CONNECTION_STATE);
+    assert_eq!(points.len(), 100, "one series per connection");
+    assert_eq!(crate::metrics::total(&points), 100.0, "all connected");
+    let kept = clients.pop().unwrap();
+    drop(clients);
+    let points = metrics.points(health::CONNECTION_STATE);
+    assert_eq!(
+        points.len(),
+        1,
+        "dropped connections are no longer observed"
+    );
+    let id = nats_otel::semconv::MESSAGING_CLIENT_ID;
+    let reported = points[0]
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == id)
+        .map(|kv| kv.value.as_str().into_owned());
+    assert_eq!(reported, Some(kept.server_info().client_id.to_string()));
 }
