@@ -6,10 +6,6 @@
 //! `BENCHMARKS.md`. Client CPU per message comes from this process's CPU time
 //! (`/proc/self/stat`), so it includes the async-nats connection task.
 
-#[path = "../tests/all/server.rs"]
-#[allow(dead_code)]
-mod server;
-
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,12 +19,6 @@ use opentelemetry::trace::{
     Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::KeyValue;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
@@ -1114,29 +1104,6 @@ enum Collector {
     BlackHole,
 }
 
-/// Counts the spans a gRPC OTLP receiver gets.
-struct CountingReceiver(Arc<AtomicU64>);
-
-#[tonic::async_trait]
-impl TraceService for CountingReceiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans: usize = request
-            .into_inner()
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        self.0.fetch_add(spans as u64, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
 /// This process's resident memory in bytes.
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -1160,14 +1127,19 @@ async fn outage(url: &str, collector: Collector, n: u64) -> OutageSample {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("listener");
-    let port = listener.local_addr().expect("address").port();
-    let received = Arc::new(AtomicU64::new(0));
-    let server = match collector {
-        Collector::Up => Some(tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(CountingReceiver(received.clone())))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        )),
+    let mut port = listener.local_addr().expect("address").port();
+    let mut receiver = None;
+    let black_hole = match collector {
+        Collector::Up => {
+            drop(listener);
+            // Counting only: keeping 200,000 spans would show in the RSS column.
+            let up = nats_otel_testkit::receiver::start_counting()
+                .await
+                .expect("receiver");
+            port = up.address.port();
+            receiver = Some(up);
+            None
+        }
         Collector::Down => {
             drop(listener);
             None
@@ -1177,7 +1149,6 @@ async fn outage(url: &str, collector: Collector, n: u64) -> OutageSample {
             while let Ok((socket, _)) = listener.accept().await {
                 held.push(socket);
             }
-            Ok(())
         })),
     };
     let guard = nats_otel::otlp::providers(nats_otel::otlp::Settings::from_vars([
@@ -1216,12 +1187,13 @@ async fn outage(url: &str, collector: Collector, n: u64) -> OutageSample {
     // Shutting down waits for exports the collector never answers; do it off
     // the runtime, bounded by the export timeout.
     let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
-    if let Some(server) = server {
-        server.abort();
+    if let Some(black_hole) = black_hole {
+        black_hole.abort();
     }
+    let received = receiver.map_or(0, |r| r.store.lock().map_or(0, |s| s.received));
     OutageSample {
         sample,
-        received: received.load(Ordering::Relaxed),
+        received,
         rss_growth,
     }
 }
@@ -1273,7 +1245,7 @@ fn named(variants: &[Tracing]) -> Vec<(String, Tracing)> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let server = server::NatsServer::start();
+    let server = nats_otel_testkit::NatsServer::start();
     let _ = SERVER_PID.set(server.pid());
     let url = server.url();
     let url = url.as_str();

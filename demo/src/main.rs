@@ -8,7 +8,6 @@
 //! only if every order and task is accounted for.
 
 mod flows;
-mod receiver;
 mod report;
 mod run;
 mod services;

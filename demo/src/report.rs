@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::receiver::SpanRecord;
 use crate::run::Tally;
 use crate::RunArgs;
+use nats_otel_testkit::SpanRecord;
 
 /// p50/p99 in milliseconds.
 #[derive(Debug, Clone, Serialize, Default)]

@@ -10,15 +10,11 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::process::{Child, Command};
 
-#[path = "../../tests/all/server.rs"]
-#[allow(dead_code)]
-mod server;
-
 use crate::flows::{self, Event, Outcome};
-use crate::receiver;
 use crate::report;
 use crate::services::Error;
 use crate::RunArgs;
+use nats_otel_testkit::{receiver, NatsServer};
 
 fn validate(args: &RunArgs) -> Result<(), Error> {
     let rate = |name: &str, v: f64| -> Result<(), Error> {
@@ -271,7 +267,7 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         Err(_) => {
             let bin = server_binary()?;
             std::env::set_var("NATS_SERVER_BIN", &bin);
-            let server = server::NatsServer::start();
+            let server = NatsServer::try_start()?;
             (server.url(), Some(server))
         }
     };

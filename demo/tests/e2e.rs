@@ -4,19 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 
-#[path = "../../tests/all/server.rs"]
-#[allow(dead_code)]
-mod server;
-
-mod services {
-    pub type Error = Box<dyn std::error::Error + Send + Sync>;
-}
-
-#[path = "../src/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-
-use server::NatsServer;
+use nats_otel_testkit::{receiver, NatsServer};
 
 /// Runs the demo with `args` against `server`, exporting to `receiver`; returns
 /// the exit code and the JSON summary.
@@ -32,10 +20,7 @@ fn run_demo(
         .arg("--json")
         .arg(&json)
         .env("NATS_URL", server.url())
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{}", receiver.address),
-        )
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         .status()
         .expect("demo runs");
@@ -47,7 +32,7 @@ fn run_demo(
 }
 
 fn spans(receiver: &receiver::Receiver) -> Vec<receiver::SpanRecord> {
-    receiver.store.lock().unwrap().spans.clone()
+    receiver.spans()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

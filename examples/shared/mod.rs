@@ -2,9 +2,6 @@
 //! here), an SDK tracer provider collecting spans in memory, and a printer that
 //! shows each trace as a tree.
 
-#[path = "../../tests/all/server.rs"]
-mod server;
-
 use std::collections::HashMap;
 
 use nats_otel::Instrumentation;
@@ -17,7 +14,7 @@ pub struct Setup {
     pub url: String,
     pub exporter: InMemorySpanExporter,
     pub provider: SdkTracerProvider,
-    _server: Option<server::NatsServer>,
+    _server: Option<nats_otel_testkit::NatsServer>,
 }
 
 impl Setup {
@@ -25,7 +22,7 @@ impl Setup {
         let (url, server) = match std::env::var("NATS_URL") {
             Ok(url) => (url, None),
             Err(_) => {
-                let server = server::NatsServer::start();
+                let server = nats_otel_testkit::NatsServer::start();
                 println!("started nats-server at {}", server.url());
                 (server.url(), Some(server))
             }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::pull;
 use nats_otel::jetstream::{Backoff, PublishRetry, Worker};
 
-use crate::server::NatsCluster;
 use crate::support::Telemetry;
+use nats_otel_testkit::NatsCluster;
 
 const MESSAGES: usize = 5000;
 

@@ -5,7 +5,6 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 mod alloc;
 mod object_store;
-mod server;
 mod service;
 mod support;
 mod worker;

@@ -3,70 +3,14 @@
 use std::time::Duration;
 
 use nats_otel::otlp::{init_with, Settings};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tokio::sync::mpsc;
 
 use crate::support::{next, NatsServer};
 
-struct Receiver(mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-struct MetricsReceiver(mpsc::UnboundedSender<ExportMetricsServiceRequest>);
-
-#[tonic::async_trait]
-impl MetricsService for MetricsReceiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportMetricsServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_setup_exports_spans_and_metrics_to_a_real_receiver() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (metrics_tx, mut metrics_rx) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Receiver(tx)))
-            .add_service(MetricsServiceServer::new(MetricsReceiver(metrics_tx)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-
+    let receiver = nats_otel_testkit::receiver::start().await.unwrap();
     let guard = init_with(Settings::from_vars([
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{port}"),
-        ),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
         ("OTEL_SERVICE_NAME", "otlp-wire-test".to_owned()),
     ]))
@@ -90,49 +34,27 @@ async fn otlp_setup_exports_spans_and_metrics_to_a_real_receiver() {
         .await
         .unwrap();
 
-    let mut names = Vec::new();
-    let mut service = None;
-    while names.len() < 2 {
-        let request = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("receiver got an export")
-            .expect("channel open");
-        for resource_spans in request.resource_spans {
-            service = resource_spans.resource.as_ref().and_then(|r| {
-                r.attributes
-                    .iter()
-                    .find(|kv| kv.key == "service.name")
-                    .and_then(|kv| kv.value.clone())
-            });
-            for scope_spans in resource_spans.scope_spans {
-                for span in scope_spans.spans {
-                    names.push(span.name);
-                }
-            }
-        }
-    }
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), |store| {
+            (store.spans.len() >= 2).then(|| store.spans.clone())
+        })
+        .await
+        .expect("the receiver got both spans");
+    let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["process wire.test", "publish wire.test"]);
-    let service = format!("{service:?}");
-    assert!(service.contains("otlp-wire-test"), "{service}");
+    assert!(spans.iter().all(|s| s.service == "otlp-wire-test"));
 
     // Metrics travel the same way: the guard's flush exported them.
-    let mut metric_names = std::collections::HashSet::new();
-    while !metric_names.contains(nats_otel::metrics::names::SENT_MESSAGES)
-        || !metric_names.contains(nats_otel::metrics::names::CONSUMED_MESSAGES)
-    {
-        let request = tokio::time::timeout(Duration::from_secs(10), metrics_rx.recv())
-            .await
-            .expect("receiver got metrics")
-            .expect("channel open");
-        for resource in request.resource_metrics {
-            for scope in resource.scope_metrics {
-                for metric in scope.metrics {
-                    metric_names.insert(metric.name);
-                }
-            }
-        }
-    }
+    let metric_names = receiver
+        .wait_for(Duration::from_secs(10), |store| {
+            let names = &store.metric_names;
+            (names.contains(nats_otel::metrics::names::SENT_MESSAGES)
+                && names.contains(nats_otel::metrics::names::CONSUMED_MESSAGES))
+            .then(|| names.clone())
+        })
+        .await
+        .expect("the receiver got the messaging metrics");
     assert!(metric_names.contains(nats_otel::health::names::CONNECTS));
 }
 
@@ -227,29 +149,22 @@ async fn collector_down_messaging_completes_memory_stays_bounded_and_export_resu
     client.ping().await.expect("ping");
 
     // The collector comes back on the same address: export resumes.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+    let receiver = nats_otel_testkit::receiver::start_at(([127, 0, 0, 1], port).into())
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Receiver(tx)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
     let mut exported = 0;
     for round in 0..50 {
         client
             .publish("outage.back", format!("{round}").into())
             .await
             .unwrap();
-        let request = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
-        if let Ok(Some(request)) = request {
-            exported += request
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .map(|s| s.spans.len())
-                .sum::<usize>();
+        let received = receiver
+            .wait_for(Duration::from_millis(500), |store| {
+                (store.received > 0).then_some(store.received)
+            })
+            .await;
+        if let Some(received) = received {
+            exported = received;
             break;
         }
     }

