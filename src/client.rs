@@ -13,8 +13,9 @@ use futures_util::FutureExt;
 use opentelemetry::{Context, KeyValue};
 
 use crate::error::{error_type, refusal_or_kind};
-use crate::instrumentation::{Instrumentation, Prepared};
+use crate::instrumentation::Instrumentation;
 use crate::operation::{self, Body, Operation};
+use crate::payload::{Outgoing, Prepared};
 use crate::semconv;
 use crate::subscriber::Subscriber;
 use crate::telemetry::{Host, Telemetry};
@@ -38,8 +39,8 @@ pub struct Client {
     _health: Option<Arc<crate::health::Health>>,
     // Connection events, when connected through an event callback of ours.
     events: Option<Arc<crate::health::EventCounters>>,
-    #[cfg(feature = "compression")]
-    compression: Option<crate::compression::Compression>,
+    /// What is done to the payloads this client publishes.
+    outgoing: Outgoing,
 }
 
 impl Client {
@@ -91,8 +92,7 @@ impl Client {
             telemetry,
             _health: health,
             events,
-            #[cfg(feature = "compression")]
-            compression: None,
+            outgoing: Outgoing::default(),
         }
     }
 
@@ -106,12 +106,9 @@ impl Client {
         &self.telemetry
     }
 
-    /// Applies this publisher's compression, if any.
-    fn compress(&self, headers: Option<HeaderMap>, payload: Bytes) -> Prepared {
-        #[cfg(feature = "compression")]
-        return crate::instrumentation::compress(self.compression.as_ref(), headers, payload);
-        #[cfg(not(feature = "compression"))]
-        (headers, payload, None)
+    /// What is done to the payloads this client publishes.
+    pub(crate) fn outgoing(&self) -> Outgoing {
+        self.outgoing
     }
 
     /// This client, compressing the payloads it publishes (core NATS and JetStream
@@ -122,14 +119,14 @@ impl Client {
         mut self,
         compression: Option<crate::compression::Compression>,
     ) -> Self {
-        self.compression = compression;
+        self.outgoing = Outgoing::compressing(compression);
         self
     }
 
     /// The compression this client applies to what it publishes.
     #[cfg(feature = "compression")]
     pub fn compression(&self) -> Option<crate::compression::Compression> {
-        self.compression
+        self.outgoing.compression()
     }
 
     fn with_publish_time(&self, headers: Option<HeaderMap>) -> Option<HeaderMap> {
@@ -148,12 +145,9 @@ impl Client {
     /// publish-time header and no caller's trace to propagate. Such calls go
     /// straight to async-nats, without even this crate's future around them.
     fn passthrough(&self) -> bool {
-        #[cfg(feature = "compression")]
-        if self.compression.is_some() {
-            return false;
-        }
         let inst = self.telemetry.inst();
-        !inst.tracing_enabled()
+        self.outgoing.is_plain()
+            && !inst.tracing_enabled()
             && !inst.metrics_enabled()
             && !inst.publish_time_header()
             && !inst.has_ambient_span()
@@ -413,7 +407,7 @@ impl Client {
     ) -> impl Future<Output = Result<(), PublishError>> + Send + '_ {
         let telemetry = &self.telemetry;
         let headers = self.with_publish_time(headers);
-        let (headers, payload, compressed) = self.compress(headers, payload);
+        let (headers, payload, compressed): Prepared = self.outgoing.prepare(headers, payload);
         let op = telemetry.start_send(
             operation::PUBLISH,
             subject.as_str(),

@@ -25,8 +25,6 @@ use std::io::{self, Read, Write};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 
-use crate::instrumentation::Compressed;
-
 /// The header naming a payload's encoding.
 pub const CONTENT_ENCODING: &str = "Content-Encoding";
 
@@ -311,12 +309,12 @@ pub(crate) fn without_encoding(headers: &HeaderMap) -> Option<HeaderMap> {
 }
 
 /// Decodes `message` in place when it is encoded: the payload becomes the decoded
-/// bytes and `Content-Encoding` is removed. Returns the encoding and encoded size
+/// bytes and `Content-Encoding` is removed. Returns the codec and encoded size
 /// when it decoded, or the error (leaving the message as it arrived).
 pub(crate) fn decode_message(
     message: &mut async_nats::Message,
     max_decoded: usize,
-) -> Result<Option<Compressed>, DecodeError> {
+) -> Result<Option<(Codec, usize)>, DecodeError> {
     let codec = message
         .headers
         .as_ref()
@@ -328,10 +326,7 @@ pub(crate) fn decode_message(
             let size = message.payload.len();
             message.payload = decoded;
             message.headers = message.headers.as_ref().and_then(without_encoding);
-            Ok(codec.map(|codec| Compressed {
-                encoding: codec.token(),
-                size,
-            }))
+            Ok(codec.map(|codec| (codec, size)))
         }
     }
 }
@@ -418,10 +413,10 @@ mod tests {
             description: None,
             length: 0,
         };
-        let compressed = decode_message(&mut message, 1 << 20)
+        let (codec, encoded_size) = decode_message(&mut message, 1 << 20)
             .unwrap()
             .expect("decoded");
-        assert_eq!((compressed.encoding, compressed.size), ("zstd", wire.len()));
+        assert_eq!((codec.token(), encoded_size), ("zstd", wire.len()));
         assert_eq!(size, Some(wire.len()));
         assert_eq!(message.payload, payload);
         let headers = message.headers.expect("traceparent kept");

@@ -11,8 +11,8 @@ use opentelemetry::trace::{FutureExt, Status, TraceContextExt};
 use opentelemetry::{Context, ContextGuard, KeyValue};
 
 use crate::error::{classify, ErrorTypeHook};
-use crate::instrumentation::DecodeFailure;
 use crate::metrics::ProcessTimer;
+use crate::payload::{self, DecodeFailure};
 use crate::semconv;
 
 /// A delivered message with its `process` span.
@@ -134,6 +134,11 @@ impl<M> Delivery<M> {
     /// `process` span carries the error. Check it before trusting the payload.
     #[cfg(feature = "compression")]
     pub fn decode_error(&self) -> Option<&crate::compression::DecodeError> {
+        self.decode_failure()
+    }
+
+    /// Why the payload could not be decoded, with or without feature `compression`.
+    pub(crate) fn decode_failure(&self) -> Option<&DecodeFailure> {
         self.span.decode_error.as_ref()
     }
 
@@ -214,11 +219,9 @@ impl ProcessSpan {
     }
 
     /// Marks the span failed for a payload that could not be decoded.
-    #[cfg_attr(not(feature = "compression"), allow(unused_mut))]
     pub(crate) fn with_decode_failure(mut self, failure: Option<DecodeFailure>) -> Self {
-        #[cfg(feature = "compression")]
         if let Some(error) = &failure {
-            self.fail(error.error_type(), error, false);
+            self.fail(payload::failure_type(error), error, false);
         }
         self.decode_error = failure;
         self

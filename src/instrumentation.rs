@@ -264,69 +264,6 @@ fn is_printable(subject: &str) -> bool {
     !subject.contains(|c: char| c.is_whitespace() || c.is_control())
 }
 
-/// Why a delivered payload could not be decoded ([`crate::compression::DecodeError`]
-/// with feature `compression`; without it nothing is decoded).
-#[cfg(feature = "compression")]
-pub(crate) type DecodeFailure = crate::compression::DecodeError;
-/// Why a delivered payload could not be decoded (never, without feature `compression`).
-#[cfg(not(feature = "compression"))]
-pub(crate) type DecodeFailure = std::convert::Infallible;
-
-/// Decodes a delivered message's compressed payload in place (feature
-/// `compression`): what was on the wire, or why it could not be decoded.
-pub(crate) fn decode_in_place(
-    inst: &Instrumentation,
-    message: &mut Message,
-) -> (Option<Compressed>, Option<DecodeFailure>) {
-    #[cfg(feature = "compression")]
-    {
-        match crate::compression::decode_message(message, inst.max_decoded_size()) {
-            Ok(compressed) => (compressed, None),
-            Err(error) => (None, Some(error)),
-        }
-    }
-    #[cfg(not(feature = "compression"))]
-    {
-        let _ = (inst, message);
-        (None, None)
-    }
-}
-
-/// What a compressing publisher sends: the headers and payload, and the original
-/// size and what was done when the payload was compressed.
-pub(crate) type Prepared = (Option<HeaderMap>, bytes::Bytes, Option<(usize, Compressed)>);
-
-/// Applies `compression` (feature `compression`) to a payload about to be sent.
-#[cfg(feature = "compression")]
-pub(crate) fn compress(
-    compression: Option<&crate::compression::Compression>,
-    headers: Option<HeaderMap>,
-    payload: bytes::Bytes,
-) -> Prepared {
-    let Some(compression) = compression else {
-        return (headers, payload, None);
-    };
-    let original = payload.len();
-    let (headers, payload, size) = compression.apply(headers, payload);
-    let compressed = size.map(|size| {
-        (
-            original,
-            Compressed {
-                encoding: compression.codec().token(),
-                size,
-            },
-        )
-    });
-    (headers, payload, compressed)
-}
-
-/// A payload sent or received compressed: its encoding and size on the wire.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Compressed {
-    pub(crate) encoding: &'static str,
-    pub(crate) size: usize,
-}
-
 /// Builder for [`Instrumentation`].
 #[must_use]
 pub struct InstrumentationBuilder {

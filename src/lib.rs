@@ -113,6 +113,7 @@ mod names;
 mod operation;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+mod payload;
 pub mod propagation;
 pub mod semconv;
 pub mod service;

@@ -11,8 +11,8 @@ use futures_util::Stream;
 use opentelemetry::{KeyValue, Value};
 
 use crate::delivery::Delivery;
-use crate::instrumentation::decode_in_place;
 use crate::operation::{Body, Processing};
+use crate::payload::decode_in_place;
 use crate::telemetry::Telemetry;
 
 /// A subscription whose messages each come with their trace context and a

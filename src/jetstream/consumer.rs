@@ -19,7 +19,7 @@ use async_nats::jetstream::consumer as raw;
 use async_nats::jetstream::context::ConsumerInfoError;
 use async_nats::jetstream::stream::{ConsumerResetError, ConsumerResetResponse};
 
-use super::consume::ConsumerShared;
+use super::shared::ConsumerShared;
 use crate::telemetry::Telemetry;
 
 /// A traced pull consumer.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 
-use super::consume::{clamp, ConsumerShared};
+use super::shared::{clamp, ConsumerShared};
 use crate::error::boxed_error_type;
 use crate::names::SpanName;
 use crate::operation::{Op, Start, Target};

@@ -73,6 +73,7 @@ mod manage;
 pub mod message;
 pub mod object_store;
 mod publishing;
+mod shared;
 pub mod stream;
 mod worker;
 
@@ -142,8 +143,7 @@ pub fn wrap(client: &Client, inner: async_nats::jetstream::Context) -> Context {
         client: client.clone(),
         telemetry: client.telemetry().clone(),
         events: client.events(),
-        #[cfg(feature = "compression")]
-        compression: client.compression(),
+        outgoing: client.outgoing(),
     }
 }
 
@@ -154,8 +154,8 @@ pub struct Context {
     client: Client,
     telemetry: Telemetry,
     events: Option<Arc<crate::health::EventCounters>>,
-    #[cfg(feature = "compression")]
-    compression: Option<crate::compression::Compression>,
+    /// What is done to the payloads this context publishes.
+    outgoing: crate::payload::Outgoing,
 }
 
 impl Context {
@@ -166,7 +166,7 @@ impl Context {
         mut self,
         compression: Option<crate::compression::Compression>,
     ) -> Self {
-        self.compression = compression;
+        self.outgoing = crate::payload::Outgoing::compressing(compression);
         self
     }
 
@@ -213,7 +213,7 @@ impl Context {
         info: &async_nats::jetstream::consumer::Info,
         stream: S,
     ) -> Messages<S> {
-        let shared = consume::ConsumerShared::new(self.telemetry.clone(), info);
+        let shared = shared::ConsumerShared::new(self.telemetry.clone(), info);
         Messages::new(stream, shared)
     }
 
@@ -297,11 +297,7 @@ impl Context {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> impl Future<Output = Result<PublishAckFuture, PublishError>> + Send + '_ {
-        #[cfg(feature = "compression")]
-        let (headers, payload, compressed) =
-            crate::instrumentation::compress(self.compression.as_ref(), headers, payload);
-        #[cfg(not(feature = "compression"))]
-        let compressed: Option<(usize, crate::instrumentation::Compressed)> = None;
+        let (headers, payload, compressed) = self.outgoing.prepare(headers, payload);
         let telemetry = &self.telemetry;
         // Room for the ack's stream, sequence and duplicate flag too.
         let op = telemetry.start_send(
@@ -345,12 +341,11 @@ impl Context {
     /// Whether a publish needs nothing from this crate (no span, no metric, no
     /// caller's trace to propagate).
     fn passthrough(&self) -> bool {
-        #[cfg(feature = "compression")]
-        if self.compression.is_some() {
-            return false;
-        }
         let inst = self.telemetry.inst();
-        !inst.tracing_enabled() && !inst.metrics_enabled() && !inst.has_ambient_span()
+        self.outgoing.is_plain()
+            && !inst.tracing_enabled()
+            && !inst.metrics_enabled()
+            && !inst.has_ambient_span()
     }
 
     fn injected(&self, cx: &opentelemetry::Context, headers: Option<HeaderMap>) -> HeaderMap {

@@ -15,9 +15,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::backoff::Backoff;
-use super::consume::Failure as PullFailure;
 use super::dead_letter::DeadLetter;
 use super::dedup::IdempotencyStore;
+use super::shared::Failure as PullFailure;
 use super::{Context, PullConsumer};
 
 mod handle;

@@ -20,7 +20,8 @@ use async_nats::Subject;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 
 use super::Consumer;
-use crate::jetstream::consume::{ConsumerShared, Delivery, Failure};
+use crate::jetstream::consume::Delivery;
+use crate::jetstream::shared::{ConsumerShared, Failure};
 use crate::jetstream::Messages;
 
 /// The traced continuous pull stream: each message a [`Delivery`] with its

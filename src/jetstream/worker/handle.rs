@@ -61,8 +61,7 @@ impl Shared {
             }
         }
 
-        #[cfg(feature = "compression")]
-        if let Some(error) = delivery.decode_error() {
+        if let Some(error) = delivery.decode_failure() {
             // The handler would only see bytes it cannot read: no retry can help.
             // The span already carries the decode error's kind.
             let reason = format!("undecodable payload: {error}");

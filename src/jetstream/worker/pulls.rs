@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::jetstream::consume::{ConsumerShared, Failure as PullFailure};
+use crate::jetstream::shared::{ConsumerShared, Failure as PullFailure};
 
 /// A pull request in flight.
 pub(super) struct OpenPull {
