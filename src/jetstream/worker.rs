@@ -1,4 +1,5 @@
-//! The consumer worker.
+//! The consumer worker: its builder and settings, statistics, and `run` (pulls in
+//! `pull_loop`, per-message handling in `handle`, open pulls in `pulls`).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -7,10 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::consumer::pull::BatchConfig;
-use async_nats::StatusCode;
-use futures_util::StreamExt as _;
-use opentelemetry::trace::TraceContextExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -21,9 +18,11 @@ use super::shared::Failure as PullFailure;
 use super::{Context, PullConsumer};
 
 mod handle;
+mod pull_loop;
 mod pulls;
 
 use handle::Shared;
+use pull_loop::PullLoop;
 use pulls::Pulls;
 
 /// What a [`Worker`]'s handler receives: the message with its `process` span (the
@@ -312,7 +311,6 @@ impl Worker {
             }
             _ => None,
         };
-        let mut tasks = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let consumer = self.consumer.shared().clone();
         let client = self.js.inner().client();
@@ -338,140 +336,32 @@ impl Worker {
             }
         };
         if let Some(inbox) = inbox.as_mut() {
-            let mut pulls = Pulls {
+            let pulls = Pulls {
                 open: VecDeque::new(),
                 reserved: None,
                 next_id: 0,
                 consumer: consumer.clone(),
             };
-            let mut stopping = false;
-            let mut pull_failures = 0u64;
-            // After a failed pull request, no new one until the open ones end.
-            let mut hold = false;
-            // With a pull open, wait for a few free slots before the next one
-            // instead of one pull per freed slot; with none open, pull at once.
-            let refill = u32::try_from((self.concurrency / 4).max(1)).unwrap_or(u32::MAX);
-            loop {
-                if stopping && pulls.open.is_empty() {
-                    break;
-                }
-                let want = if pulls.open.is_empty() { 1 } else { refill };
-                let deadline = pulls
-                    .open
-                    .iter()
-                    .map(|p| p.deadline)
-                    .min()
-                    .unwrap_or_else(|| tokio::time::Instant::now() + self.pull_expires);
-                tokio::select! {
-                    biased;
-                    () = &mut shutdown, if !stopping => {
-                        // Keep draining the open pulls (they end by `pull_expires`):
-                        // the server has already assigned their messages to us.
-                        stopping = true;
-                    }
-                    message = inbox.next(), if !pulls.open.is_empty() => {
-                        let Some(message) = message else { break };
-                        if let Some(status) = message.status.filter(|s| *s != StatusCode::OK) {
-                            if status == StatusCode::IDLE_HEARTBEAT {
-                                continue;
-                            }
-                            let id = message
-                                .subject
-                                .as_str()
-                                .rsplit('.')
-                                .next()
-                                .and_then(|id| id.parse::<u64>().ok());
-                            // 408: the pull expired; 404: nothing to deliver. Any
-                            // other status ends the pull with a failure.
-                            let failure = (status != StatusCode::TIMEOUT
-                                && status != StatusCode::NOT_FOUND)
-                                .then(|| PullFailure::other(match &message.description {
-                                    Some(description) => format!("{status}: {description}"),
-                                    None => status.to_string(),
-                                }));
-                            if failure.is_some() {
-                                pull_failures += 1;
-                            }
-                            if let Some(id) = id {
-                                pulls.end(id, failure);
-                            }
-                            continue;
-                        }
-                        let message = async_nats::jetstream::Message {
-                            message,
-                            context: self.js.inner().clone(),
-                        };
-                        // The pull asked for as many messages as it reserved permits;
-                        // should the server send more, wait for one rather than drop
-                        // the message.
-                        let permit = match pulls.take_permit() {
-                            Some(permit) => permit,
-                            None => match permits.clone().acquire_owned().await {
-                                Ok(permit) => permit,
-                                Err(_) => break,
-                            },
-                        };
-                        pull_failures = 0;
-                        let delivery = consumer.deliver(message);
-                        pulls.received(delivery.producer_context().span().span_context().clone());
-                        let shared = shared.clone();
-                        let handler = handler.clone();
-                        tasks.spawn(async move {
-                            shared.handle(delivery, handler.as_ref()).await;
-                            drop(permit);
-                        });
-                        while tasks.try_join_next().is_some() {}
-                    }
-                    () = tokio::time::sleep_until(deadline), if !pulls.open.is_empty() => {
-                        // No end status came (a reconnect loses pull requests):
-                        // give the pull up so its slots are not lost.
-                        pulls.expire(tokio::time::Instant::now());
-                    }
-                    permit = permits.clone().acquire_many_owned(want),
-                        if !stopping && (!hold || pulls.open.is_empty()) =>
-                    {
-                        let Ok(mut permit) = permit else { break };
-                        while let Ok(more) = permits.clone().try_acquire_owned() {
-                            permit.merge(more);
-                        }
-                        let requested = permit.num_permits();
-                        let start = SystemTime::now();
-                        let id = pulls.next_id;
-                        let request = self.consumer.inner().request_batch(
-                            BatchConfig {
-                                batch: requested,
-                                expires: Some(self.pull_expires),
-                                ..Default::default()
-                            },
-                            format!("{prefix}.{id}").into(),
-                        );
-                        match request.await {
-                            Ok(()) => {
-                                hold = false;
-                                pulls.opened(start, requested, permit, self.pull_expires);
-                            }
-                            Err(err) => {
-                                drop(permit);
-                                consumer.record_receive_of(start, Vec::new(), Some(PullFailure::of(&err)), None);
-                                // The connection is down: wait and pull again
-                                // instead of spinning.
-                                pull_failures += 1;
-                                hold = true;
-                                if pulls.open.is_empty() {
-                                    let pause = Backoff::default().delay(pull_failures.min(5));
-                                    tokio::select! {
-                                        () = &mut shutdown => stopping = true,
-                                        () = tokio::time::sleep(pause) => {}
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+            PullLoop {
+                consumer: self.consumer.clone(),
+                shared,
+                handler,
+                permits,
+                // With a pull open, wait for a few free slots before the next one
+                // instead of one pull per freed slot; with none open, pull at once.
+                refill: u32::try_from((self.concurrency / 4).max(1)).unwrap_or(u32::MAX),
+                pull_expires: self.pull_expires,
+                prefix,
+                pulls,
+                tasks: JoinSet::new(),
+                stopping: false,
+                pull_failures: 0,
+                hold: false,
             }
+            .run(inbox, shutdown.as_mut())
+            .await;
         }
         drop(inbox);
-        while tasks.join_next().await.is_some() {}
         if let Some(health) = health {
             health.abort();
         }
