@@ -202,8 +202,8 @@ pub(super) fn export_timeout(settings: &Settings) -> Result<Option<Duration>, Se
     Ok(ms.map(Duration::from_millis))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 /// An OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Protocol {
     Grpc,
     HttpProtobuf,

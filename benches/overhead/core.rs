@@ -1,0 +1,477 @@
+//! Core NATS: publish only, pub→sub, request/reply and a connection pool.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{
+    Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+use crate::*;
+
+/// Publishes `n` messages of `size` bytes and waits until a subscriber on the same
+/// connection has received them all.
+pub(crate) async fn pub_sub(
+    url: &str,
+    tracing: Tracing,
+    n: u64,
+    size: usize,
+    pace: Option<u64>,
+) -> Sample {
+    let payload = Bytes::from(vec![b'x'; size]);
+    let telemetry = telemetry(tracing);
+    let raw = async_nats::connect(url).await.expect("connect");
+    let start_cpu;
+    let started;
+    match tracing {
+        Tracing::Raw | Tracing::HeaderOnly | Tracing::Propagation => {
+            let mut sub = raw.subscribe("bench.core").await.expect("subscribe");
+            sync(&raw).await;
+            start_cpu = cpu_seconds();
+            started = Instant::now();
+            let publisher = {
+                let raw = raw.clone();
+                tokio::spawn(async move {
+                    let mut propagation = Propagation::new();
+                    let mut pace = Pace::new(pace);
+                    for _ in 0..n {
+                        pace.next().await;
+                        if let Tracing::Propagation = tracing {
+                            let headers = propagation.headers();
+                            let _ = raw
+                                .publish_with_headers("bench.core", headers, payload.clone())
+                                .await;
+                        } else if let Tracing::HeaderOnly = tracing {
+                            let mut headers = async_nats::HeaderMap::new();
+                            headers.insert(
+                                "traceparent",
+                                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                            );
+                            let _ = raw
+                                .publish_with_headers("bench.core", headers, payload.clone())
+                                .await;
+                        } else {
+                            let _ = raw.publish("bench.core", payload.clone()).await;
+                        }
+                    }
+                })
+            };
+            let propagation = Propagation::new();
+            for _ in 0..n {
+                let Some(message) = sub.next().await else {
+                    break;
+                };
+                if let Tracing::Propagation = tracing {
+                    std::hint::black_box(propagation.extract(&message));
+                }
+            }
+            let _ = publisher.await;
+        }
+        Tracing::HandWritten => {
+            let provider = &telemetry.as_ref().expect("sampled telemetry").provider;
+            let tracer = Arc::new(provider.tracer("hand-written"));
+            let mut sub = raw.subscribe("bench.core").await.expect("subscribe");
+            sync(&raw).await;
+            start_cpu = cpu_seconds();
+            started = Instant::now();
+            let publisher = {
+                let raw = raw.clone();
+                let tracer = tracer.clone();
+                tokio::spawn(async move {
+                    let propagator = TraceContextPropagator::new();
+                    let mut pace = Pace::new(pace);
+                    for _ in 0..n {
+                        pace.next().await;
+                        let span = tracer
+                            .span_builder("publish bench.core")
+                            .with_kind(SpanKind::Producer)
+                            .with_attributes([
+                                KeyValue::new("messaging.system", "nats"),
+                                KeyValue::new("messaging.operation.type", "send"),
+                                KeyValue::new("messaging.destination.name", "bench.core"),
+                                KeyValue::new("messaging.message.body.size", size as i64),
+                            ])
+                            .start(&*tracer);
+                        let cx = opentelemetry::Context::current_with_span(span);
+                        let mut headers = async_nats::HeaderMap::new();
+                        propagator.inject_context(&cx, &mut HandInjector(&mut headers));
+                        let _ = raw
+                            .publish_with_headers("bench.core", headers, payload.clone())
+                            .await;
+                        cx.span().end();
+                    }
+                })
+            };
+            let propagator = TraceContextPropagator::new();
+            for _ in 0..n {
+                let Some(message) = sub.next().await else {
+                    break;
+                };
+                let parent = match &message.headers {
+                    Some(headers) => propagator.extract(&HandExtractor(headers)),
+                    None => opentelemetry::Context::new(),
+                };
+                let mut span = tracer
+                    .span_builder("process bench.core")
+                    .with_kind(SpanKind::Consumer)
+                    .with_attributes([
+                        KeyValue::new("messaging.system", "nats"),
+                        KeyValue::new("messaging.operation.type", "process"),
+                        KeyValue::new("messaging.destination.name", "bench.core"),
+                        KeyValue::new("messaging.message.body.size", message.payload.len() as i64),
+                    ])
+                    .start_with_context(&*tracer, &parent);
+                drop(message);
+                span.end();
+            }
+            let _ = publisher.await;
+        }
+        _ => {
+            let client = Client(nats_otel::Client::new(
+                raw.clone(),
+                instrumentation(tracing, &telemetry),
+            ));
+            let mut sub = client.0.subscribe("bench.core").await.expect("subscribe");
+            sync(&raw).await;
+            start_cpu = cpu_seconds();
+            started = Instant::now();
+            let publisher = {
+                let client = client.0.clone();
+                tokio::spawn(async move {
+                    let mut pace = Pace::new(pace);
+                    for _ in 0..n {
+                        pace.next().await;
+                        let _ = client.publish("bench.core", payload.clone()).await;
+                    }
+                })
+            };
+            for _ in 0..n {
+                match sub.next().await {
+                    Some(delivery) => drop(delivery),
+                    None => break,
+                }
+            }
+            let _ = publisher.await;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - start_cpu;
+    let dropped = finish(telemetry);
+    Sample {
+        per_second: n as f64 / elapsed,
+        cpu_us: cpu * 1e6 / n as f64,
+        dropped,
+    }
+}
+
+/// Sequential request/reply latencies (µs).
+pub(crate) async fn request_reply(url: &str, tracing: Tracing) -> Vec<f64> {
+    let telemetry = telemetry(tracing);
+    let raw = async_nats::connect(url).await.expect("connect");
+    let responder_conn = async_nats::connect(url).await.expect("connect");
+    let mut service = responder_conn
+        .subscribe("bench.rr")
+        .await
+        .expect("subscribe");
+    sync(&responder_conn).await;
+    let responder = tokio::spawn(async move {
+        while let Some(message) = service.next().await {
+            if let Some(reply) = message.reply {
+                let _ = responder_conn.publish(reply, message.payload).await;
+            }
+        }
+    });
+    let client = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
+    let mut latencies = Vec::with_capacity(REQUESTS);
+    for _ in 0..REQUESTS {
+        let started = Instant::now();
+        let ok = match tracing {
+            Tracing::Raw => raw.request("bench.rr", "ping".into()).await.is_ok(),
+            Tracing::HeaderOnly => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                );
+                raw.request_with_headers("bench.rr", headers, "ping".into())
+                    .await
+                    .is_ok()
+            }
+            _ => client.request("bench.rr", "ping".into()).await.is_ok(),
+        };
+        if ok {
+            latencies.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    responder.abort();
+    finish(telemetry);
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    latencies
+}
+
+/// Publishes `n` messages of `size` bytes with no subscriber, then waits for a
+/// server round trip so every message has left the client.
+pub(crate) async fn publish_only(
+    url: &str,
+    tracing: Tracing,
+    n: u64,
+    size: usize,
+    pace: Option<u64>,
+) -> Sample {
+    let payload = Bytes::from(vec![b'x'; size]);
+    let telemetry = telemetry(tracing);
+    let raw = async_nats::connect(url).await.expect("connect");
+    let client = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
+    let mut propagation = Propagation::new();
+    let mut pace = Pace::new(pace);
+    let start_cpu = cpu_seconds();
+    let started = Instant::now();
+    for _ in 0..n {
+        pace.next().await;
+        match tracing {
+            Tracing::Raw => {
+                let _ = raw.publish("bench.only", payload.clone()).await;
+            }
+            Tracing::Propagation => {
+                let headers = propagation.headers();
+                let _ = raw
+                    .publish_with_headers("bench.only", headers, payload.clone())
+                    .await;
+            }
+            Tracing::HeaderOnly => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                );
+                let _ = raw
+                    .publish_with_headers("bench.only", headers, payload.clone())
+                    .await;
+            }
+            _ => {
+                let _ = client.publish("bench.only", payload.clone()).await;
+            }
+        }
+    }
+    sync(&raw).await;
+    measured(n, started, start_cpu, telemetry)
+}
+
+/// `POOL_PUBLISHERS` tasks publishing 16 B messages, through one shared
+/// connection or one connection each.
+pub(crate) async fn pool(url: &str, tracing: Tracing, connections: usize) -> Sample {
+    let telemetry = telemetry(tracing);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        let raw = async_nats::connect(url).await.expect("connect");
+        let traced = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
+        clients.push((raw, traced));
+    }
+    let per_task = POOL_MESSAGES / POOL_PUBLISHERS as u64;
+    let start_cpu = cpu_seconds();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..POOL_PUBLISHERS {
+        let (raw, traced) = clients[i % connections].clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                let payload = Bytes::from_static(b"xxxxxxxxxxxxxxxx");
+                if let Tracing::Raw = tracing {
+                    let _ = raw.publish("bench.pool", payload).await;
+                } else {
+                    let _ = traced.publish("bench.pool", payload).await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    for (raw, _) in &clients {
+        sync(raw).await;
+    }
+    let n = per_task * POOL_PUBLISHERS as u64;
+    measured(n, started, start_cpu, telemetry)
+}
+
+/// Core NATS tables: publish only, pub→sub, fixed-rate, request/reply, pool.
+pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
+    // Row indices below: raw 0, header-only 1, propagation 2, off 3, sampled 4, drops 5.
+    let core = [
+        Tracing::Raw,
+        Tracing::HeaderOnly,
+        Tracing::Propagation,
+        Tracing::Off,
+        Tracing::Sampled,
+        Tracing::Dropped,
+    ];
+    for size in [16usize, 1024] {
+        let variants = named(&core);
+        let rows = section(
+            out,
+            &format!("Core publish only, {size} B, {PUBLISH_MESSAGES} messages × {ROUNDS} rounds"),
+            &variants,
+            |i| publish_only(url, variants[i].1, PUBLISH_MESSAGES, size, None),
+        )
+        .await;
+        if let Some(sdk) = sdk {
+            note(out, unsampled(&rows, 5, 2, 1.0, sdk.dropped));
+        }
+    }
+    for size in [16usize, 1024] {
+        let mut variants = named(&core);
+        variants.push((Tracing::HandWritten.name().to_owned(), Tracing::HandWritten));
+        if size == 16 {
+            variants.push((
+                Tracing::SampledDefaultQueue.name().to_owned(),
+                Tracing::SampledDefaultQueue,
+            ));
+        }
+        let rows = section(
+            out,
+            &format!("Core pub→sub, {size} B, {CORE_MESSAGES} messages × {ROUNDS} rounds"),
+            &variants,
+            |i| pub_sub(url, variants[i].1, CORE_MESSAGES, size, None),
+        )
+        .await;
+        if let Some(sdk) = sdk {
+            note(out, unsampled(&rows, 5, 2, 2.0, sdk.dropped));
+            note(
+                out,
+                ceiling(
+                    &rows,
+                    1,
+                    sdk.plain + sdk.linked,
+                    "a producer span and a linked process span",
+                    Target {
+                        ratio: 0.70,
+                        of: 1,
+                        label: "the header-only row",
+                    },
+                ),
+            );
+        }
+    }
+
+    // The unsampled target at one fixed rate, where batching is alike for every
+    // variant. Row indices: raw 0, propagation 1, drops 2, sampled 3.
+    let paced = named(&[
+        Tracing::Raw,
+        Tracing::Propagation,
+        Tracing::Dropped,
+        Tracing::Sampled,
+    ]);
+    for size in [16usize, 1024] {
+        for subscribed in [false, true] {
+            let what = if subscribed {
+                "pub→sub"
+            } else {
+                "publish only"
+            };
+            let rows = section(
+                out,
+                &format!(
+                    "Unsampled cost at a fixed rate: core {what}, {size} B, \
+                     {PACED_RATE} msg/s, {PACED_MESSAGES} messages × {ROUNDS} rounds"
+                ),
+                &paced,
+                |i| {
+                    let tracing = paced[i].1;
+                    let per_ms = Some(PACED_RATE / 1000);
+                    async move {
+                        if subscribed {
+                            pub_sub(url, tracing, PACED_MESSAGES, size, per_ms).await
+                        } else {
+                            publish_only(url, tracing, PACED_MESSAGES, size, per_ms).await
+                        }
+                    }
+                },
+            )
+            .await;
+            if let Some(sdk) = sdk {
+                let spans = if subscribed { 2.0 } else { 1.0 };
+                note(out, unsampled(&rows, 2, 1, spans, sdk.dropped));
+            }
+        }
+    }
+
+    let rr_variants = [
+        Tracing::Raw,
+        Tracing::HeaderOnly,
+        Tracing::Off,
+        Tracing::Sampled,
+    ];
+    let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); rr_variants.len()];
+    let rounds = if selected("Request/reply") { ROUNDS } else { 0 };
+    for _ in 0..rounds {
+        for (i, variant) in rr_variants.iter().enumerate() {
+            latencies[i].extend(request_reply(url, *variant).await);
+        }
+    }
+    if rounds > 0 {
+        let _ = writeln!(
+            out,
+            "\n### Request/reply latency, {REQUESTS} sequential requests × {ROUNDS} rounds\n"
+        );
+        let _ = writeln!(
+            out,
+            "| variant | p50 µs | p99 µs | p99.9 µs | p50 overhead µs |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        let raw_p50 = {
+            let raw = &mut latencies[0];
+            raw.sort_by(|a, b| a.total_cmp(b));
+            percentile(raw, 0.5)
+        };
+        for (variant, samples) in rr_variants.iter().zip(latencies.iter_mut()) {
+            samples.sort_by(|a, b| a.total_cmp(b));
+            let p50 = percentile(samples, 0.5);
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.0} | {:.0} | {:+.0} |",
+                variant.name(),
+                p50,
+                percentile(samples, 0.99),
+                percentile(samples, 0.999),
+                p50 - raw_p50
+            );
+        }
+    }
+    eprintln!("done: request/reply");
+
+    let pool_variants = [
+        ("raw, 1 connection".to_owned(), (Tracing::Raw, 1)),
+        (
+            format!("raw, {POOL_PUBLISHERS} connections"),
+            (Tracing::Raw, POOL_PUBLISHERS),
+        ),
+        (
+            "nats-otel all sampled, 1 connection".to_owned(),
+            (Tracing::Sampled, 1),
+        ),
+        (
+            format!("nats-otel all sampled, {POOL_PUBLISHERS} connections"),
+            (Tracing::Sampled, POOL_PUBLISHERS),
+        ),
+    ];
+    let names: Vec<(String, Tracing)> = pool_variants
+        .iter()
+        .map(|(name, (t, _))| (name.clone(), *t))
+        .collect();
+    section(
+        out,
+        &format!("One connection vs a pool: {POOL_PUBLISHERS} publisher tasks, 16 B, {POOL_MESSAGES} messages × {ROUNDS} rounds"),
+        &names,
+        |i| {
+            let (tracing, connections) = pool_variants[i].1;
+            pool(url, tracing, connections)
+        },
+    )
+    .await;
+}

@@ -1,0 +1,183 @@
+//! The OpenTelemetry SDK alone, and the ceilings and unsampled targets it sets.
+
+use std::time::Instant;
+
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::KeyValue;
+
+use crate::*;
+
+/// What one span costs in the OpenTelemetry SDK alone, with no NATS and no
+/// nats-otel: `n` spans with nine messaging attributes (and one link when `link`)
+/// started and ended through a `BoxedTracer`, with the benchmark's batch processor
+/// and discarding exporter. Client CPU µs per span (the export thread included).
+pub(crate) fn sdk_span_cost(tracing: Tracing, link: bool, n: u64) -> Sample {
+    let telemetry = telemetry(tracing);
+    let provider = &telemetry.as_ref().expect("sdk telemetry").provider;
+    let tracer = opentelemetry::global::BoxedTracer::new(Box::new(provider.tracer("sdk-floor")));
+    let linked = opentelemetry::trace::SpanContext::new(
+        opentelemetry::trace::TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128),
+        opentelemetry::trace::SpanId::from(0x00f0_67aa_0ba9_02b7_u64),
+        opentelemetry::trace::TraceFlags::SAMPLED,
+        true,
+        Default::default(),
+    );
+    let start_cpu = cpu_seconds();
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut builder = opentelemetry::trace::SpanBuilder::from_name("publish bench.core")
+            .with_kind(SpanKind::Producer)
+            .with_attributes(vec![
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.client.id", "42"),
+                KeyValue::new("server.address", "127.0.0.1"),
+                KeyValue::new("server.port", 4222_i64),
+                KeyValue::new("messaging.operation.name", "publish"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.destination.name", "bench.core"),
+                KeyValue::new("messaging.destination.template", "bench.core"),
+                KeyValue::new("messaging.message.body.size", 16_i64),
+            ]);
+        if link {
+            builder = builder.with_links(vec![opentelemetry::trace::Link::with_context(
+                linked.clone(),
+            )]);
+        }
+        let parent = opentelemetry::Context::new();
+        let span = tracer.build_with_context(builder, &parent);
+        let cx = parent.with_span(span);
+        cx.span().end();
+    }
+    measured(n, started, start_cpu, telemetry)
+}
+
+/// The SDK's own cost per span (client CPU µs), measured by `sdk_span_cost`.
+#[derive(Clone, Copy)]
+pub(crate) struct SdkCost {
+    /// A recorded span without links.
+    pub(crate) plain: f64,
+    /// A recorded span with one link (a process span of a traced message).
+    pub(crate) linked: f64,
+    /// A span a parent-based sampler drops.
+    pub(crate) dropped: f64,
+}
+
+/// The unsampled target: with a sampler that drops, the "sampler drops" row's
+/// client CPU per message stays within propagation alone (row `propagation`) plus
+/// the SDK's cost of `spans` dropped spans plus 0.3 µs. Returns a sentence.
+pub(crate) fn unsampled(
+    rows: &[Row],
+    dropped: usize,
+    propagation: usize,
+    spans: f64,
+    sdk: f64,
+) -> String {
+    let (Some(dropped), Some(propagation)) = (rows.get(dropped), rows.get(propagation)) else {
+        return String::new();
+    };
+    let ours = dropped.median(|s| s.cpu_us.client);
+    let alone = propagation.median(|s| s.cpu_us.client);
+    let budget = alone + spans * sdk + 0.3;
+    format!(
+        "\nUnsampled: \"{}\" spends {ours:.2} µs client CPU per message; propagation alone \
+         {alone:.2} µs, plus the SDK's {spans:.0} dropped span(s) at {sdk:.2} µs and 0.3 µs, \
+         allows {budget:.2} µs: {} ({:+.2} µs).\n",
+        dropped.name,
+        if ours <= budget { "met" } else { "NOT met" },
+        ours - budget,
+    )
+}
+
+/// A target from the issue: `ratio`× the median of row `of` (`label` names it).
+pub(crate) struct Target {
+    pub(crate) ratio: f64,
+    pub(crate) of: usize,
+    pub(crate) label: &'static str,
+}
+
+/// The best any instrumentation built on the SDK could do on this box, from a
+/// measured baseline row: while the box's CPUs are saturated, throughput is
+/// inversely proportional to the CPU (client + server) spent per message, and
+/// instrumentation adds at least the SDK's own cost of its spans. Also states
+/// how much CPU per message `target` leaves for instrumentation. Returns
+/// sentences for the report.
+pub(crate) fn ceiling(
+    rows: &[Row],
+    baseline: usize,
+    spans_us: f64,
+    spans: &str,
+    target: Target,
+) -> String {
+    let (Some(row), Some(reference)) = (rows.get(baseline), rows.get(target.of)) else {
+        return String::new();
+    };
+    let rate = row.median(|s| s.per_second);
+    let client = row.median(|s| s.cpu_us.client);
+    let server = row.median(|s| s.cpu_us.server);
+    let raw = rows.first().map_or(rate, |r| r.median(|s| s.per_second));
+    let total = client + server;
+    let best = rate * total / (total + spans_us);
+    let wanted = target.ratio * reference.median(|s| s.per_second);
+    // CPU per message the box can spend at the target rate, minus the baseline's.
+    let budget = rate * total / wanted - total;
+    let verdict = if budget <= 0.0 {
+        "nothing: the baseline row alone is slower than the target".to_owned()
+    } else {
+        format!(
+            "{budget:.2} µs per message for all instrumentation work, spans included, \
+             against the SDK's own {spans_us:.2} µs"
+        )
+    };
+    format!(
+        "\nCeiling for any SDK-based instrumentation: the \"{}\" row uses {:.2} CPUs \
+         ({:.2} µs client + {:.2} µs server per message at {:.0} msg/s). Adding only the SDK's \
+         own cost of {spans} ({:.2} µs, from the SDK table) gives at most {:.0} msg/s: \
+         {:.2}× raw, {:.2}× of that row. The target, {}× {} ({:.0} msg/s), leaves {verdict}.\n",
+        row.name,
+        rate * total / 1e6,
+        client,
+        server,
+        rate,
+        spans_us,
+        best,
+        best / raw,
+        best / rate,
+        target.ratio,
+        target.label,
+        wanted,
+    )
+}
+
+/// The SDK table; its costs, when measured, bound the other tables.
+pub(crate) async fn run(out: &mut String) -> Option<SdkCost> {
+    let sdk_variants = vec![
+        ("recorded span".to_owned(), Tracing::Sampled),
+        ("recorded span with one link".to_owned(), Tracing::Sampled),
+        (
+            "span a parent-based sampler drops".to_owned(),
+            Tracing::Dropped,
+        ),
+    ];
+    let sdk_rows = section(
+        out,
+        &format!(
+            "OpenTelemetry SDK alone (no NATS, no nats-otel): one span per \"message\", \
+             9 attributes, {SDK_SPANS} spans × {ROUNDS} rounds"
+        ),
+        &sdk_variants,
+        |i| {
+            let tracing = sdk_variants[i].1;
+            async move { sdk_span_cost(tracing, i == 1, SDK_SPANS) }
+        },
+    )
+    .await;
+    let sdk_cpu = |i: usize| sdk_rows.get(i).map(|r| r.median(|s| s.cpu_us.client));
+    match (sdk_cpu(0), sdk_cpu(1), sdk_cpu(2)) {
+        (Some(plain), Some(linked), Some(dropped)) => Some(SdkCost {
+            plain,
+            linked,
+            dropped,
+        }),
+        _ => None,
+    }
+}
