@@ -83,6 +83,41 @@
 //! goes through the configured propagator, so `OTEL_PROPAGATORS=tracecontext,baggage`
 //! carries baggage and `tracecontext` alone does not.
 //!
+//! # How it is built
+//!
+//! One core publish and its processing, file by file:
+//!
+//! 1. `connect.rs`: [`ConnectOptions`] connects through async-nats with the
+//!    connection's events counted (`health.rs`) and builds the [`Client`]
+//!    (`client.rs`), whose `Telemetry` (`telemetry.rs`) holds what every span of
+//!    the connection shares.
+//! 2. `client.rs`: `publish` asks `payload.rs` for the bytes to send (compressed
+//!    or not), then `Telemetry::start_send` (`telemetry.rs`) names the operation
+//!    (`names.rs` caches `publish {template}`, `destination.rs` makes the template)
+//!    and starts it. The result is an `Operation` (`operation.rs`): the span and
+//!    the duration timer (`metrics.rs`). Its context goes into the headers
+//!    (`instrumentation.rs`, through `propagation.rs`). When async-nats returns,
+//!    `Operation::finish` records `error.type` (`error.rs`), the status, the
+//!    duration and the sent counter.
+//! 3. `subscriber.rs`: each message `payload.rs` decodes becomes a [`Delivery`]
+//!    (`delivery.rs`). `Telemetry::start_process` extracts the producer's context,
+//!    and starts the `process` span with its parent and links and its timer.
+//!    `Delivery::process` runs the handler in it and ends it with the outcome.
+//!
+//! JetStream goes through the same two calls:
+//! * `jetstream/mod.rs`: publish, whose span ends with the PubAck;
+//! * `jetstream/consumer/pull.rs` and `push.rs`: consumers that use
+//!   `jetstream/shared.rs` (what a consumer's spans share, the `receive` span) and
+//!   `jetstream/consume.rs` (one delivery);
+//! * `jetstream/message.rs`: settlement spans;
+//! * `jetstream/worker/`: the `Worker`;
+//! * `jetstream/kv/`, `jetstream/object_store.rs` and `service.rs`: each starts
+//!   its operations through `Telemetry` too.
+//!
+//! Management calls pass straight to async-nats (`jetstream/manage.rs`,
+//! `jetstream/stream.rs`). The span names, kinds and attributes every path writes
+//! are in `conventions.md`, shown in [`semconv`].
+//!
 //! # Features
 //!
 //! * `otlp` — [`otlp::init`]: providers and propagators from `OTEL_*` variables,

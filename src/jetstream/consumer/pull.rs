@@ -151,20 +151,44 @@ impl StreamBuilder<'_> {
     }
 }
 
-/// Settings of a fetch (async-nats's `FetchBuilder`).
-pub struct FetchBuilder<'a> {
-    inner: pull::FetchBuilder<'a>,
-    shared: &'a Arc<ConsumerShared>,
+/// A builder of one pull (async-nats's `FetchBuilder` or `BatchBuilder`): the
+/// settings given, then `group` and `messages`, which sends the pull.
+macro_rules! pull_builder {
+    ($(#[$doc:meta])* $name:ident, $settings:tt) => {
+        $(#[$doc])*
+        pub struct $name<'a> {
+            inner: pull::$name<'a>,
+            shared: &'a Arc<ConsumerShared>,
+        }
+
+        impl fmt::Debug for $name<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+
+        impl $name<'_> {
+            settings! $settings
+
+            /// The priority group to pull in.
+            pub fn group<T: Into<String>>(mut self, group: T) -> Self {
+                self.inner = self.inner.group(group);
+                self
+            }
+
+            /// Sends the pull; the [`Batch`] yields what arrives.
+            pub async fn messages(self) -> Result<Batch, BatchError> {
+                let start = SystemTime::now();
+                Batch::start(self.shared, start, self.inner.messages().await)
+            }
+        }
+    };
 }
 
-impl fmt::Debug for FetchBuilder<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FetchBuilder").finish_non_exhaustive()
-    }
-}
-
-impl FetchBuilder<'_> {
-    settings! {
+pull_builder!(
+    /// Settings of a fetch: messages already available (async-nats's `FetchBuilder`).
+    FetchBuilder,
+    {
         /// At most this many bytes.
         fn max_bytes(max_bytes: usize);
         /// At most this many messages.
@@ -180,34 +204,12 @@ impl FetchBuilder<'_> {
         /// Only deliver when at least this many acks are pending (priority groups).
         fn min_ack_pending(min_ack_pending: usize);
     }
+);
 
-    /// The priority group to pull in.
-    pub fn group<T: Into<String>>(mut self, group: T) -> Self {
-        self.inner = self.inner.group(group);
-        self
-    }
-
-    /// Sends the pull; the [`Batch`] yields what arrives.
-    pub async fn messages(self) -> Result<Batch, BatchError> {
-        let start = SystemTime::now();
-        Batch::start(self.shared, start, self.inner.messages().await)
-    }
-}
-
-/// Settings of a batch (async-nats's `BatchBuilder`).
-pub struct BatchBuilder<'a> {
-    inner: pull::BatchBuilder<'a>,
-    shared: &'a Arc<ConsumerShared>,
-}
-
-impl fmt::Debug for BatchBuilder<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BatchBuilder").finish_non_exhaustive()
-    }
-}
-
-impl BatchBuilder<'_> {
-    settings! {
+pull_builder!(
+    /// Settings of a batch: waits up to its expiry (async-nats's `BatchBuilder`).
+    BatchBuilder,
+    {
         /// At most this many bytes.
         fn max_bytes(max_bytes: usize);
         /// At most this many messages.
@@ -221,19 +223,7 @@ impl BatchBuilder<'_> {
         /// How long the pull waits for messages.
         fn expires(expires: Duration);
     }
-
-    /// The priority group to pull in.
-    pub fn group<T: Into<String>>(mut self, group: T) -> Self {
-        self.inner = self.inner.group(group);
-        self
-    }
-
-    /// Sends the pull; the [`Batch`] yields what arrives.
-    pub async fn messages(self) -> Result<Batch, BatchError> {
-        let start = SystemTime::now();
-        Batch::start(self.shared, start, self.inner.messages().await)
-    }
-}
+);
 
 /// The messages of one pull, each a [`Delivery`] with its `process` span, as
 /// async-nats's `Batch` yields them.
