@@ -12,10 +12,10 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use opentelemetry::{Context, KeyValue};
 
+use crate::compression::{Outgoing, Prepared};
 use crate::error::{error_type, refusal_or_kind};
 use crate::instrumentation::Instrumentation;
 use crate::operation::{self, Body, Operation};
-use crate::payload::{Outgoing, Prepared};
 use crate::semconv;
 use crate::subscriber::Subscriber;
 use crate::telemetry::{Host, Telemetry};

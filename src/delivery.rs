@@ -10,9 +10,9 @@ use std::sync::{Arc, OnceLock};
 use opentelemetry::trace::{FutureExt, Status, TraceContextExt};
 use opentelemetry::{Context, ContextGuard, KeyValue};
 
+use crate::compression::{self, DecodeFailure};
 use crate::error::{classify, ErrorTypeHook};
 use crate::metrics::ProcessTimer;
-use crate::payload::{self, DecodeFailure};
 use crate::semconv;
 
 /// A delivered message with its `process` span.
@@ -221,7 +221,7 @@ impl ProcessSpan {
     /// Marks the span failed for a payload that could not be decoded.
     pub(crate) fn with_decode_failure(mut self, failure: Option<DecodeFailure>) -> Self {
         if let Some(error) = &failure {
-            self.fail(payload::failure_type(error), error, false);
+            self.fail(compression::failure_type(error), error, false);
         }
         self.decode_error = failure;
         self

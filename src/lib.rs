@@ -91,7 +91,7 @@
 //!    connection's events counted (`health.rs`) and builds the [`Client`]
 //!    (`client.rs`), whose `Telemetry` (`telemetry.rs`) holds what every span of
 //!    the connection shares.
-//! 2. `client.rs`: `publish` asks `payload.rs` for the bytes to send (compressed
+//! 2. `client.rs`: `publish` asks `compression.rs` for the bytes to send (compressed
 //!    or not), then `Telemetry::start_send` (`telemetry.rs`) names the operation
 //!    (`names.rs` caches `publish {template}`, `destination.rs` makes the template)
 //!    and starts it. The result is an `Operation` (`operation.rs`): the span and
@@ -99,7 +99,7 @@
 //!    (`instrumentation.rs`, through `propagation.rs`). When async-nats returns,
 //!    `Operation::finish` records `error.type` (`error.rs`), the status, the
 //!    duration and the sent counter.
-//! 3. `subscriber.rs`: each message `payload.rs` decodes becomes a [`Delivery`]
+//! 3. `subscriber.rs`: each message `compression.rs` decodes becomes a [`Delivery`]
 //!    (`delivery.rs`). `Telemetry::start_process` extracts the producer's context,
 //!    and starts the `process` span with its parent and links and its timer.
 //!    `Delivery::process` runs the handler in it and ends it with the outcome.
@@ -136,6 +136,8 @@
 mod client;
 #[cfg(feature = "compression")]
 pub mod compression;
+#[cfg(not(feature = "compression"))]
+mod compression;
 mod connect;
 mod delivery;
 pub mod destination;
@@ -148,7 +150,6 @@ mod names;
 mod operation;
 #[cfg(feature = "otlp")]
 pub mod otlp;
-mod payload;
 pub mod propagation;
 pub mod semconv;
 pub mod service;

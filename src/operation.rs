@@ -18,10 +18,10 @@ use std::time::SystemTime;
 use opentelemetry::trace::{Link, SpanContext, SpanKind, SpanRef, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, Value};
 
+use crate::compression::Compressed;
 use crate::instrumentation::Instrumentation;
 use crate::metrics::OpTimer;
 use crate::names::SpanName;
-use crate::payload::Compressed;
 use crate::semconv;
 
 /// `messaging.operation.type`.

@@ -10,9 +10,9 @@ use async_nats::UnsubscribeError;
 use futures_util::Stream;
 use opentelemetry::{KeyValue, Value};
 
+use crate::compression::decode_in_place;
 use crate::delivery::Delivery;
 use crate::operation::{Body, Processing};
-use crate::payload::decode_in_place;
 use crate::telemetry::Telemetry;
 
 /// A subscription whose messages each come with their trace context and a

@@ -12,8 +12,8 @@ use futures_util::Stream;
 use opentelemetry::KeyValue;
 
 use super::shared::{clamp, ConsumerShared};
+use crate::compression::decode_in_place;
 use crate::operation::Body;
-use crate::payload::decode_in_place;
 use crate::semconv;
 
 /// A JetStream message with its `process` span; dereferences to [`Message`].

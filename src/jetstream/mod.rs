@@ -155,7 +155,7 @@ pub struct Context {
     telemetry: Telemetry,
     events: Option<Arc<crate::health::EventCounters>>,
     /// What is done to the payloads this context publishes.
-    outgoing: crate::payload::Outgoing,
+    outgoing: crate::compression::Outgoing,
 }
 
 impl Context {
@@ -166,7 +166,7 @@ impl Context {
         mut self,
         compression: Option<crate::compression::Compression>,
     ) -> Self {
-        self.outgoing = crate::payload::Outgoing::compressing(compression);
+        self.outgoing = crate::compression::Outgoing::compressing(compression);
         self
     }
 
