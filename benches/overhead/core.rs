@@ -328,10 +328,11 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         let mut variants = named(&core);
         variants.push((Tracing::HandWritten.name().to_owned(), Tracing::HandWritten));
         if size == 16 {
-            variants.push((
-                Tracing::SampledDefaultQueue.name().to_owned(),
+            variants.extend(named(&[
                 Tracing::SampledDefaultQueue,
-            ));
+                Tracing::MetricsOnly,
+                Tracing::SampledMetrics,
+            ]));
         }
         let rows = section(
             out,
@@ -356,6 +357,9 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
                     },
                 ),
             );
+        }
+        if size == 16 {
+            note(out, metrics_cost(&rows, 0.6));
         }
     }
 

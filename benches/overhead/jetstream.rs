@@ -252,26 +252,40 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         |i| js_publish(url, js[i].1, JsPublish::Sequential, JS_SEQUENTIAL),
     )
     .await;
-    let mut pipelined = js.clone();
-    pipelined.insert(
-        1,
-        (Tracing::HeaderOnly.name().to_owned(), Tracing::HeaderOnly),
-    );
-    pipelined.push(("nats-otel `Pipeline`, tracing off".to_owned(), Tracing::Off));
-    pipelined.push((
-        "nats-otel `Pipeline`, all sampled".to_owned(),
-        Tracing::Sampled,
-    ));
+    // Row indices: raw 0, header-only 1, off 2, sampled 3, then `Pipeline` and
+    // the metrics rows.
+    let windowed = |tracing: Tracing| (tracing.name().to_owned(), (tracing, JsPublish::Window));
+    let pipelined = [
+        windowed(Tracing::Raw),
+        windowed(Tracing::HeaderOnly),
+        windowed(Tracing::Off),
+        windowed(Tracing::Sampled),
+        (
+            "nats-otel `Pipeline`, tracing off".to_owned(),
+            (Tracing::Off, JsPublish::Pipeline),
+        ),
+        (
+            "nats-otel `Pipeline`, all sampled".to_owned(),
+            (Tracing::Sampled, JsPublish::Pipeline),
+        ),
+        windowed(Tracing::MetricsOnly),
+        windowed(Tracing::SampledMetrics),
+    ];
+    let names: Vec<(String, Tracing)> = pipelined
+        .iter()
+        .map(|(name, (tracing, _))| (name.clone(), *tracing))
+        .collect();
     let rows = section(
         out,
         &format!("JetStream publish, {JS_WINDOW} acks in flight, {JS_MESSAGES} messages × {ROUNDS} rounds"),
-        &pipelined,
+        &names,
         |i| {
-            let mode = if i >= 4 { JsPublish::Pipeline } else { JsPublish::Window };
-            js_publish(url, pipelined[i].1, mode, JS_MESSAGES)
+            let (tracing, mode) = pipelined[i].1;
+            js_publish(url, tracing, mode, JS_MESSAGES)
         },
     )
     .await;
+    note(out, metrics_cost(&rows, f64::NAN));
     if let Some(sdk) = sdk {
         note(
             out,
@@ -288,13 +302,21 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
             ),
         );
     }
+    let consume = named(&[
+        Tracing::Raw,
+        Tracing::Off,
+        Tracing::Sampled,
+        Tracing::MetricsOnly,
+        Tracing::SampledMetrics,
+    ]);
     let rows = section(
         out,
         &format!("JetStream pull consume + ack, {JS_MESSAGES} messages × {ROUNDS} rounds"),
-        &js,
-        |i| js_consume(url, js[i].1, JsConsume::Loop, JS_MESSAGES),
+        &consume,
+        |i| js_consume(url, consume[i].1, JsConsume::Loop, JS_MESSAGES),
     )
     .await;
+    note(out, metrics_cost(&rows, 0.5));
     if let Some(sdk) = sdk {
         note(
             out,

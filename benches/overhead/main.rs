@@ -73,6 +73,8 @@ async fn main() {
          (queue 262144, batches of 4096, 200 ms delay) exporting to a discarding exporter, except the \
          \"default batch queue\" row (the SDK defaults: queue 2048, batches of 512, 5 s delay); \
          \"spans dropped\" counts spans that ended but never reached the exporter, over all rounds. \
+         Rows run with metrics off, except the \"metrics\" rows: an SDK meter provider with a \
+         periodic reader (every 1 s) exporting to memory, as an application's would. \
          The first table measures the SDK alone; the \"Ceiling\" lines under the traced tables \
          use it to bound what any instrumentation built on the SDK can reach on this machine.\n"
     );

@@ -163,6 +163,9 @@ pub(crate) fn finish(telemetry: Option<Telemetry>) -> u64 {
     let Some(t) = telemetry else { return 0 };
     let _ = t.provider.force_flush();
     let _ = t.provider.shutdown();
+    if let Some(meter) = &t.meter {
+        let _ = meter.shutdown();
+    }
     let ended = t.ended.load(Ordering::Relaxed);
     ended.saturating_sub(t.exported.0.load(Ordering::Relaxed))
 }

@@ -92,3 +92,38 @@ pub(crate) fn note(out: &mut String, line: String) {
     eprint!("{line}");
     out.push_str(&line);
 }
+
+/// What metrics cost in `rows`: the "metrics only" row's client CPU per message
+/// over "tracing off" (against `target_us`, if a number), and "all sampled +
+/// metrics" throughput as a share of "all sampled" (target ≥ 0.90).
+pub(crate) fn metrics_cost(rows: &[Row], target_us: f64) -> String {
+    let row = |tracing: Tracing| rows.iter().find(|r| r.name == tracing.name());
+    let (Some(off), Some(metrics), Some(sampled), Some(both)) = (
+        row(Tracing::Off),
+        row(Tracing::MetricsOnly),
+        row(Tracing::Sampled),
+        row(Tracing::SampledMetrics),
+    ) else {
+        return String::new();
+    };
+    let added = metrics.median(|s| s.cpu_us.client) - off.median(|s| s.cpu_us.client);
+    let share = both.median(|s| s.per_second) / sampled.median(|s| s.per_second);
+    let verdict = |met: bool| if met { "met" } else { "not met" };
+    let cpu_target = if target_us.is_nan() {
+        String::new()
+    } else {
+        format!(
+            " (target ≤ {target_us:.1} µs: {})",
+            verdict(added <= target_us)
+        )
+    };
+    format!(
+        "\nMetrics: \"{}\" adds {added:+.2} µs client CPU per message over \"{}\"{cpu_target}; \
+         \"{}\" runs at {share:.2}× of \"{}\" (target ≥ 0.90: {}).\n",
+        metrics.name,
+        off.name,
+        both.name,
+        sampled.name,
+        verdict(share >= 0.90),
+    )
+}

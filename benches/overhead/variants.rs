@@ -75,6 +75,11 @@ pub(crate) enum Tracing {
     /// No nats-otel: producer and consumer spans written by hand on raw
     /// async-nats with the SDK's `TraceContextPropagator`, every message sampled.
     HandWritten,
+    /// nats-otel with tracing off and metrics on: an SDK meter provider with a
+    /// periodic reader (1 s) exporting to memory.
+    MetricsOnly,
+    /// nats-otel, every message sampled, and metrics on as in `MetricsOnly`.
+    SampledMetrics,
 }
 
 impl Tracing {
@@ -88,6 +93,8 @@ impl Tracing {
             Tracing::Dropped => "nats-otel, sampler drops",
             Tracing::SampledDefaultQueue => "nats-otel, all sampled, default batch queue",
             Tracing::HandWritten => "hand-written OTel on raw async-nats, all sampled",
+            Tracing::MetricsOnly => "nats-otel, metrics only (tracing off)",
+            Tracing::SampledMetrics => "nats-otel, all sampled + metrics",
         }
     }
 }
@@ -96,12 +103,19 @@ pub(crate) struct Telemetry {
     pub(crate) provider: SdkTracerProvider,
     pub(crate) exported: Counting,
     pub(crate) ended: Arc<AtomicU64>,
+    /// The meter provider of the metrics variants.
+    pub(crate) meter: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 pub(crate) fn telemetry(tracing: Tracing) -> Option<Telemetry> {
     let exported = Counting::default();
     let sampler = match tracing {
-        Tracing::Sampled | Tracing::SampledDefaultQueue | Tracing::HandWritten => Sampler::AlwaysOn,
+        Tracing::Sampled
+        | Tracing::SampledDefaultQueue
+        | Tracing::HandWritten
+        | Tracing::SampledMetrics
+        // Tracing stays off in the instrumentation: no span is made.
+        | Tracing::MetricsOnly => Sampler::AlwaysOn,
         Tracing::Dropped => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
         _ => return None,
     };
@@ -125,10 +139,21 @@ pub(crate) fn telemetry(tracing: Tracing) -> Option<Telemetry> {
         .with_span_processor(processor)
         .with_sampler(sampler)
         .build();
+    let meter = matches!(tracing, Tracing::MetricsOnly | Tracing::SampledMetrics).then(|| {
+        let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(
+            opentelemetry_sdk::metrics::InMemoryMetricExporter::default(),
+        )
+        .with_interval(Duration::from_secs(1))
+        .build();
+        opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_reader(reader)
+            .build()
+    });
     Some(Telemetry {
         provider,
         exported,
         ended,
+        meter,
     })
 }
 
@@ -137,6 +162,23 @@ pub(crate) fn instrumentation(tracing: Tracing, telemetry: &Option<Telemetry>) -
         .with_metrics(false)
         .with_propagator(W3cPropagator::new());
     match (tracing, telemetry) {
+        (Tracing::MetricsOnly, Some(Telemetry { meter: Some(m), .. })) => builder
+            .with_tracing(false)
+            .with_metrics(true)
+            .with_meter_provider(m)
+            .build(),
+        (
+            _,
+            Some(Telemetry {
+                meter: Some(m),
+                provider,
+                ..
+            }),
+        ) => builder
+            .with_tracer_provider(provider)
+            .with_metrics(true)
+            .with_meter_provider(m)
+            .build(),
         (_, Some(t)) => builder.with_tracer_provider(&t.provider).build(),
         _ => builder.with_tracing(false).build(),
     }
