@@ -16,13 +16,7 @@ use nats_otel::otlp::{providers, Settings};
 
 /// This process's resident memory in bytes.
 fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
+    nats_otel_testkit::resident_memory()
 }
 
 #[tokio::main]

@@ -172,13 +172,7 @@ pub(crate) fn finish(telemetry: Option<Telemetry>) -> u64 {
 
 /// This process's resident memory in bytes.
 pub(crate) fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
+    nats_otel_testkit::resident_memory()
 }
 
 pub(crate) fn median(values: &mut [f64]) -> f64 {

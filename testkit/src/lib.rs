@@ -13,3 +13,14 @@ pub use server::{NatsCluster, NatsServer};
 
 /// Errors this harness reports instead of panicking.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// This process's resident memory in bytes (Linux; 0 where `/proc` is absent).
+pub fn resident_memory() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}

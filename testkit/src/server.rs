@@ -139,7 +139,8 @@ impl NatsServer {
         self.port
     }
 
-    /// An untraced async-nats client, for sending and inspecting raw messages.
+    /// An untraced async-nats client, for sending and inspecting raw messages;
+    /// panics (in a test, the failure) when it cannot connect.
     pub async fn raw_client(&self) -> async_nats::Client {
         async_nats::connect(self.url()).await.expect("raw connect")
     }

@@ -299,12 +299,12 @@ async fn core(client: &nats_otel::Client) {
         .await
         .process(|_| async { Err::<(), _>(std::io::Error::other("disk full")) })
         .await;
-    assert!(io.is_err());
+    assert_eq!(io.unwrap_err().to_string(), "disk full");
     let text = next(&mut errors)
         .await
         .process(|_| async { Err::<(), _>("bad input".to_owned()) })
         .await;
-    assert!(text.is_err());
+    assert_eq!(text, Err("bad input".to_owned()));
 
     let responder = {
         let client = client.clone();

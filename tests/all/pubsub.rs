@@ -744,7 +744,7 @@ async fn handler_errors_are_classified_by_the_hook_or_named_after_their_type() {
         .await
         .process(|_| async { Err::<(), _>(std::io::Error::other("disk")) })
         .await;
-    assert!(io.is_err());
+    assert_eq!(io.unwrap_err().to_string(), "disk");
     let text = next(&mut sub).await;
     text.record_error(&"bad input".to_owned());
     text.record_error(&std::io::Error::other("later failures keep the first type"));
