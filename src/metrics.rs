@@ -22,6 +22,16 @@
 //! operation's span (the table is in [`crate::semconv`]). Latencies that compare
 //! two clocks (queue wait, lag, end-to-end) are subject to clock skew between
 //! hosts.
+//!
+//! Each attribute set is bound once, with the OpenTelemetry SDK's bound
+//! instruments (`experimental_metrics_bound_instruments`, which nats-otel enables
+//! on `opentelemetry_sdk`): per subscription, consumer, endpoint or watch for
+//! processing, and per connection, operation and template for client operations
+//! (at most 1024 per connection; past that, operations record with their
+//! attributes as usual). A message then records without hashing its attributes.
+//! An attribute set appears in the export only once something was recorded in it.
+//! Failures (with `error.type`) record unbound. A meter provider that is not
+//! `opentelemetry_sdk`'s must implement `bind` to see the bound measurements.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +39,10 @@ use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 use opentelemetry::KeyValue;
 
 use crate::semconv;
+
+mod series;
+
+pub(crate) use series::{HealthSeries, OpSeries, OpSeriesCache, ProcessSeries};
 
 /// Bucket boundaries the messaging conventions recommend for durations (s).
 pub const DURATION_BOUNDARIES: [f64; 14] = [
@@ -169,6 +183,15 @@ pub(crate) fn with_error(attributes: &[KeyValue], error_type: &str) -> Vec<KeyVa
     with
 }
 
+/// How old a message published at `unix_nanos` is, when metrics are on
+/// (`instruments`): the clock is only read then.
+pub(crate) fn age_if_metered(
+    instruments: Option<&std::sync::Arc<Instruments>>,
+    unix_nanos: Option<i128>,
+) -> Option<Duration> {
+    instruments.and(unix_nanos).and_then(age_of)
+}
+
 /// Seconds from `unix_nanos` to now, if not in the future.
 pub(crate) fn age_of(unix_nanos: i128) -> Option<Duration> {
     let now = SystemTime::now()
@@ -199,18 +222,17 @@ pub(crate) fn now_unix_nanos() -> i128 {
 
 /// Times one client operation and records `messaging.client.operation.duration`.
 pub(crate) struct OpTimer {
-    instruments: std::sync::Arc<Instruments>,
-    attributes: Vec<KeyValue>,
+    series: std::sync::Arc<OpSeries>,
     started: std::time::Instant,
 }
 
 impl OpTimer {
     /// Starts timing if metrics are on (from `since`, when the operation began
-    /// earlier); `attributes` is only built then.
+    /// earlier); `series` is only looked up then.
     pub(crate) fn start(
         instruments: Option<&std::sync::Arc<Instruments>>,
         since: Option<SystemTime>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        series: impl FnOnce(&std::sync::Arc<Instruments>) -> std::sync::Arc<OpSeries>,
     ) -> Option<Self> {
         let instruments = instruments?;
         let now = std::time::Instant::now();
@@ -219,21 +241,14 @@ impl OpTimer {
             .and_then(|ago| now.checked_sub(ago))
             .unwrap_or(now);
         Some(Self {
-            instruments: instruments.clone(),
-            attributes: attributes(),
+            series: series(instruments),
             started,
         })
     }
 
-    /// Counts one sent message with these attributes.
+    /// Counts one sent message in this operation's series.
     pub(crate) fn count_sent(&self, error_type: Option<&str>) {
-        match error_type {
-            Some(e) => self
-                .instruments
-                .sent
-                .add(1, &with_error(&self.attributes, e)),
-            None => self.instruments.sent.add(1, &self.attributes),
-        }
+        self.series.count_sent(error_type);
     }
 
     /// Records the duration until now (or until `ended`, when the operation ended
@@ -247,59 +262,44 @@ impl OpTimer {
             .elapsed()
             .saturating_sub(since_end)
             .as_secs_f64();
-        match error_type {
-            Some(e) => self
-                .instruments
-                .operation_duration
-                .record(seconds, &with_error(&self.attributes, e)),
-            None => self
-                .instruments
-                .operation_duration
-                .record(seconds, &self.attributes),
-        }
+        self.series.duration(seconds, error_type);
     }
 }
 
 /// Records `messaging.process.duration` (and end-to-end latency when the publish
 /// time is known) when a delivered message is done with.
 pub(crate) struct ProcessTimer {
-    instruments: std::sync::Arc<Instruments>,
-    attributes: std::sync::Arc<[KeyValue]>,
+    series: std::sync::Arc<ProcessSeries>,
     started: std::time::Instant,
-    published_unix_nanos: Option<i128>,
+    /// How old the message was when processing started (end-to-end latency is
+    /// that plus the processing: one clock read fewer than reading the time again).
+    age: Option<Duration>,
 }
 
 impl ProcessTimer {
-    /// Counts the message as consumed and starts timing its processing.
+    /// Counts the message as consumed and starts timing its processing, when
+    /// metrics are on (`series`).
     pub(crate) fn start(
-        instruments: Option<&std::sync::Arc<Instruments>>,
-        attributes: &std::sync::Arc<[KeyValue]>,
-        published_unix_nanos: Option<i128>,
+        series: Option<&std::sync::Arc<ProcessSeries>>,
+        age: Option<Duration>,
     ) -> Option<Self> {
-        let instruments = instruments?;
-        instruments.consumed.add(1, attributes);
+        let series = series?;
+        series.consumed();
         Some(Self {
-            instruments: instruments.clone(),
-            attributes: attributes.clone(),
+            series: series.clone(),
             started: std::time::Instant::now(),
-            published_unix_nanos,
+            age,
         })
     }
 
     /// Records the processing's duration, with `error.type` if it failed.
     pub(crate) fn finish(self, error_type: Option<&str>) {
-        let seconds = self.started.elapsed().as_secs_f64();
-        let attributes: std::borrow::Cow<'_, [KeyValue]> = match error_type {
-            Some(e) => std::borrow::Cow::Owned(with_error(&self.attributes, e)),
-            None => std::borrow::Cow::Borrowed(&self.attributes),
-        };
-        self.instruments
-            .process_duration
-            .record(seconds, &attributes);
-        if let Some(age) = self.published_unix_nanos.and_then(age_of) {
-            self.instruments
-                .end_to_end
-                .record(age.as_secs_f64(), &attributes);
+        let elapsed = self.started.elapsed();
+        self.series
+            .process_duration(elapsed.as_secs_f64(), error_type);
+        if let Some(age) = self.age {
+            self.series
+                .end_to_end((age + elapsed).as_secs_f64(), error_type);
         }
     }
 }

@@ -71,7 +71,7 @@ impl SpanName {
 /// FxHash-style hasher: the keys are short trusted-length strings held in a
 /// bounded map, so a fast non-keyed hash is fine here.
 #[derive(Default)]
-struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 
 impl Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -92,7 +92,7 @@ impl Hasher for FastHasher {
     }
 }
 
-type Fast = BuildHasherDefault<FastHasher>;
+pub(crate) type Fast = BuildHasherDefault<FastHasher>;
 
 /// Per thread: template → the interned names built on it, one per operation.
 type Local = HashMap<Box<str>, Vec<(&'static str, &'static str)>, Fast>;

@@ -20,7 +20,7 @@ use opentelemetry::{Context, KeyValue, Value};
 
 use crate::compression::Compressed;
 use crate::instrumentation::Instrumentation;
-use crate::metrics::OpTimer;
+use crate::metrics::{OpSeries, OpTimer, ProcessSeries};
 use crate::names::SpanName;
 use crate::semconv;
 
@@ -166,16 +166,30 @@ impl<'a> Target<'a> {
 }
 
 /// Where a source's messages are processed: the `process {template}` name, the
-/// consumer group, and the attributes of the process metrics, built once per
-/// subscription, consumer, endpoint or watch.
+/// consumer group, and the process metrics' series (when metering), built once
+/// per subscription, consumer, endpoint or watch.
 #[derive(Debug, Clone)]
 pub(crate) struct Processing {
     pub(crate) name: SpanName,
     pub(crate) group: Option<Value>,
-    pub(crate) metric_attributes: Arc<[KeyValue]>,
+    pub(crate) metrics: Option<Arc<ProcessSeries>>,
 }
 
 impl Processing {
+    /// With `extra` attributes on the process metrics (bounded, see
+    /// [`bounded_extra`](crate::metrics::bounded_extra)).
+    pub(crate) fn with_metric_attributes<I>(mut self, extra: I) -> Self
+    where
+        I: IntoIterator<Item = KeyValue>,
+    {
+        if let Some(series) = &self.metrics {
+            let mut all: Vec<KeyValue> = series.attributes().to_vec();
+            all.extend(crate::metrics::bounded_extra(extra, &all));
+            self.metrics = Some(ProcessSeries::new(series.instruments_arc(), all.into()));
+        }
+        self
+    }
+
     /// The destination template.
     pub(crate) fn template(&self) -> &str {
         self.name.template()
@@ -203,6 +217,8 @@ pub(crate) struct Start<'a> {
     pub(crate) links: Vec<Link>,
     pub(crate) time: Option<SystemTime>,
     pub(crate) room: usize,
+    /// The operation's metric series, when its caller keeps it (else looked up).
+    pub(crate) series: Option<Arc<OpSeries>>,
 }
 
 impl Default for Start<'_> {
@@ -212,6 +228,7 @@ impl Default for Start<'_> {
             links: Vec::new(),
             time: None,
             room: 4,
+            series: None,
         }
     }
 }
@@ -237,6 +254,12 @@ impl<'a> Start<'a> {
     /// Linking `links`.
     pub(crate) fn with_links(mut self, links: Vec<Link>) -> Self {
         self.links = links;
+        self
+    }
+
+    /// Recording its metrics in `series` (kept by the caller).
+    pub(crate) fn in_series(mut self, series: Option<Arc<OpSeries>>) -> Self {
+        self.series = series;
         self
     }
 

@@ -63,9 +63,7 @@ impl Subscriber {
     where
         I: IntoIterator<Item = KeyValue>,
     {
-        let mut all: Vec<KeyValue> = self.processing.metric_attributes.to_vec();
-        all.extend(crate::metrics::bounded_extra(attributes, &all));
-        self.processing.metric_attributes = all.into();
+        self.processing = self.processing.with_metric_attributes(attributes);
         self
     }
 
@@ -104,19 +102,20 @@ impl Subscriber {
             size: message.payload.len(),
             compressed,
         };
-        let published = inst
+        let age = inst
             .metrics_enabled()
             .then_some(message.headers.as_ref())
             .flatten()
             .and_then(|h| h.get(crate::metrics::published_header()))
-            .and_then(|v| v.as_str().parse::<i128>().ok());
+            .and_then(|v| v.as_str().parse::<i128>().ok())
+            .and_then(crate::metrics::age_of);
         let span = telemetry
             .start_process(
                 &self.processing,
                 Some(message.subject.as_str()),
                 message.headers.as_ref(),
                 Some(&message),
-                published,
+                age,
                 5,
                 |a| telemetry.push_message_attributes(a, message.headers.as_ref(), body),
             )

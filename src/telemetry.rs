@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::{HeaderMap, Message};
 use opentelemetry::trace::{Link, SpanBuilder, TraceContextExt};
@@ -11,7 +12,7 @@ use opentelemetry::{Context, KeyValue, Value};
 
 use crate::delivery::ProcessSpan;
 use crate::instrumentation::{Instrumentation, ProcessParenting};
-use crate::metrics::{OpTimer, ProcessTimer};
+use crate::metrics::{Instruments, OpSeries, OpSeriesCache, OpTimer, ProcessSeries, ProcessTimer};
 use crate::names::SpanName;
 use crate::operation::{
     set_attributes, Body, Op, OpType, Operation, Processing, Start, Target, PROCESS,
@@ -31,6 +32,8 @@ pub(crate) struct Telemetry {
     /// `server.address` and `server.port`, built into each span's attributes
     /// directly (cheaper than cloning `connection`'s entries).
     server: Option<(Host, i64)>,
+    /// The connection's operation metric series.
+    series: Arc<OpSeriesCache>,
 }
 
 /// A server address as an attribute value: interned, or shared.
@@ -79,6 +82,7 @@ impl Telemetry {
             connection: connection.into(),
             client_id,
             server,
+            series: Arc::default(),
         }
     }
 
@@ -111,14 +115,34 @@ impl Telemetry {
     /// consumer group `group`.
     pub(crate) fn processing(&self, template: &str, group: Option<Value>) -> Processing {
         let name = SpanName::new(PROCESS.name, template);
-        let metric_attributes = self
-            .metric_attributes(PROCESS, &Target::named(&name).with_group(group.clone()))
-            .into();
+        let metrics = self.inst.instruments().map(|instruments| {
+            let attributes =
+                self.metric_attributes(PROCESS, &Target::named(&name).with_group(group.clone()));
+            ProcessSeries::new(instruments, attributes.into())
+        });
         Processing {
             name,
             group,
-            metric_attributes,
+            metrics,
         }
+    }
+
+    /// The metric series of `op` on `target` (bound once per connection).
+    pub(crate) fn op_series(
+        &self,
+        instruments: &Arc<Instruments>,
+        op: Op,
+        target: &Target<'_>,
+    ) -> Arc<OpSeries> {
+        let group = target.group.as_ref().map(Value::as_str);
+        self.series.get(
+            instruments,
+            op.name,
+            op.ty.map(OpType::as_str),
+            target.name.template(),
+            group.as_deref(),
+            || self.metric_attributes(op, target),
+        )
     }
 
     /// The attributes of `op`'s metric points on `target`.
@@ -236,11 +260,12 @@ impl Telemetry {
         &self,
         op: Op,
         target: &Target<'_>,
-        start: Start<'_>,
+        mut start: Start<'_>,
         recording: impl FnOnce(&mut Vec<KeyValue>),
     ) -> Operation {
-        let timer = OpTimer::start(self.inst.instruments(), start.time, || {
-            self.metric_attributes(op, target)
+        let series = start.series.take();
+        let timer = OpTimer::start(self.inst.instruments(), start.time, |instruments| {
+            series.unwrap_or_else(|| self.op_series(instruments, op, target))
         });
         let (cx, records) = match self.tracing() {
             true => {
@@ -312,8 +337,8 @@ impl Telemetry {
     /// destination when `None`) whose headers are `headers`: its CONSUMER `process`
     /// span, parented and linked as [`ProcessParenting`] says, counted in
     /// `messaging.client.consumed.messages` and timed for
-    /// `messaging.process.duration` (and end-to-end latency from `published`, Unix
-    /// nanoseconds). `recording` is called only if the span records (`room`
+    /// `messaging.process.duration` (and end-to-end latency from `age`, the
+    /// message's age as it is delivered). `recording` is called only if the span records (`room`
     /// attributes, see [`Start::with_room`]); the process hook sees `message`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start_process(
@@ -322,15 +347,11 @@ impl Telemetry {
         subject: Option<&str>,
         headers: Option<&HeaderMap>,
         message: Option<&Message>,
-        published: Option<i128>,
+        age: Option<Duration>,
         room: usize,
         recording: impl FnOnce(&mut Vec<KeyValue>),
     ) -> ProcessSpan {
-        let timer = ProcessTimer::start(
-            self.inst.instruments(),
-            &processing.metric_attributes,
-            published,
-        );
+        let timer = ProcessTimer::start(processing.metrics.as_ref(), age);
         let contexts = self.process_span(
             &processing.target(&self.inst, subject),
             headers,

@@ -80,7 +80,7 @@ async fn main() {
     );
     let report = header + &out;
     println!("{report}");
-    if std::env::var_os("BENCH_ONLY").is_some() {
+    if std::env::var_os("BENCH_ONLY").is_some() || std::env::var_os("BENCH_VARIANTS").is_some() {
         return;
     }
     if let Err(err) = std::fs::write("BENCHMARKS.md", &report) {

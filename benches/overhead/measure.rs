@@ -176,6 +176,9 @@ pub(crate) fn rss() -> u64 {
 }
 
 pub(crate) fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }

@@ -24,7 +24,7 @@ pub(crate) fn table(out: &mut String, title: &str, rows: &[Row]) {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     let mut raw_median = None;
-    for row in rows {
+    for row in rows.iter().filter(|row| !row.samples.is_empty()) {
         let rates: Vec<f64> = row.samples.iter().map(|s| s.per_second).collect();
         let min = rates.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = rates.iter().cloned().fold(0.0, f64::max);
@@ -70,7 +70,9 @@ where
         .collect();
     for _ in 0..ROUNDS {
         for (i, row) in rows.iter_mut().enumerate() {
-            row.samples.push(measure(i).await);
+            if variant_selected(&row.name) {
+                row.samples.push(measure(i).await);
+            }
         }
     }
     let before = out.len();
@@ -85,6 +87,13 @@ pub(crate) fn selected(title: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| {
         only.split('|').any(|part| title.contains(part))
     })
+}
+
+/// Whether `BENCH_VARIANTS` (substrings of variant names separated by `|`, for
+/// profiling one variant while developing) selects the variant `name`.
+pub(crate) fn variant_selected(name: &str) -> bool {
+    std::env::var("BENCH_VARIANTS")
+        .map_or(true, |only| only.split('|').any(|part| name.contains(part)))
 }
 
 /// Appends a line under the last table (and shows it).

@@ -35,28 +35,21 @@ impl ConsumerShared {
                 consumer: info.consumer_sequence,
                 delivered: info.delivered,
                 pending: info.pending,
-                published: info.published.unix_timestamp_nanos(),
                 age: crate::metrics::age_of(info.published.unix_timestamp_nanos()),
             })
         } else {
             None
         };
-        let mut published = None;
+        let mut age = None;
         if let Some(info) = &info {
-            published = Some(info.published);
-            if let Some(instruments) = inst.instruments() {
+            age = info.age;
+            if let (Some(process), Some(health)) = (&self.processing.metrics, &self.health) {
                 if let Some(age) = info.age {
                     let age = age.as_secs_f64();
-                    instruments
-                        .queue_wait
-                        .record(age, &self.processing.metric_attributes);
-                    instruments
-                        .consumer_lag
-                        .record(age, &self.health_attributes);
+                    process.queue_wait(age);
+                    health.lag(age);
                 }
-                instruments
-                    .consumer_pending
-                    .record(info.pending, &self.health_attributes);
+                health.pending(info.pending);
             }
         }
         let body = Body {
@@ -69,7 +62,7 @@ impl ConsumerShared {
                 Some(message.subject.as_str()),
                 message.headers.as_ref(),
                 Some(&message.message),
-                published,
+                age,
                 13,
                 |a| self.push_process_attributes(a, &message, info.as_ref(), body),
             )
@@ -145,7 +138,6 @@ struct Sequence {
     consumer: u64,
     delivered: i64,
     pending: u64,
-    published: i128,
     /// Time since the stream stored it (`None` if the clocks disagree).
     age: Option<Duration>,
 }

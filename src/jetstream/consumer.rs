@@ -126,11 +126,9 @@ impl<T: IntoConsumerConfig> Consumer<T> {
 
 /// Records the consumer health gauges from `info`.
 fn record_health(shared: &ConsumerShared, info: &Info) {
-    if let Some(instruments) = shared.telemetry.inst().instruments() {
-        let attributes = &shared.health_attributes;
-        instruments
-            .consumer_pending
-            .record(info.num_pending, attributes);
+    if let Some(health) = &shared.health {
+        let (instruments, attributes) = (health.instruments(), health.attributes());
+        health.pending(info.num_pending);
         instruments
             .consumer_ack_pending
             .record(info.num_ack_pending as u64, attributes);

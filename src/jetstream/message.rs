@@ -75,14 +75,9 @@ impl Message {
         &self.shared.stream
     }
 
-    /// Attributes of this message's consumer metrics.
-    pub(crate) fn metric_attributes(&self) -> &[KeyValue] {
-        &self.shared.processing.metric_attributes
-    }
-
-    /// The instruments, when metrics are on.
-    pub(crate) fn instruments(&self) -> Option<&Arc<crate::metrics::Instruments>> {
-        self.shared.telemetry.inst().instruments()
+    /// This message's consumer metrics (its process series), when metering.
+    pub(crate) fn metrics(&self) -> Option<&crate::metrics::ProcessSeries> {
+        self.shared.processing.metrics.as_deref()
     }
 
     /// Acknowledges the message (`ack {template}` span).
@@ -149,16 +144,27 @@ impl ConsumerShared {
         kind: AckKind,
         double: bool,
     ) -> Result<(), async_nats::Error> {
-        let name = match self.settle.iter().find(|(op, _)| *op == operation) {
-            Some((_, name)) => name.clone(),
+        let index = self.settle.iter().position(|(op, _)| *op == operation);
+        let name = match index {
+            Some(i) => self.settle[i].1.clone(),
             None => SpanName::new(operation, self.template()),
         };
         let target = Target::subject(self.telemetry.inst(), &name, message.subject.as_str())
             .with_group(Some(self.consumer_value.clone()));
+        let op = Op::settle(operation);
+        let series = index
+            .zip(self.telemetry.inst().instruments())
+            .map(|(i, instruments)| {
+                self.settle_series[i]
+                    .get_or_init(|| self.telemetry.op_series(instruments, op, &target))
+                    .clone()
+            });
         let op = self.telemetry.start(
-            Op::settle(operation),
+            op,
             &target,
-            Start::under(&message.process).with_room(5),
+            Start::under(&message.process)
+                .with_room(5)
+                .in_series(series),
             |a| {
                 a.push(KeyValue::new(
                     semconv::MESSAGING_NATS_STREAM,

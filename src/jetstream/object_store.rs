@@ -431,7 +431,7 @@ impl Watch {
             None,
             info.headers.as_ref(),
             None,
-            published,
+            crate::metrics::age_if_metered(telemetry.inst().instruments(), published),
             7,
             |a| {
                 store.push_name_attributes(a, Some(&info.name));

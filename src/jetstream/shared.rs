@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use async_nats::jetstream::consumer;
@@ -11,6 +11,7 @@ use opentelemetry::trace::{Link, SpanContext};
 use opentelemetry::{KeyValue, Value};
 
 use crate::error::boxed_error_type;
+use crate::metrics::{HealthSeries, OpSeries};
 use crate::names::SpanName;
 use crate::operation::{self, Processing, Start, Target};
 use crate::semconv;
@@ -44,11 +45,13 @@ pub(crate) struct ConsumerShared {
     /// `process {template}` in the consumer's group; its metric attributes are
     /// the worker's counters' too.
     pub(crate) processing: Processing,
-    /// Attributes of this consumer's health gauges.
-    pub(crate) health_attributes: Arc<[KeyValue]>,
+    /// This consumer's health gauges (when metering).
+    pub(crate) health: Option<HealthSeries>,
     /// `receive`, then the settle operations on the same template, built once.
     receive: SpanName,
     pub(crate) settle: [(&'static str, SpanName); 5],
+    /// The settle operations' metric series, bound on first use.
+    pub(crate) settle_series: [OnceLock<Arc<OpSeries>>; 5],
     /// What the consumer reads: its one filter subject, or its stream.
     source: String,
     pub(crate) stream: String,
@@ -85,6 +88,10 @@ impl ConsumerShared {
             semconv::MESSAGING_CONSUMER_GROUP_NAME,
             info.name.clone(),
         ));
+        let health = telemetry
+            .inst()
+            .instruments()
+            .map(|instruments| HealthSeries::new(instruments, health.into()));
         let template = processing.template();
         let settle = [
             semconv::settle::ACK,
@@ -97,10 +104,11 @@ impl ConsumerShared {
         Arc::new(Self {
             receive: SpanName::new(operation::RECEIVE.name, template),
             settle,
+            settle_series: Default::default(),
             source: filter.unwrap_or(&info.stream_name).to_owned(),
             processing,
             telemetry,
-            health_attributes: health.into(),
+            health,
             stream: info.stream_name.clone(),
             consumer: info.name.clone(),
             stream_value: Arc::<str>::from(info.stream_name.as_str()).into(),

@@ -22,6 +22,7 @@ mod hostile;
 mod interop;
 mod jetstream;
 mod kv;
+mod metric_series;
 mod metrics;
 #[cfg(feature = "otlp")]
 mod otlp;

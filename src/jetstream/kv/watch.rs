@@ -207,7 +207,10 @@ impl Watch {
             None,
             message.headers.as_ref(),
             None,
-            Some(created.unix_timestamp_nanos()),
+            crate::metrics::age_if_metered(
+                telemetry.inst().instruments(),
+                Some(created.unix_timestamp_nanos()),
+            ),
             5,
             |a| {
                 store.push_key_attributes(a, Some(&entry.key));

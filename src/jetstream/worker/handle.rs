@@ -53,8 +53,8 @@ impl Shared {
                     vec![KeyValue::new(semconv::MESSAGING_MESSAGE_ID, id)],
                 );
                 Counters::bump(&self.counters.duplicates_skipped);
-                if let Some(m) = delivery.instruments() {
-                    m.worker_duplicates.add(1, delivery.metric_attributes());
+                if let Some(m) = delivery.metrics() {
+                    m.instruments().worker_duplicates.add(1, m.attributes());
                 }
                 let _ = delivery.ack().await;
                 return;
@@ -119,8 +119,8 @@ impl Shared {
             );
             if delivery.nak(Some(delay)).await.is_ok() {
                 Counters::bump(&self.counters.retried);
-                if let Some(m) = delivery.instruments() {
-                    m.worker_retries.add(1, delivery.metric_attributes());
+                if let Some(m) = delivery.metrics() {
+                    m.instruments().worker_retries.add(1, m.attributes());
                 }
             }
             return;
@@ -154,8 +154,8 @@ impl Shared {
             );
             if delivery.term().await.is_ok() {
                 Counters::bump(&self.counters.dead_lettered);
-                if let Some(m) = delivery.instruments() {
-                    m.worker_dead_letters.add(1, delivery.metric_attributes());
+                if let Some(m) = delivery.metrics() {
+                    m.instruments().worker_dead_letters.add(1, m.attributes());
                 }
             }
             return;
@@ -176,8 +176,8 @@ impl Shared {
                 );
                 if delivery.term().await.is_ok() {
                     Counters::bump(&self.counters.dead_lettered);
-                    if let Some(m) = delivery.instruments() {
-                        m.worker_dead_letters.add(1, delivery.metric_attributes());
+                    if let Some(m) = delivery.metrics() {
+                        m.instruments().worker_dead_letters.add(1, m.attributes());
                     }
                 }
             }
