@@ -8,9 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-
 use super::backoff::Backoff;
 use super::dead_letter::DeadLetter;
 use super::dedup::IdempotencyStore;
@@ -22,7 +19,7 @@ mod pull_loop;
 mod pulls;
 
 use handle::Shared;
-use pull_loop::PullLoop;
+use pull_loop::{Handlers, PullLoop};
 use pulls::Pulls;
 
 /// What a [`Worker`]'s handler receives: the message with its `process` span (the
@@ -117,6 +114,12 @@ impl Counters {
 /// A consumer worker: pulls with bounded concurrency, runs the handler inside each
 /// message's `process` span and turns its result into settlement.
 ///
+/// It asks the server for as many messages as it has room for: free handler slots
+/// ([`concurrency`](Self::concurrency)) plus a window of messages pulled ahead
+/// ([`prefetch`](Self::prefetch)), which wait in a buffer and get `progress` so
+/// buffering never causes a redelivery. Handlers are polled from the worker's own
+/// task by default (see [`spawn_handlers`](Self::spawn_handlers)).
+///
 /// The handler gets a [`Task`]: the same [`Delivery`](crate::Delivery) every source
 /// hands out (`context`, `producer_context`, `in_span`, `record_error`, …),
 /// dereferencing to the message. The worker settles it, and records the outcome:
@@ -168,6 +171,8 @@ pub struct Worker {
     js: Context,
     consumer: PullConsumer,
     concurrency: usize,
+    prefetch: usize,
+    spawn_handlers: bool,
     backoff: Backoff,
     max_deliver: i64,
     dead_letter: Option<DeadLetter>,
@@ -182,6 +187,8 @@ impl fmt::Debug for Worker {
         f.debug_struct("Worker")
             .field("consumer", &self.consumer)
             .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
+            .field("spawn_handlers", &self.spawn_handlers)
             .field("backoff", &self.backoff)
             .field("max_deliver", &self.max_deliver)
             .field("dead_letter", &self.dead_letter)
@@ -192,7 +199,7 @@ impl fmt::Debug for Worker {
 
 impl Worker {
     /// A worker with defaults taken from the consumer's configuration:
-    /// concurrency 16; the consumer's `backoff` list if it has one, else
+    /// concurrency 16; up to 256 messages pulled ahead; the consumer's `backoff` list if it has one, else
     /// [`Backoff::default`]; the consumer's `max_deliver` if set, else 5 attempts;
     /// dead letters to `dlq.{subject}`; `progress` every third of `ack_wait`.
     ///
@@ -215,6 +222,8 @@ impl Worker {
             js: js.clone(),
             consumer,
             concurrency: 16,
+            prefetch: 256,
+            spawn_handlers: false,
             backoff,
             max_deliver,
             dead_letter: Some(DeadLetter::default()),
@@ -232,10 +241,36 @@ impl Worker {
         self
     }
 
-    /// At most `n` handlers run at once (and at most `n` messages are pulled
-    /// ahead). At least 1.
+    /// At most `n` handlers run at once. At least 1.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Runs each handler as a task of its own on the runtime (`true`: handlers that
+    /// compute for long run in parallel on its threads), instead of polling them
+    /// all from the worker's own task (`false`, the default: no task spawn and no
+    /// thread wake-up per message; handlers interleave at their `.await`s, as in a
+    /// hand-written consume loop). Keep the default for handlers that wait (I/O,
+    /// other services); with it, move CPU-heavy work to
+    /// `tokio::task::spawn_blocking`, or set this.
+    pub fn spawn_handlers(mut self, spawn: bool) -> Self {
+        self.spawn_handlers = spawn;
+        self
+    }
+
+    /// At most `n` messages pulled ahead of free handler slots (default 256), so
+    /// fast handlers never wait for a pull. They wait in a buffer in arrival
+    /// order; the server counts them as delivered, so each gets `progress` once
+    /// it has waited a `progress_interval` (one timer for the whole buffer):
+    /// buffering never lets `ack_wait` run out. The window adapts: it halves
+    /// whenever a buffered message needed `progress` (handlers are slower than
+    /// it assumed) and doubles back, up to `n`, when a handler slot frees with
+    /// the buffer empty. `0` pulls only for free slots; with
+    /// `progress_interval(None)` nothing is pulled ahead. Several workers on one
+    /// consumer share its messages less evenly the deeper this is.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
         self
     }
 
@@ -287,7 +322,6 @@ impl Worker {
     {
         let handler = Arc::new(handler);
         let counters = Arc::new(Counters::default());
-        let permits = Arc::new(Semaphore::new(self.concurrency));
         let shared = Arc::new(Shared {
             js: self.js.clone(),
             backoff: self.backoff.clone(),
@@ -338,22 +372,27 @@ impl Worker {
         if let Some(inbox) = inbox.as_mut() {
             let pulls = Pulls {
                 open: VecDeque::new(),
-                reserved: None,
+                reserved: 0,
                 next_id: 0,
                 consumer: consumer.clone(),
+            };
+            // Without progress, a buffered message could outwait `ack_wait`.
+            let prefetch = match self.progress_interval {
+                Some(_) => self.prefetch,
+                None => 0,
             };
             PullLoop {
                 consumer: self.consumer.clone(),
                 shared,
                 handler,
-                permits,
-                // With a pull open, wait for a few free slots before the next one
-                // instead of one pull per freed slot; with none open, pull at once.
-                refill: u32::try_from((self.concurrency / 4).max(1)).unwrap_or(u32::MAX),
+                concurrency: self.concurrency,
+                prefetch,
+                window: prefetch,
+                buffer: VecDeque::new(),
                 pull_expires: self.pull_expires,
                 prefix,
                 pulls,
-                tasks: JoinSet::new(),
+                tasks: Handlers::new(self.spawn_handlers),
                 stopping: false,
                 pull_failures: 0,
                 hold: false,

@@ -8,6 +8,7 @@ mod object_store;
 mod service;
 mod support;
 mod worker;
+mod worker_prefetch;
 
 mod cluster;
 #[cfg(feature = "compression")]

@@ -12,15 +12,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::support::{attr, next, NatsServer, Telemetry};
 
-struct Fixture {
+pub(crate) struct Fixture {
     _server: NatsServer,
-    telemetry: Telemetry,
-    js: nats_otel::jetstream::Context,
-    consumer: nats_otel::jetstream::PullConsumer,
+    pub(crate) telemetry: Telemetry,
+    pub(crate) js: nats_otel::jetstream::Context,
+    pub(crate) consumer: nats_otel::jetstream::PullConsumer,
 }
 
 /// Stream `TASKS` on `tasks.>`, durable pull consumer `workers`.
-async fn fixture() -> Fixture {
+pub(crate) async fn fixture() -> Fixture {
     fixture_with(|builder| builder).await
 }
 
@@ -73,7 +73,7 @@ fn quick_backoff() -> Backoff {
 }
 
 /// Runs `worker` with `handler` until `stop` fires; returns its stats.
-fn spawn_worker<H, Fut>(
+pub(crate) fn spawn_worker<H, Fut>(
     worker: Worker,
     handler: H,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<WorkerStats>)
@@ -88,7 +88,11 @@ where
     (stop, task)
 }
 
-async fn publish(js: &nats_otel::jetstream::Context, subject: &str, payload: &str) -> u64 {
+pub(crate) async fn publish(
+    js: &nats_otel::jetstream::Context,
+    subject: &str,
+    payload: &str,
+) -> u64 {
     js.publish(subject.to_owned(), payload.to_owned().into())
         .await
         .unwrap()
@@ -98,14 +102,14 @@ async fn publish(js: &nats_otel::jetstream::Context, subject: &str, payload: &st
 }
 
 /// The next value on `rx`, failing the test after 10 s.
-async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+pub(crate) async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("value within 10 s")
         .expect("sender alive")
 }
 
-async fn consumer_state(f: &Fixture) -> async_nats::jetstream::consumer::Info {
+pub(crate) async fn consumer_state(f: &Fixture) -> async_nats::jetstream::consumer::Info {
     let mut consumer: async_nats::jetstream::consumer::PullConsumer =
         f.js.inner()
             .get_stream("TASKS")
@@ -591,53 +595,6 @@ async fn long_handlers_send_progress_so_ack_wait_does_not_expire() {
         progress >= 2,
         "progress sent every third of ack_wait ({progress})"
     );
-}
-
-#[tokio::test]
-async fn worker_is_never_assigned_more_messages_than_free_handler_slots() {
-    let f = fixture().await;
-    const SLOTS: usize = 4;
-    const N: usize = 20;
-    for i in 0..N {
-        publish(&f.js, &format!("tasks.{i}"), "gated").await;
-    }
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let release = Arc::new(tokio::sync::Notify::new());
-    let gate = release.clone();
-    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let opened = open.clone();
-    let worker = Worker::new(&f.js, f.consumer.clone()).concurrency(SLOTS);
-    let (stop, task) = spawn_worker(worker, move |_| {
-        let started_tx = started_tx.clone();
-        let gate = gate.clone();
-        let opened = opened.clone();
-        async move {
-            let released = gate.notified();
-            let _ = started_tx.send(());
-            if !opened.load(std::sync::atomic::Ordering::SeqCst) {
-                released.await;
-            }
-            Ok(())
-        }
-    });
-    for _ in 0..SLOTS {
-        recv(&mut started).await;
-    }
-    // Every slot is busy: the server has handed out exactly those messages and
-    // keeps the rest, so none sits in a client buffer while its ack_wait runs.
-    let state = consumer_state(&f).await;
-    assert_eq!(state.num_ack_pending, SLOTS);
-    assert_eq!(state.num_pending, (N - SLOTS) as u64);
-    open.store(true, std::sync::atomic::Ordering::SeqCst);
-    release.notify_waiters();
-    for _ in SLOTS..N {
-        recv(&mut started).await;
-    }
-    stop.send(()).unwrap();
-    let stats = task.await.unwrap();
-    assert_eq!(stats.acked, N as u64);
-    let state = consumer_state(&f).await;
-    assert_eq!(state.num_ack_pending, 0);
 }
 
 #[cfg(feature = "compression")]

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -32,19 +33,22 @@ impl Shared {
         H: Fn(Task) -> Fut,
         Fut: Future<Output = Result<(), HandlerError>>,
     {
-        let (delivered, id) = match delivery.info() {
-            Ok(info) => (
-                info.delivered,
-                format!("{}:{}", info.stream, info.stream_sequence),
-            ),
-            Err(_) => (1, String::new()),
+        let info = delivery.info().ok();
+        let delivered = info.as_ref().map_or(1, |info| info.delivered);
+        // The message's id, only needed for deduplication.
+        let id = match &self.dedup {
+            Some(_) => delivery
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_owned())
+                .or_else(|| {
+                    info.as_ref()
+                        .map(|info| format!("{}:{}", info.stream, info.stream_sequence))
+                })
+                .unwrap_or_default(),
+            None => String::new(),
         };
-        let id = delivery
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or(id);
 
         if let Some(dedup) = &self.dedup {
             if !id.is_empty() && dedup.seen(&id).await {
@@ -135,6 +139,11 @@ impl Shared {
             return work.await;
         };
         let mut work = std::pin::pin!(work);
+        // A handler that finishes at once needs no timer.
+        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        if let Poll::Ready(out) = first {
+            return out;
+        }
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             tokio::select! {

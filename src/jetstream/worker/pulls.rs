@@ -4,8 +4,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use crate::jetstream::shared::{ConsumerShared, Failure as PullFailure};
 
 /// A pull request in flight.
@@ -22,20 +20,14 @@ pub(super) struct OpenPull {
 /// The worker's open pulls, oldest first, and the handler slots they reserved.
 pub(super) struct Pulls {
     pub(super) open: VecDeque<OpenPull>,
-    /// One permit per message asked for and not yet arrived.
-    pub(super) reserved: Option<OwnedSemaphorePermit>,
+    /// Messages asked for and not yet arrived.
+    pub(super) reserved: usize,
     pub(super) next_id: u64,
     pub(super) consumer: Arc<ConsumerShared>,
 }
 
 impl Pulls {
-    pub(super) fn opened(
-        &mut self,
-        start: SystemTime,
-        requested: usize,
-        permit: OwnedSemaphorePermit,
-        expires: Duration,
-    ) {
+    pub(super) fn opened(&mut self, start: SystemTime, requested: usize, expires: Duration) {
         self.open.push_back(OpenPull {
             id: self.next_id,
             start,
@@ -45,19 +37,13 @@ impl Pulls {
             producers: Vec::new(),
         });
         self.next_id += 1;
-        match self.reserved.as_mut() {
-            Some(reserved) => reserved.merge(permit),
-            None => self.reserved = Some(permit),
-        }
-    }
-
-    pub(super) fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
-        self.reserved.as_mut().and_then(|r| r.split(1))
+        self.reserved += requested;
     }
 
     /// A message arrived: the server fills pull requests in order, so it belongs
     /// to the oldest open one, which ends once it has all it asked for.
     pub(super) fn received(&mut self, producer: opentelemetry::trace::SpanContext) {
+        self.reserved = self.reserved.saturating_sub(1);
         let Some(pull) = self.open.iter_mut().find(|p| p.received < p.requested) else {
             return;
         };
@@ -79,11 +65,7 @@ impl Pulls {
             return;
         };
         let unfilled = pull.requested.saturating_sub(pull.received);
-        if unfilled > 0 {
-            if let Some(reserved) = self.reserved.as_mut() {
-                drop(reserved.split(unfilled));
-            }
-        }
+        self.reserved = self.reserved.saturating_sub(unfilled);
         self.consumer
             .record_receive_of(pull.start, pull.producers, failure, None);
     }
