@@ -1,17 +1,20 @@
 //! Publishing helpers on top of the traced JetStream publish: retries that keep
 //! the message id, deterministic ids, and pipelining with a bounded in-flight count.
 
-use std::future::{Future, IntoFuture};
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::{HeaderMap, Subject, ToSubject};
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{Backoff, Context};
 
@@ -130,7 +133,9 @@ impl Context {
             js: self.clone(),
             permits: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
-            driver: Arc::new(OnceLock::new()),
+            stash: Arc::new(Mutex::new(None)),
+            queue: Arc::new(Queue::default()),
+            open: Arc::new(Open(OnceLock::new())),
         }
     }
 }
@@ -140,14 +145,23 @@ impl Context {
 /// Each publish returns an [`AckHandle`] at once (after waiting for room when
 /// `max_in_flight` acks are outstanding). Acks are awaited in the background by one
 /// task per pipeline (not one per message), so every message's span ends when its
-/// own ack arrives, whether or not the handle is awaited yet.
+/// own ack arrives, whether or not the handle is awaited yet. That task awaits
+/// them in publish order: it is woken by arriving acks, and by a publish only
+/// when it has none to wait for. (Acks of different streams may arrive out of
+/// order; a later one is then taken, and its span ended, after the earlier.)
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     js: Context,
     permits: Arc<Semaphore>,
     max_in_flight: usize,
-    /// The background task's queue, started by the first publish.
-    driver: Arc<OnceLock<mpsc::UnboundedSender<Job>>>,
+    /// Room taken from `permits` and not used yet: a publish waiting for room
+    /// takes a sixteenth of the window at once, so the background task's freed
+    /// permits wake it once per batch of acks, not per ack.
+    stash: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+    queue: Arc<Queue>,
+    /// Dropped with the last clone: the background task ends once it has
+    /// awaited the acks in flight.
+    open: Arc<Open>,
 }
 
 /// One ack for the background task to await.
@@ -157,24 +171,87 @@ type Job = (
     oneshot::Sender<Result<PublishAck, PublishError>>,
 );
 
-/// Awaits every queued ack concurrently, handing each result to its handle;
-/// ends once every pipeline clone is gone and the acks in flight have come.
-async fn drive(mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let mut acks = FuturesUnordered::new();
-    loop {
-        tokio::select! {
-            job = jobs.recv() => match job {
-                Some((ack, permit, reply)) => acks.push(async move {
-                    let result = ack.await;
-                    drop(permit);
-                    let _ = reply.send(result);
-                }),
-                None => break,
-            },
-            Some(()) = acks.next(), if !acks.is_empty() => {}
+/// Acks handed to the background task, and whether it waits for one.
+#[derive(Default)]
+struct Queue {
+    jobs: Mutex<Vec<Job>>,
+    /// The task has no ack to await and waits on `wake`.
+    idle: AtomicBool,
+    /// No pipeline clone is left.
+    closed: AtomicBool,
+    wake: Notify,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue").finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    fn push(&self, job: Job) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(job);
+        // A task awaiting an earlier ack picks this one up after it; an idle one
+        // needs waking.
+        if self.idle.swap(false, Ordering::AcqRel) {
+            self.wake.notify_one();
         }
     }
-    while acks.next().await.is_some() {}
+
+    /// Swaps the queued jobs into `into` (empty; its buffer becomes the queue's).
+    fn take_into(&self, into: &mut Vec<Job>) {
+        let mut jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::swap(&mut *jobs, into);
+    }
+}
+
+/// Starts the background task on first use; closes the queue when dropped.
+#[derive(Debug)]
+struct Open(OnceLock<Arc<Queue>>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0.get() {
+            queue.closed.store(true, Ordering::Release);
+            queue.wake.notify_one();
+        }
+    }
+}
+
+/// Awaits the queued acks in publish order (JetStream acks a stream's messages
+/// in order: the ones behind the first are then ready at once), handing each
+/// result to its handle; ends once every pipeline clone is gone and the acks in
+/// flight have come. One ack future is alive at a time.
+async fn drive(queue: Arc<Queue>) {
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut taken = Vec::new();
+    loop {
+        queue.take_into(&mut taken);
+        pending.extend(taken.drain(..));
+        if let Some((ack, permit, reply)) = pending.pop_front() {
+            // Publishes meanwhile queue their acks without waking this task.
+            let result = ack.await;
+            drop(permit);
+            let _ = reply.send(result);
+            continue;
+        }
+        queue.idle.store(true, Ordering::Release);
+        // A job pushed before `idle` was set did not wake us: look again.
+        if !queue.jobs.lock().map_or(true, |jobs| jobs.is_empty()) {
+            queue.idle.store(false, Ordering::Release);
+            continue;
+        }
+        if queue.closed.load(Ordering::Acquire) {
+            break;
+        }
+        queue.wake.notified().await;
+    }
 }
 
 impl Pipeline {
@@ -211,8 +288,50 @@ impl Pipeline {
 
     /// Publishes still awaiting their ack.
     pub fn in_flight(&self) -> usize {
+        let stashed = self.stash.lock().map_or(0, |stash| {
+            stash.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+        });
         self.max_in_flight
-            .saturating_sub(self.permits.available_permits())
+            .saturating_sub(self.permits.available_permits() + stashed)
+    }
+
+    /// Room for one publish: from the stash, else free room, else (waiting) a
+    /// batch of it.
+    async fn room(&self) -> Result<OwnedSemaphorePermit, PublishError> {
+        let closed = |e| PublishError::with_source(PublishErrorKind::Other, e);
+        if let Some(permit) = self.take_stashed() {
+            return Ok(permit);
+        }
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let batch = u32::try_from((self.max_in_flight / 16).max(1)).unwrap_or(1);
+        let mut permit = self
+            .permits
+            .clone()
+            .acquire_many_owned(batch)
+            .await
+            .map_err(closed)?;
+        if let Some(one) = permit.split(1) {
+            if permit.num_permits() > 0 {
+                let mut stash = self.stash.lock().unwrap_or_else(|p| p.into_inner());
+                match stash.as_mut() {
+                    Some(stashed) => stashed.merge(permit),
+                    None => *stash = Some(permit),
+                }
+            }
+            return Ok(one);
+        }
+        Ok(permit)
+    }
+
+    fn take_stashed(&self) -> Option<OwnedSemaphorePermit> {
+        let mut stash = self.stash.lock().unwrap_or_else(|p| p.into_inner());
+        let one = stash.as_mut()?.split(1);
+        if stash.as_ref().is_some_and(|s| s.num_permits() == 0) {
+            *stash = None;
+        }
+        one
     }
 
     async fn send(
@@ -222,46 +341,39 @@ impl Pipeline {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<AckHandle, PublishError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| PublishError::with_source(PublishErrorKind::Other, e))?;
+        let permit = self.room().await?;
         let pending = match message_id {
             Some(id) => self.js.send_with_id(subject, id, headers, payload).await?,
             None => self.js.send_traced(subject, headers, payload).await?,
         };
-        let driver = self.driver.get_or_init(|| {
-            let (sender, jobs) = mpsc::unbounded_channel();
-            tokio::spawn(drive(jobs));
-            sender
+        self.open.0.get_or_init(|| {
+            tokio::spawn(drive(self.queue.clone()));
+            self.queue.clone()
         });
         let (reply, handle) = oneshot::channel();
         // The queue is unbounded, but the permits bound what is in it.
-        driver
-            .send((pending, permit, reply))
-            .map_err(|e| PublishError::with_source(PublishErrorKind::Other, e.to_string()))?;
+        self.queue.push((pending, permit, reply));
         Ok(AckHandle(handle))
     }
 }
 
-/// The ack of a pipelined publish; `.await` it for the [`PublishAck`].
+/// The ack of a pipelined publish: a future of its [`PublishAck`] (dropping it
+/// does not cancel the publish).
 #[derive(Debug)]
+#[must_use = "an ack handle does nothing unless awaited (the publish happens anyway)"]
 pub struct AckHandle(oneshot::Receiver<Result<PublishAck, PublishError>>);
 
-impl IntoFuture for AckHandle {
+impl Future for AckHandle {
     type Output = Result<PublishAck, PublishError>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            match self.0.await {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|received| match received {
                 Ok(result) => result,
                 // The runtime shut down before the ack came.
                 Err(closed) => Err(PublishError::with_source(PublishErrorKind::Other, closed)),
-            }
-        })
+            })
     }
 }
 

@@ -404,6 +404,43 @@ async fn pipelined_publishes_stay_bounded_and_each_span_ends_at_its_own_ack() {
 }
 
 #[tokio::test]
+async fn pipelined_acks_are_awaited_even_when_nobody_awaits_the_handles() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    orders_consumer(&js, "").await;
+
+    const N: usize = 200;
+    let pipeline = js.pipeline(16);
+    for i in 0..N {
+        // Handles dropped at once: the background task still awaits every ack.
+        drop(
+            pipeline
+                .publish("orders.unawaited", format!("{i}").into())
+                .await
+                .unwrap(),
+        );
+    }
+    drop(pipeline);
+    let ended_with_ack = || {
+        telemetry
+            .spans()
+            .iter()
+            .filter(|s| s.name == "publish orders.unawaited")
+            .filter(|s| attr(s, semconv::MESSAGING_NATS_STREAM_SEQUENCE).is_some())
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ended_with_ack() < N && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ended_with_ack(), N, "every span ended at its ack");
+    let stream = js.inner().get_stream("ORDERS").await.unwrap();
+    assert_eq!(stream.cached_info().state.messages, N as u64);
+}
+
+#[tokio::test]
 async fn publish_retry_keeps_the_message_id_and_gives_up_after_its_attempts() {
     let server = NatsServer::start();
     let telemetry = Telemetry::new();
