@@ -188,11 +188,36 @@ pub(crate) async fn request_reply(url: &str, tracing: Tracing) -> Vec<f64> {
         }
     });
     let client = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
+    let tracer = telemetry
+        .as_ref()
+        .map(|t| t.provider.tracer("hand-written"));
+    let propagator = TraceContextPropagator::new();
     let mut latencies = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
         let started = Instant::now();
         let ok = match tracing {
             Tracing::Raw => raw.request("bench.rr", "ping".into()).await.is_ok(),
+            Tracing::HandWritten => {
+                let tracer = tracer.as_ref().expect("sampled telemetry");
+                let span = tracer
+                    .span_builder("request bench.rr")
+                    .with_kind(SpanKind::Client)
+                    .with_attributes([
+                        KeyValue::new("messaging.system", "nats"),
+                        KeyValue::new("messaging.operation.type", "send"),
+                        KeyValue::new("messaging.destination.name", "bench.rr"),
+                    ])
+                    .start(tracer);
+                let cx = opentelemetry::Context::current_with_span(span);
+                let mut headers = async_nats::HeaderMap::new();
+                propagator.inject_context(&cx, &mut HandInjector(&mut headers));
+                let ok = raw
+                    .request_with_headers("bench.rr", headers, "ping".into())
+                    .await
+                    .is_ok();
+                cx.span().end();
+                ok
+            }
             Tracing::HeaderOnly => {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert(
@@ -334,29 +359,42 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
                 Tracing::SampledMetrics,
             ]));
         }
+        variants.push((Tracing::SdkSpans.name().to_owned(), Tracing::SdkSpans));
         let rows = section(
             out,
             &format!("Core pub→sub, {size} B, {CORE_MESSAGES} messages × {ROUNDS} rounds"),
             &variants,
-            |i| pub_sub(url, variants[i].1, CORE_MESSAGES, size, None),
+            |i| {
+                let tracing = variants[i].1;
+                async move {
+                    match tracing {
+                        // A producer span and a linked process span.
+                        Tracing::SdkSpans => sdk_message_cost(1, 1, CORE_MESSAGES),
+                        _ => pub_sub(url, tracing, CORE_MESSAGES, size, None).await,
+                    }
+                }
+            },
         )
         .await;
         if let Some(sdk) = sdk {
             note(out, unsampled(&rows, 5, 2, 2.0, sdk.dropped));
+            let spans = sdk_cost_in(&rows, sdk.plain + sdk.linked);
             note(
                 out,
                 ceiling(
                     &rows,
                     1,
-                    sdk.plain + sdk.linked,
+                    spans,
                     "a producer span and a linked process span",
                     Target {
                         ratio: 0.70,
                         of: 1,
                         label: "the header-only row",
+                        sampled: 4,
                     },
                 ),
             );
+            note(out, own_cpu(&rows, 4, 1, spans));
         }
         if size == 16 {
             note(out, metrics_cost(&rows, 0.6));
@@ -410,12 +448,18 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         Tracing::HeaderOnly,
         Tracing::Off,
         Tracing::Sampled,
+        Tracing::HandWritten,
     ];
+    // Per variant: every latency, and each round's p50.
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); rr_variants.len()];
+    let mut round_p50s: Vec<Vec<f64>> = vec![Vec::new(); rr_variants.len()];
     let rounds = if selected("Request/reply") { ROUNDS } else { 0 };
     for _ in 0..rounds {
         for (i, variant) in rr_variants.iter().enumerate() {
-            latencies[i].extend(request_reply(url, *variant).await);
+            let mut round = request_reply(url, *variant).await;
+            round.sort_by(|a, b| a.total_cmp(b));
+            round_p50s[i].push(percentile(&round, 0.5));
+            latencies[i].extend(round);
         }
     }
     if rounds > 0 {
@@ -425,27 +469,37 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         );
         let _ = writeln!(
             out,
-            "| variant | p50 µs | p99 µs | p99.9 µs | p50 overhead µs |"
+            "| variant | p50 µs (median of the rounds' p50s; min–max) | p99 µs | p99.9 µs | p50 overhead µs |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|");
-        let raw_p50 = {
-            let raw = &mut latencies[0];
-            raw.sort_by(|a, b| a.total_cmp(b));
-            percentile(raw, 0.5)
-        };
-        for (variant, samples) in rr_variants.iter().zip(latencies.iter_mut()) {
+        let p50s: Vec<f64> = round_p50s.iter_mut().map(|p| median(p)).collect();
+        for (i, (variant, samples)) in rr_variants.iter().zip(latencies.iter_mut()).enumerate() {
             samples.sort_by(|a, b| a.total_cmp(b));
-            let p50 = percentile(samples, 0.5);
+            let rounds = &round_p50s[i];
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.0} | {:.0} | {:+.0} |",
+                "| {} | {:.1} ({:.0}–{:.0}) | {:.0} | {:.0} | {:+.1} |",
                 variant.name(),
-                p50,
+                p50s[i],
+                rounds.iter().cloned().fold(f64::INFINITY, f64::min),
+                rounds.iter().cloned().fold(0.0, f64::max),
                 percentile(samples, 0.99),
                 percentile(samples, 0.999),
-                p50 - raw_p50
+                p50s[i] - p50s[0]
             );
         }
+        // Rows: raw 0, header-only 1, off 2, sampled 3.
+        let own = p50s[3] - p50s[1];
+        note(
+            out,
+            format!(
+                "\nnats-otel's own cost at p50: \"{}\" p50 minus \"{}\" p50 = {own:+.1} µs \
+                 (target ≤ 4 µs: {}).\n",
+                rr_variants[3].name(),
+                rr_variants[1].name(),
+                if own <= 4.0 { "met" } else { "not met" }
+            ),
+        );
     }
     eprintln!("done: request/reply");
 

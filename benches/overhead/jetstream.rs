@@ -270,6 +270,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         ),
         windowed(Tracing::MetricsOnly),
         windowed(Tracing::SampledMetrics),
+        windowed(Tracing::SdkSpans),
     ];
     let names: Vec<(String, Tracing)> = pipelined
         .iter()
@@ -281,23 +282,31 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         &names,
         |i| {
             let (tracing, mode) = pipelined[i].1;
-            js_publish(url, tracing, mode, JS_MESSAGES)
+            async move {
+                match tracing {
+                    Tracing::SdkSpans => sdk_message_cost(1, 0, JS_MESSAGES),
+                    _ => js_publish(url, tracing, mode, JS_MESSAGES).await,
+                }
+            }
         },
     )
     .await;
     note(out, metrics_cost(&rows, f64::NAN));
     if let Some(sdk) = sdk {
+        let spans = sdk_cost_in(&rows, sdk.plain);
+        note(out, own_cpu(&rows, 3, 1, spans));
         note(
             out,
             ceiling(
                 &rows,
                 1,
-                sdk.plain,
+                spans,
                 "one publish span",
                 Target {
                     ratio: 0.85,
                     of: 0,
                     label: "raw",
+                    sampled: 3,
                 },
             ),
         );
@@ -308,27 +317,40 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         Tracing::Sampled,
         Tracing::MetricsOnly,
         Tracing::SampledMetrics,
+        Tracing::SdkSpans,
     ]);
     let rows = section(
         out,
         &format!("JetStream pull consume + ack, {JS_MESSAGES} messages × {ROUNDS} rounds"),
         &consume,
-        |i| js_consume(url, consume[i].1, JsConsume::Loop, JS_MESSAGES),
+        |i| {
+            let tracing = consume[i].1;
+            async move {
+                match tracing {
+                    // A linked process span and an ack span.
+                    Tracing::SdkSpans => sdk_message_cost(1, 1, JS_MESSAGES),
+                    _ => js_consume(url, tracing, JsConsume::Loop, JS_MESSAGES).await,
+                }
+            }
+        },
     )
     .await;
     note(out, metrics_cost(&rows, 0.5));
     if let Some(sdk) = sdk {
+        let spans = sdk_cost_in(&rows, sdk.plain + sdk.linked);
+        note(out, own_cpu(&rows, 2, 0, spans));
         note(
             out,
             ceiling(
                 &rows,
                 0,
-                2.0 * sdk.plain,
+                spans,
                 "a process span and an ack span",
                 Target {
                     ratio: 0.85,
                     of: 0,
                     label: "raw",
+                    sampled: 2,
                 },
             ),
         );

@@ -20,6 +20,7 @@ pub(crate) const SDK_SPANS: u64 = 500_000;
 pub(crate) const PACED_RATE: u64 = 100_000;
 pub(crate) const PACED_MESSAGES: u64 = 100_000;
 
+mod charts;
 mod core;
 mod jetstream;
 mod measure;

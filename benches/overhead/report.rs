@@ -77,6 +77,7 @@ where
     }
     let before = out.len();
     table(out, title, &rows);
+    out.push_str(&crate::charts::draw(title, &rows));
     eprint!("{}", &out[before..]);
     rows
 }

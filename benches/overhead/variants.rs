@@ -55,7 +55,7 @@ impl SpanProcessor for CountingProcessor {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 pub(crate) enum Tracing {
     /// Raw async-nats.
     Raw,
@@ -80,6 +80,10 @@ pub(crate) enum Tracing {
     MetricsOnly,
     /// nats-otel, every message sampled, and metrics on as in `MetricsOnly`.
     SampledMetrics,
+    /// No NATS, no nats-otel: the SDK alone making the spans one message of the
+    /// table makes, with the sampled rows' processor and exporter, in the same
+    /// rounds (the ceiling's and "own CPU" line's SDK cost).
+    SdkSpans,
 }
 
 impl Tracing {
@@ -95,6 +99,7 @@ impl Tracing {
             Tracing::HandWritten => "hand-written OTel on raw async-nats, all sampled",
             Tracing::MetricsOnly => "nats-otel, metrics only (tracing off)",
             Tracing::SampledMetrics => "nats-otel, all sampled + metrics",
+            Tracing::SdkSpans => "OpenTelemetry SDK alone: one message's spans, no NATS",
         }
     }
 }
@@ -114,6 +119,7 @@ pub(crate) fn telemetry(tracing: Tracing) -> Option<Telemetry> {
         | Tracing::SampledDefaultQueue
         | Tracing::HandWritten
         | Tracing::SampledMetrics
+        | Tracing::SdkSpans
         // Tracing stays off in the instrumentation: no span is made.
         | Tracing::MetricsOnly => Sampler::AlwaysOn,
         Tracing::Dropped => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
