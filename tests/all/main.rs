@@ -28,6 +28,7 @@ mod metrics;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod parity;
+mod peers;
 mod propagation;
 mod pubsub;
 mod pull;

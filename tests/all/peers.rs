@@ -1,0 +1,456 @@
+//! Cross-language interop: a real Python service (nats-py + the official
+//! OpenTelemetry SDK, `interop/python/peer.py`) and nats-otel in one trace, both
+//! ways, against a real nats-server.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nats_otel::jetstream::Worker;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry_sdk::trace::SpanData;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::{next, NatsServer, Telemetry};
+
+/// A span the Python peer made.
+#[derive(Debug, Deserialize)]
+struct PeerSpan {
+    trace_id: String,
+    span_id: String,
+    parent_span_id: Option<String>,
+    name: String,
+    kind: String,
+    attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl PeerSpan {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).and_then(|v| v.as_str())
+    }
+}
+
+/// A running `peer.py` command.
+struct Python {
+    child: tokio::process::Child,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Python {
+    /// Starts `peer.py command --subject subject --count count extra…` against
+    /// `server` and waits until it says it is ready (subscribed, or about to send).
+    async fn start(
+        server: &NatsServer,
+        command: &str,
+        subject: &str,
+        count: usize,
+        extra: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path().join("spans.jsonl");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let python = std::env::var("NATS_OTEL_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let path = std::env::var("NATS_OTEL_PYTHONPATH")
+            .unwrap_or_else(|_| root.join("target/interop/python").display().to_string());
+        let mut child = tokio::process::Command::new(&python)
+            .arg(root.join("interop/python/peer.py"))
+            .arg(command)
+            .args(["--server", &server.url(), "--subject", subject])
+            .args(["--count", &count.to_string()])
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .env("PYTHONPATH", &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {python:?} ({e}): the interop tests need Python 3 with pip")
+            });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the Python peer starts within 30 s")
+            .expect("peer stdout");
+        if first.as_deref() != Some("ready") {
+            let output = child.wait_with_output().await.expect("peer output");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if stderr.contains("No module named") {
+                panic!(
+                    "the Python peer's dependencies are missing: run `bash scripts/test.sh` \
+                     (it installs interop/python/requirements.txt into target/interop/python) \
+                     or set NATS_OTEL_PYTHONPATH\n{stderr}"
+                );
+            }
+            panic!("the Python peer failed to start: {stderr}");
+        }
+        Self {
+            child,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the command to finish and returns the spans it made.
+    async fn finish(self) -> Vec<PeerSpan> {
+        let Python { child, out, _dir } = self;
+        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("the Python peer finishes within 60 s")
+            .expect("peer output");
+        assert!(
+            output.status.success(),
+            "the Python peer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::read_to_string(&out)
+            .expect("the peer's spans")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a span as JSON"))
+            .collect()
+    }
+}
+
+fn trace_id(span: &SpanData) -> String {
+    format!("{:032x}", span.span_context.trace_id())
+}
+
+fn span_id(span: &SpanData) -> String {
+    format!("{:016x}", span.span_context.span_id())
+}
+
+fn parent_id(span: &SpanData) -> String {
+    format!("{:016x}", span.parent_span_id)
+}
+
+/// The one span in `spans` of trace `trace` called `name`.
+fn in_trace<'a>(spans: &'a [SpanData], trace: &str, name: &str) -> &'a SpanData {
+    let found: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == name && trace_id(s) == trace)
+        .collect();
+    assert_eq!(found.len(), 1, "one {name:?} in trace {trace}");
+    found[0]
+}
+
+#[tokio::test]
+async fn python_publish_rust_process_and_publish_python_consume_is_one_trace_per_message() {
+    const N: usize = 20;
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let consumer = Python::start(&server, "consume", "interop.out", N, &[]).await;
+    let mut sub = client.subscribe("interop.in").await.unwrap();
+    client.flush().await.unwrap();
+    let relay = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for _ in 0..N {
+                let delivery = next(&mut sub).await;
+                let client = client.clone();
+                delivery
+                    .process(|message| async move {
+                        client.publish("interop.out", message.payload).await
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let producer = Python::start(&server, "publish", "interop.in", N, &[]).await;
+    let produced = producer.finish().await;
+    relay.await.unwrap();
+    let consumed = consumer.finish().await;
+    assert_eq!(produced.len(), N);
+    assert_eq!(consumed.len(), N);
+
+    let spans = telemetry.spans();
+    for python_publish in &produced {
+        assert_eq!(python_publish.kind, "PRODUCER");
+        assert_eq!(python_publish.parent_span_id, None);
+        let trace = &python_publish.trace_id;
+        // Python → Rust: the process span is the Python span's child.
+        let process = in_trace(&spans, trace, "process interop.in");
+        assert_eq!(process.span_kind, SpanKind::Consumer);
+        assert_eq!(parent_id(process), python_publish.span_id);
+        // Rust: the publish inside processing is the process span's child.
+        let publish = in_trace(&spans, trace, "publish interop.out");
+        assert_eq!(publish.span_kind, SpanKind::Producer);
+        assert_eq!(parent_id(publish), span_id(process));
+        // Rust → Python: the Python process span is the Rust publish's child.
+        let python_process: Vec<&PeerSpan> =
+            consumed.iter().filter(|s| &s.trace_id == trace).collect();
+        assert_eq!(
+            python_process.len(),
+            1,
+            "one Python process span in {trace}"
+        );
+        assert_eq!(python_process[0].name, "process interop.out");
+        assert_eq!(python_process[0].kind, "CONSUMER");
+        assert_eq!(
+            python_process[0].parent_span_id.as_deref(),
+            Some(span_id(publish).as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn python_request_gets_the_rust_reply_and_the_rust_span_is_its_child() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let mut sub = client.subscribe("interop.rpc").await.unwrap();
+    client.flush().await.unwrap();
+    let responder = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let delivery = next(&mut sub).await;
+            let reply = delivery.reply.clone().expect("a reply subject");
+            delivery
+                .process(|_| async move { client.publish(reply, "pong from rust".into()).await })
+                .await
+                .unwrap();
+        })
+    };
+    let requester = Python::start(&server, "request", "interop.rpc", 1, &[]).await;
+    let spans = requester.finish().await;
+    responder.await.unwrap();
+
+    assert_eq!(spans.len(), 1);
+    let request = &spans[0];
+    assert_eq!(request.name, "request interop.rpc");
+    assert_eq!(
+        request.attr("nats_otel.interop.reply"),
+        Some("pong from rust")
+    );
+    let process = telemetry.span("process interop.rpc");
+    assert_eq!(trace_id(&process), request.trace_id);
+    assert_eq!(parent_id(&process), request.span_id);
+}
+
+#[tokio::test]
+async fn rust_request_gets_the_python_reply_and_the_python_span_is_its_child() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let responder = Python::start(&server, "respond", "interop.rpc", 1, &[]).await;
+    let reply = client.request("interop.rpc", "ping".into()).await.unwrap();
+    let spans = responder.finish().await;
+
+    assert_eq!(&reply.payload[..], b"pong from python");
+    let request = telemetry.span("request interop.rpc");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].name, "process interop.rpc");
+    assert_eq!(spans[0].trace_id, trace_id(&request));
+    assert_eq!(
+        spans[0].parent_span_id.as_deref(),
+        Some(span_id(&request).as_str())
+    );
+}
+
+/// Stream `INTEROP` on `interop.js.>` with a durable pull consumer `name`.
+async fn interop_stream(
+    js: &nats_otel::jetstream::Context,
+    name: &str,
+) -> nats_otel::jetstream::PullConsumer {
+    let stream = js
+        .inner()
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "INTEROP".to_owned(),
+            subjects: vec!["interop.js.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            name,
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(name.to_owned()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    js.pull_consumer(consumer)
+}
+
+#[tokio::test]
+async fn python_jetstream_publishes_are_processed_by_a_rust_consumer_and_worker_in_their_traces() {
+    const N: usize = 5;
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let pull = interop_stream(&js, "pull").await;
+    let worked = interop_stream(&js, "worker").await;
+    let producer = Python::start(&server, "js-publish", "interop.js.orders", N, &[]).await;
+    let produced = producer.finish().await;
+    assert_eq!(produced.len(), N);
+
+    // A pull consumer: every message processed inside the Python span's trace.
+    let mut messages = pull.messages().await.unwrap();
+    for _ in 0..N {
+        let delivery = next(&mut messages).await.unwrap();
+        delivery
+            .process(|message| async move { message.ack().await })
+            .await
+            .unwrap();
+    }
+    // A Worker on the same messages.
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(Worker::new(&js, worked.clone()).run(
+        move |_| {
+            let done_tx = done_tx.clone();
+            async move {
+                let _ = done_tx.send(());
+                Ok(())
+            }
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    for _ in 0..N {
+        done.recv().await.expect("the worker handled a message");
+    }
+    stop.send(()).unwrap();
+    assert_eq!(worker.await.unwrap().acked, N as u64);
+
+    let spans = telemetry.spans();
+    for python_publish in &produced {
+        let processes: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| s.name == "process INTEROP" && trace_id(s) == python_publish.trace_id)
+            .collect();
+        assert_eq!(processes.len(), 2, "the pull consumer's and the worker's");
+        for process in processes {
+            assert_eq!(parent_id(process), python_publish.span_id);
+        }
+    }
+    for consumer in [pull, worked] {
+        let mut consumer = consumer.inner().clone();
+        let info = consumer.info().await.unwrap();
+        assert_eq!(
+            (info.num_pending, info.num_ack_pending),
+            (0, 0),
+            "{}",
+            info.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn python_trace_flags_capitalised_and_malformed_traceparents_are_handled() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let raw = server.raw_client().await;
+    let mut seen = raw.subscribe("interop.flags").await.unwrap();
+    let mut sub = client.subscribe("interop.flags").await.unwrap();
+    raw.flush().await.unwrap();
+    client.flush().await.unwrap();
+    // The Python peer consumes what nats-otel sends on, to show the flags it gets.
+    let consumer = Python::start(&server, "consume", "interop.next", 3, &[]).await;
+
+    // 1. The Python SDK's own header: flags 03 (sampled + W3C level 2 random).
+    let producer = Python::start(&server, "publish", "interop.flags", 1, &[]).await;
+    let sent = producer.finish().await;
+    let header = next(&mut seen).await.headers.unwrap();
+    let traceparent = header.get("traceparent").unwrap().as_str().to_owned();
+    assert!(
+        traceparent.ends_with("-03"),
+        "Python 1.45 sends flags 03: {traceparent}"
+    );
+    let delivery = next(&mut sub).await;
+    assert_eq!(
+        format!(
+            "{:032x}",
+            delivery.producer_context().span().span_context().trace_id()
+        ),
+        sent[0].trace_id,
+        "continued"
+    );
+    let relay = |delivery: nats_otel::Delivery| {
+        let client = client.clone();
+        async move {
+            delivery
+                .process(|m| async move { client.publish("interop.next", m.payload).await })
+                .await
+                .unwrap()
+        }
+    };
+    relay(delivery).await;
+
+    // 2. `Traceparent`, capitalised: continued (header names are matched without case).
+    let producer = Python::start(
+        &server,
+        "publish",
+        "interop.flags",
+        1,
+        &["--header-name", "Traceparent"],
+    )
+    .await;
+    let capitalised = producer.finish().await;
+    let _ = next(&mut seen).await;
+    let delivery = next(&mut sub).await;
+    assert_eq!(
+        format!(
+            "{:032x}",
+            delivery.producer_context().span().span_context().trace_id()
+        ),
+        capitalised[0].trace_id
+    );
+    relay(delivery).await;
+
+    // 3. A malformed value: a fresh root, never an error.
+    let producer = Python::start(
+        &server,
+        "publish",
+        "interop.flags",
+        1,
+        &["--header-value", "00-not-a-trace-01"],
+    )
+    .await;
+    let malformed = producer.finish().await;
+    let _ = next(&mut seen).await;
+    let delivery = next(&mut sub).await;
+    assert!(!delivery.producer_context().span().span_context().is_valid());
+    relay(delivery).await;
+
+    let consumed = consumer.finish().await;
+    let spans = telemetry.spans();
+    let processes: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "process interop.flags")
+        .collect();
+    assert_eq!(processes.len(), 3);
+    assert_eq!(trace_id(processes[0]), sent[0].trace_id);
+    assert_eq!(trace_id(processes[1]), capitalised[0].trace_id);
+    assert_ne!(
+        trace_id(processes[2]),
+        malformed[0].trace_id,
+        "a fresh root"
+    );
+    assert_eq!(
+        processes[2].parent_span_id,
+        opentelemetry::trace::SpanId::INVALID
+    );
+    // nats-otel keeps only the sampled bit (as the OpenTelemetry Rust SDK does):
+    // every next hop carries flags 01.
+    assert_eq!(consumed.len(), 3);
+    for python_process in &consumed {
+        let traceparent = python_process
+            .attr("nats_otel.interop.traceparent")
+            .unwrap();
+        assert!(
+            traceparent.ends_with("-01"),
+            "next hop flags: {traceparent}"
+        );
+    }
+}
