@@ -86,9 +86,14 @@ async def consume(nc, args):
             attributes=attributes("process", "process", args.subject),
         ) as span:
             span.set_attribute("nats_otel.interop.payload", msg.data.decode(errors="replace"))
-            traceparent = (msg.headers or {}).get("traceparent")
+            headers = msg.headers or {}
+            traceparent = headers.get("traceparent")
             if traceparent is not None:
                 span.set_attribute("nats_otel.interop.traceparent", traceparent)
+            # A dead letter's provenance, parsed as any consumer of the DLQ would.
+            for name, value in headers.items():
+                if name.startswith("Dlq-"):
+                    span.set_attribute(f"nats_otel.interop.header.{name}", value)
         seen += 1
         if seen >= args.count:
             done.set()

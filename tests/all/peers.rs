@@ -1,12 +1,14 @@
-//! Cross-language interop: a real Python service (nats-py + the official
-//! OpenTelemetry SDK, `interop/python/peer.py`) and nats-otel in one trace, both
-//! ways, against a real nats-server.
+//! Cross-language interop: real Python (nats-py + the OpenTelemetry Python SDK,
+//! `interop/python/peer.py`) and Node.js (`nats` + OpenTelemetry JS,
+//! `interop/node/peer.mjs`) services and nats-otel in one trace, every way, against
+//! a real nats-server.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use nats_otel::jetstream::Worker;
+use nats_otel::jetstream::dead_letter::{self, headers as dlq, DeadLetter};
+use nats_otel::jetstream::{HandlerError, Worker};
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry_sdk::trace::SpanData;
 use serde::Deserialize;
@@ -31,17 +33,29 @@ impl PeerSpan {
     }
 }
 
-/// A running `peer.py` command.
-struct Python {
+/// The language of an interop peer.
+#[derive(Clone, Copy, Debug)]
+enum Lang {
+    /// `interop/python/peer.py`: nats-py and the OpenTelemetry Python SDK.
+    Python,
+    /// `interop/node/peer.mjs`: the `nats` client and OpenTelemetry JS.
+    Node,
+}
+
+/// A running peer command.
+struct Peer {
+    lang: Lang,
     child: tokio::process::Child,
     out: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl Python {
-    /// Starts `peer.py command --subject subject --count count extra…` against
-    /// `server` and waits until it says it is ready (subscribed, or about to send).
+impl Peer {
+    /// Starts the `lang` peer's `command --subject subject --count count extra…`
+    /// against `server` and waits until it says it is ready (subscribed, or about
+    /// to send).
     async fn start(
+        lang: Lang,
         server: &NatsServer,
         command: &str,
         subject: &str,
@@ -51,44 +65,62 @@ impl Python {
         let dir = tempfile::tempdir().expect("temp dir");
         let out = dir.path().join("spans.jsonl");
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let python = std::env::var("NATS_OTEL_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        let path = std::env::var("NATS_OTEL_PYTHONPATH")
-            .unwrap_or_else(|_| root.join("target/interop/python").display().to_string());
-        let mut child = tokio::process::Command::new(&python)
-            .arg(root.join("interop/python/peer.py"))
+        let mut command_line = match lang {
+            Lang::Python => {
+                let python =
+                    std::env::var("NATS_OTEL_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+                let path = std::env::var("NATS_OTEL_PYTHONPATH")
+                    .unwrap_or_else(|_| root.join("target/interop/python").display().to_string());
+                let mut c = tokio::process::Command::new(python);
+                c.arg(root.join("interop/python/peer.py"))
+                    .env("PYTHONPATH", path);
+                c
+            }
+            Lang::Node => {
+                let mut c = tokio::process::Command::new("node");
+                c.arg(root.join("interop/node/peer.mjs"));
+                c
+            }
+        };
+        let mut child = command_line
             .arg(command)
             .args(["--server", &server.url(), "--subject", subject])
             .args(["--count", &count.to_string()])
             .arg("--out")
             .arg(&out)
             .args(extra)
-            .env("PYTHONPATH", &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {python:?} ({e}): the interop tests need Python 3 with pip")
+            .unwrap_or_else(|e| match lang {
+                Lang::Python => {
+                    panic!("cannot run python3 ({e}): the interop tests need Python 3 with pip")
+                }
+                Lang::Node => {
+                    panic!("cannot run node ({e}): the interop tests need Node.js 18+ with npm")
+                }
             });
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
-            .expect("the Python peer starts within 30 s")
+            .expect("the peer starts within 30 s")
             .expect("peer stdout");
         if first.as_deref() != Some("ready") {
             let output = child.wait_with_output().await.expect("peer output");
             let stderr = String::from_utf8_lossy(&output.stderr);
-            if stderr.contains("No module named") {
+            if stderr.contains("No module named") || stderr.contains("ERR_MODULE_NOT_FOUND") {
                 panic!(
-                    "the Python peer's dependencies are missing: run `bash scripts/test.sh` \
-                     (it installs interop/python/requirements.txt into target/interop/python) \
-                     or set NATS_OTEL_PYTHONPATH\n{stderr}"
+                    "the {lang:?} peer's dependencies are missing: run `bash scripts/test.sh` \
+                     (it installs interop/python/requirements.txt into target/interop/python \
+                     and interop/node/package-lock.json into interop/node/node_modules)\n{stderr}"
                 );
             }
-            panic!("the Python peer failed to start: {stderr}");
+            panic!("the {lang:?} peer failed to start: {stderr}");
         }
         Self {
+            lang,
             child,
             out,
             _dir: dir,
@@ -97,14 +129,19 @@ impl Python {
 
     /// Waits for the command to finish and returns the spans it made.
     async fn finish(self) -> Vec<PeerSpan> {
-        let Python { child, out, _dir } = self;
+        let Peer {
+            lang,
+            child,
+            out,
+            _dir,
+        } = self;
         let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
             .await
-            .expect("the Python peer finishes within 60 s")
+            .expect("the peer finishes within 60 s")
             .expect("peer output");
         assert!(
             output.status.success(),
-            "the Python peer failed: {}",
+            "the {lang:?} peer failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         std::fs::read_to_string(&out)
@@ -137,13 +174,14 @@ fn in_trace<'a>(spans: &'a [SpanData], trace: &str, name: &str) -> &'a SpanData 
     found[0]
 }
 
-#[tokio::test]
-async fn python_publish_rust_process_and_publish_python_consume_is_one_trace_per_message() {
+/// `from` publishes 20 messages, nats-otel processes each and publishes it on, `to`
+/// consumes them: each message is one trace, each hop the previous one's child.
+async fn chain(from: Lang, to: Lang) {
     const N: usize = 20;
     let server = NatsServer::start();
     let telemetry = Telemetry::new();
     let client = telemetry.client(&server).await;
-    let consumer = Python::start(&server, "consume", "interop.out", N, &[]).await;
+    let consumer = Peer::start(to, &server, "consume", "interop.out", N, &[]).await;
     let mut sub = client.subscribe("interop.in").await.unwrap();
     client.flush().await.unwrap();
     let relay = {
@@ -161,7 +199,7 @@ async fn python_publish_rust_process_and_publish_python_consume_is_one_trace_per
             }
         })
     };
-    let producer = Python::start(&server, "publish", "interop.in", N, &[]).await;
+    let producer = Peer::start(from, &server, "publish", "interop.in", N, &[]).await;
     let produced = producer.finish().await;
     relay.await.unwrap();
     let consumed = consumer.finish().await;
@@ -187,7 +225,7 @@ async fn python_publish_rust_process_and_publish_python_consume_is_one_trace_per
         assert_eq!(
             python_process.len(),
             1,
-            "one Python process span in {trace}"
+            "one {to:?} process span in {trace}"
         );
         assert_eq!(python_process[0].name, "process interop.out");
         assert_eq!(python_process[0].kind, "CONSUMER");
@@ -196,6 +234,16 @@ async fn python_publish_rust_process_and_publish_python_consume_is_one_trace_per
             Some(span_id(publish).as_str())
         );
     }
+}
+
+#[tokio::test]
+async fn python_publish_rust_process_and_publish_node_consume_is_one_trace_per_message() {
+    chain(Lang::Python, Lang::Node).await;
+}
+
+#[tokio::test]
+async fn node_publish_rust_process_and_publish_python_consume_is_one_trace_per_message() {
+    chain(Lang::Node, Lang::Python).await;
 }
 
 #[tokio::test]
@@ -216,7 +264,7 @@ async fn python_request_gets_the_rust_reply_and_the_rust_span_is_its_child() {
                 .unwrap();
         })
     };
-    let requester = Python::start(&server, "request", "interop.rpc", 1, &[]).await;
+    let requester = Peer::start(Lang::Python, &server, "request", "interop.rpc", 1, &[]).await;
     let spans = requester.finish().await;
     responder.await.unwrap();
 
@@ -232,16 +280,17 @@ async fn python_request_gets_the_rust_reply_and_the_rust_span_is_its_child() {
     assert_eq!(parent_id(&process), request.span_id);
 }
 
-#[tokio::test]
-async fn rust_request_gets_the_python_reply_and_the_python_span_is_its_child() {
+/// A nats-otel request answered by a `lang` responder: the reply arrives and the
+/// responder's span is the request span's child.
+async fn rust_request_answered_by(lang: Lang, reply: &[u8]) {
     let server = NatsServer::start();
     let telemetry = Telemetry::new();
     let client = telemetry.client(&server).await;
-    let responder = Python::start(&server, "respond", "interop.rpc", 1, &[]).await;
-    let reply = client.request("interop.rpc", "ping".into()).await.unwrap();
+    let responder = Peer::start(lang, &server, "respond", "interop.rpc", 1, &[]).await;
+    let answer = client.request("interop.rpc", "ping".into()).await.unwrap();
     let spans = responder.finish().await;
 
-    assert_eq!(&reply.payload[..], b"pong from python");
+    assert_eq!(&answer.payload[..], reply);
     let request = telemetry.span("request interop.rpc");
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].name, "process interop.rpc");
@@ -250,6 +299,16 @@ async fn rust_request_gets_the_python_reply_and_the_python_span_is_its_child() {
         spans[0].parent_span_id.as_deref(),
         Some(span_id(&request).as_str())
     );
+}
+
+#[tokio::test]
+async fn rust_request_gets_the_node_reply_and_the_node_span_is_its_child() {
+    rust_request_answered_by(Lang::Node, b"pong from node").await;
+}
+
+#[tokio::test]
+async fn rust_request_gets_the_python_reply_and_the_python_span_is_its_child() {
+    rust_request_answered_by(Lang::Python, b"pong from python").await;
 }
 
 /// Stream `INTEROP` on `interop.js.>` with a durable pull consumer `name`.
@@ -288,7 +347,15 @@ async fn python_jetstream_publishes_are_processed_by_a_rust_consumer_and_worker_
     let js = nats_otel::jetstream::new(&client);
     let pull = interop_stream(&js, "pull").await;
     let worked = interop_stream(&js, "worker").await;
-    let producer = Python::start(&server, "js-publish", "interop.js.orders", N, &[]).await;
+    let producer = Peer::start(
+        Lang::Python,
+        &server,
+        "js-publish",
+        "interop.js.orders",
+        N,
+        &[],
+    )
+    .await;
     let produced = producer.finish().await;
     assert_eq!(produced.len(), N);
 
@@ -346,6 +413,80 @@ async fn python_jetstream_publishes_are_processed_by_a_rust_consumer_and_worker_
 }
 
 #[tokio::test]
+async fn a_node_message_dead_lettered_by_the_worker_is_read_by_python_in_the_same_trace() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let consumer = interop_stream(&js, "poison").await;
+    let dead_letters = DeadLetter::default();
+    dead_letter::ensure_stream(&js, "DLQ", &dead_letters)
+        .await
+        .unwrap();
+    // Python reads the dead letters as they are published.
+    let reader = Peer::start(Lang::Python, &server, "consume", "dlq.interop.js.>", 1, &[]).await;
+    let producer = Peer::start(
+        Lang::Node,
+        &server,
+        "js-publish",
+        "interop.js.poison",
+        1,
+        &[],
+    )
+    .await;
+    let produced = producer.finish().await;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let worker = tokio::spawn(Worker::new(&js, consumer).run(
+        move |_| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let _ = seen_tx.send(());
+                Err(HandlerError::fatal("cannot parse the order"))
+            }
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    seen.recv().await.expect("the handler ran");
+    let read = reader.finish().await;
+    stop.send(()).unwrap();
+    assert_eq!(worker.await.unwrap().dead_lettered, 1);
+
+    assert_eq!(produced.len(), 1);
+    assert_eq!(read.len(), 1);
+    let (node, python) = (&produced[0], &read[0]);
+    assert_eq!(node.kind, "PRODUCER");
+    let spans = telemetry.spans();
+    let process = in_trace(&spans, &node.trace_id, "process INTEROP");
+    assert_eq!(parent_id(process), node.span_id);
+    let dead_letter = in_trace(&spans, &node.trace_id, "publish dlq.interop.js.poison");
+    assert_eq!(parent_id(dead_letter), span_id(process));
+    // Python continues the trace under the dead-letter publish, and reads its
+    // provenance from the `Dlq-*` headers.
+    assert_eq!(python.trace_id, node.trace_id);
+    assert_eq!(
+        python.parent_span_id.as_deref(),
+        Some(span_id(dead_letter).as_str())
+    );
+    let header = |name: &str| python.attr(&format!("nats_otel.interop.header.{name}"));
+    assert_eq!(header(dlq::REASON), Some("fatal: cannot parse the order"));
+    assert_eq!(header(dlq::SOURCE_STREAM), Some("INTEROP"));
+    assert_eq!(header(dlq::SOURCE_SEQUENCE), Some("1"));
+    assert_eq!(header(dlq::SOURCE_SUBJECT), Some("interop.js.poison"));
+    assert_eq!(header(dlq::CONSUMER), Some("poison"));
+    assert_eq!(header(dlq::DELIVERY_COUNT), Some("1"));
+    let original = header(dlq::ORIGINAL_TRACEPARENT).expect("the original traceparent");
+    assert_eq!(
+        original,
+        format!("00-{}-{}-01", node.trace_id, node.span_id),
+        "the Node producer's context"
+    );
+}
+
+#[tokio::test]
 async fn python_trace_flags_capitalised_and_malformed_traceparents_are_handled() {
     let server = NatsServer::start();
     let telemetry = Telemetry::new();
@@ -356,10 +497,10 @@ async fn python_trace_flags_capitalised_and_malformed_traceparents_are_handled()
     raw.flush().await.unwrap();
     client.flush().await.unwrap();
     // The Python peer consumes what nats-otel sends on, to show the flags it gets.
-    let consumer = Python::start(&server, "consume", "interop.next", 3, &[]).await;
+    let consumer = Peer::start(Lang::Python, &server, "consume", "interop.next", 3, &[]).await;
 
     // 1. The Python SDK's own header: flags 03 (sampled + W3C level 2 random).
-    let producer = Python::start(&server, "publish", "interop.flags", 1, &[]).await;
+    let producer = Peer::start(Lang::Python, &server, "publish", "interop.flags", 1, &[]).await;
     let sent = producer.finish().await;
     let header = next(&mut seen).await.headers.unwrap();
     let traceparent = header.get("traceparent").unwrap().as_str().to_owned();
@@ -388,7 +529,8 @@ async fn python_trace_flags_capitalised_and_malformed_traceparents_are_handled()
     relay(delivery).await;
 
     // 2. `Traceparent`, capitalised: continued (header names are matched without case).
-    let producer = Python::start(
+    let producer = Peer::start(
+        Lang::Python,
         &server,
         "publish",
         "interop.flags",
@@ -409,7 +551,8 @@ async fn python_trace_flags_capitalised_and_malformed_traceparents_are_handled()
     relay(delivery).await;
 
     // 3. A malformed value: a fresh root, never an error.
-    let producer = Python::start(
+    let producer = Peer::start(
+        Lang::Python,
         &server,
         "publish",
         "interop.flags",

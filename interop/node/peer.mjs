@@ -1,0 +1,186 @@
+// The Node.js interop peer: the official NATS client (`nats`) plus OpenTelemetry JS,
+// driven by nats-otel's integration tests (tests/all/peers.rs) against a real
+// nats-server. Same commands and output as interop/python/peer.py: each command
+// makes the spans an instrumented Node service would make (W3C trace context in
+// NATS headers through `W3CTraceContextPropagator`), prints "ready" once it listens,
+// and writes its spans as JSON lines to --out.
+//
+//   node peer.mjs publish|consume|request|respond|js-publish \
+//     --server URL --subject S [--count N] --out F [--header-name H | --header-value V]
+
+import { writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+
+import { ROOT_CONTEXT, SpanKind, trace } from "@opentelemetry/api";
+import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import {
+  BasicTracerProvider,
+  InMemorySpanExporter,
+  SimpleSpanProcessor,
+} from "@opentelemetry/sdk-trace-base";
+import { connect, headers as natsHeaders } from "nats";
+
+const exporter = new InMemorySpanExporter();
+const provider = new BasicTracerProvider({
+  spanProcessors: [new SimpleSpanProcessor(exporter)],
+});
+const tracer = provider.getTracer("nats-otel-interop-node");
+const propagator = new W3CTraceContextPropagator();
+const setter = { set: (carrier, key, value) => { carrier[key] = value; } };
+const getter = {
+  get: (carrier, key) => carrier[key],
+  keys: (carrier) => Object.keys(carrier),
+};
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function attributes(operation, type, subject) {
+  return {
+    "messaging.system": "nats",
+    "messaging.operation.name": operation,
+    "messaging.operation.type": type,
+    "messaging.destination.name": subject,
+  };
+}
+
+/** NATS headers carrying `span`'s context (or the test's override). */
+function inject(span, args) {
+  const carrier = {};
+  propagator.inject(trace.setSpan(ROOT_CONTEXT, span), carrier, setter);
+  if (args["header-value"] !== undefined) carrier.traceparent = args["header-value"];
+  if (args["header-name"] !== undefined && carrier.traceparent !== undefined) {
+    carrier[args["header-name"]] = carrier.traceparent;
+    delete carrier.traceparent;
+  }
+  const h = natsHeaders();
+  for (const [key, value] of Object.entries(carrier)) h.set(key, value);
+  return h;
+}
+
+/** The producer's context from a message's headers. */
+function extract(msg) {
+  const carrier = {};
+  if (msg.headers) {
+    for (const key of msg.headers.keys()) carrier[key] = msg.headers.get(key);
+  }
+  return propagator.extract(ROOT_CONTEXT, carrier, getter);
+}
+
+const ready = () => process.stdout.write("ready\n");
+
+async function publish(nc, args) {
+  ready();
+  for (let i = 0; i < args.count; i++) {
+    const span = tracer.startSpan(`publish ${args.subject}`, {
+      kind: SpanKind.PRODUCER,
+      attributes: attributes("publish", "send", args.subject),
+    });
+    nc.publish(args.subject, encoder.encode(`${i}`), { headers: inject(span, args) });
+    span.end();
+  }
+  await nc.flush();
+}
+
+async function consume(nc, args, respond) {
+  const sub = nc.subscribe(args.subject, { max: args.count });
+  await nc.flush();
+  ready();
+  for await (const msg of sub) {
+    const span = tracer.startSpan(
+      `process ${args.subject}`,
+      { kind: SpanKind.CONSUMER, attributes: attributes("process", "process", args.subject) },
+      extract(msg),
+    );
+    span.setAttribute("nats_otel.interop.payload", decoder.decode(msg.data));
+    const traceparent = msg.headers?.get("traceparent");
+    if (traceparent) span.setAttribute("nats_otel.interop.traceparent", traceparent);
+    if (respond) msg.respond(encoder.encode("pong from node"));
+    span.end();
+  }
+}
+
+async function request(nc, args) {
+  ready();
+  const span = tracer.startSpan(`request ${args.subject}`, {
+    kind: SpanKind.CLIENT,
+    attributes: attributes("request", "send", args.subject),
+  });
+  const reply = await nc.request(args.subject, encoder.encode("ping"), {
+    timeout: 10000,
+    headers: inject(span, args),
+  });
+  span.setAttribute("nats_otel.interop.reply", decoder.decode(reply.data));
+  span.end();
+}
+
+async function jsPublish(nc, args) {
+  const js = nc.jetstream();
+  ready();
+  for (let i = 0; i < args.count; i++) {
+    const span = tracer.startSpan(`publish ${args.subject}`, {
+      kind: SpanKind.PRODUCER,
+      attributes: attributes("publish", "send", args.subject),
+    });
+    const ack = await js.publish(args.subject, encoder.encode(`${i}`), {
+      headers: inject(span, args),
+    });
+    span.setAttribute("messaging.nats.stream.sequence", ack.seq);
+    span.end();
+  }
+}
+
+function dump(path) {
+  const kinds = ["INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"];
+  const lines = exporter.getFinishedSpans().map((span) => {
+    const ctx = span.spanContext();
+    const parent = span.parentSpanContext?.spanId ?? span.parentSpanId ?? null;
+    return JSON.stringify({
+      trace_id: ctx.traceId,
+      span_id: ctx.spanId,
+      parent_span_id: parent,
+      name: span.name,
+      kind: kinds[span.kind],
+      attributes: span.attributes,
+    });
+  });
+  writeFileSync(path, lines.map((line) => `${line}\n`).join(""));
+}
+
+const commands = {
+  publish,
+  consume: (nc, args) => consume(nc, args, false),
+  respond: (nc, args) => consume(nc, args, true),
+  request,
+  "js-publish": jsPublish,
+};
+
+async function main() {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      server: { type: "string" },
+      subject: { type: "string" },
+      count: { type: "string", default: "1" },
+      out: { type: "string" },
+      "header-name": { type: "string" },
+      "header-value": { type: "string" },
+    },
+  });
+  const command = commands[positionals[0]];
+  if (!command || !values.server || !values.subject || !values.out) {
+    throw new Error(`usage: peer.mjs ${Object.keys(commands).join("|")} --server URL --subject S --out F`);
+  }
+  const args = { ...values, count: Number(values.count) };
+  const nc = await connect({ servers: values.server });
+  try {
+    await command(nc, args);
+  } finally {
+    await nc.drain();
+    dump(values.out);
+  }
+}
+
+main().catch((error) => {
+  process.stderr.write(`peer failed: ${error?.stack ?? error}\n`);
+  process.exit(1);
+});
