@@ -9,6 +9,7 @@
 //     --server URL --subject S [--count N] --out F [--header-name H | --header-value V]
 
 import { writeFileSync } from "node:fs";
+import { gunzipSync } from "node:zlib";
 import { parseArgs } from "node:util";
 
 import { ROOT_CONTEXT, SpanKind, trace } from "@opentelemetry/api";
@@ -18,6 +19,7 @@ import {
   InMemorySpanExporter,
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
+import { decompress as zstdDecompress } from "fzstd";
 import { connect, headers as natsHeaders } from "nats";
 
 const exporter = new InMemorySpanExporter();
@@ -66,6 +68,15 @@ function extract(msg) {
   return propagator.extract(ROOT_CONTEXT, carrier, getter);
 }
 
+/** The message's payload, decoded by its Content-Encoding (zstd: pure-JS fzstd, as
+ * Node 20 has no zstd; gzip: node:zlib). */
+function payload(msg) {
+  const encoding = msg.headers?.get("Content-Encoding");
+  if (encoding === "zstd") return zstdDecompress(msg.data);
+  if (encoding === "gzip") return gunzipSync(msg.data);
+  return msg.data;
+}
+
 const ready = () => process.stdout.write("ready\n");
 
 async function publish(nc, args) {
@@ -91,7 +102,9 @@ async function consume(nc, args, respond) {
       { kind: SpanKind.CONSUMER, attributes: attributes("process", "process", args.subject) },
       extract(msg),
     );
-    span.setAttribute("nats_otel.interop.payload", decoder.decode(msg.data));
+    span.setAttribute("nats_otel.interop.payload", decoder.decode(payload(msg)));
+    const encoding = msg.headers?.get("Content-Encoding");
+    if (encoding) span.setAttribute("nats_otel.interop.content_encoding", encoding);
     const traceparent = msg.headers?.get("traceparent");
     if (traceparent) span.setAttribute("nats_otel.interop.traceparent", traceparent);
     if (respond) msg.respond(encoder.encode("pong from node"));

@@ -15,8 +15,11 @@ prints "ready" on stdout once it listens, and writes the spans it made as JSON l
 
 import argparse
 import asyncio
+import gzip
 import json
 import sys
+
+import zstandard
 
 import nats
 from opentelemetry import context, trace
@@ -57,6 +60,16 @@ def extract(msg):
     return PROPAGATOR.extract(dict(msg.headers or {}))
 
 
+def payload(msg):
+    """The message's payload, decoded by its Content-Encoding (zstd or gzip)."""
+    encoding = (msg.headers or {}).get("Content-Encoding")
+    if encoding == "zstd":
+        return zstandard.ZstdDecompressor().decompressobj().decompress(msg.data)
+    if encoding == "gzip":
+        return gzip.decompress(msg.data)
+    return msg.data
+
+
 def ready():
     print("ready", flush=True)
 
@@ -85,8 +98,10 @@ async def consume(nc, args):
             kind=SpanKind.CONSUMER,
             attributes=attributes("process", "process", args.subject),
         ) as span:
-            span.set_attribute("nats_otel.interop.payload", msg.data.decode(errors="replace"))
+            span.set_attribute("nats_otel.interop.payload", payload(msg).decode(errors="replace"))
             headers = msg.headers or {}
+            if "Content-Encoding" in headers:
+                span.set_attribute("nats_otel.interop.content_encoding", headers["Content-Encoding"])
             traceparent = headers.get("traceparent")
             if traceparent is not None:
                 span.set_attribute("nats_otel.interop.traceparent", traceparent)

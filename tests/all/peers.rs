@@ -486,6 +486,67 @@ async fn a_node_message_dead_lettered_by_the_worker_is_read_by_python_in_the_sam
     );
 }
 
+/// nats-otel publishes a zstd and a gzip payload; `lang` decodes both by their
+/// `Content-Encoding` header, in the publisher's traces.
+#[cfg(feature = "compression")]
+async fn compressed_payloads_decoded_by(lang: Lang) {
+    use nats_otel::compression::Compression;
+
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let text: String = (0..400)
+        .map(|i| format!("line {i} of the report\n"))
+        .collect();
+    let consumer = Peer::start(lang, &server, "consume", "interop.z.*", 2, &[]).await;
+    for (subject, codec) in [
+        ("interop.z.zstd", Compression::zstd()),
+        ("interop.z.gzip", Compression::gzip()),
+    ] {
+        client
+            .clone()
+            .with_compression(Some(codec))
+            .publish(subject, text.clone().into())
+            .await
+            .unwrap();
+    }
+    let consumed = consumer.finish().await;
+
+    let mut encodings: Vec<&str> = consumed
+        .iter()
+        .map(|s| {
+            s.attr("nats_otel.interop.content_encoding")
+                .expect("an encoding")
+        })
+        .collect();
+    encodings.sort_unstable();
+    assert_eq!(encodings, ["gzip", "zstd"]);
+    for span in &consumed {
+        assert_eq!(span.attr("nats_otel.interop.payload"), Some(text.as_str()));
+        let publish = telemetry
+            .spans()
+            .into_iter()
+            .find(|s| trace_id(s) == span.trace_id)
+            .expect("the Rust publish of this trace");
+        assert_eq!(
+            span.parent_span_id.as_deref(),
+            Some(span_id(&publish).as_str())
+        );
+    }
+}
+
+#[cfg(feature = "compression")]
+#[tokio::test]
+async fn python_decodes_zstd_and_gzip_payloads_by_their_content_encoding() {
+    compressed_payloads_decoded_by(Lang::Python).await;
+}
+
+#[cfg(feature = "compression")]
+#[tokio::test]
+async fn node_decodes_zstd_and_gzip_payloads_by_their_content_encoding() {
+    compressed_payloads_decoded_by(Lang::Node).await;
+}
+
 #[tokio::test]
 async fn python_trace_flags_capitalised_and_malformed_traceparents_are_handled() {
     let server = NatsServer::start();
