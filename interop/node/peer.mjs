@@ -7,12 +7,23 @@
 //
 //   node peer.mjs publish|consume|request|respond|js-publish \
 //     --server URL --subject S [--count N] --out F [--header-name H | --header-value V]
+//   node peer.mjs vectors --file interop/vectors.json --out F
+//
+// `vectors` runs the contract's test vectors through this peer's reader (the
+// propagator with a plain-object getter, and a `Dlq-*` parser written to
+// CONTRACT.md) and writes one JSON line per case: its name and what was extracted.
 
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
 import { parseArgs } from "node:util";
 
-import { ROOT_CONTEXT, SpanKind, trace } from "@opentelemetry/api";
+import {
+  ROOT_CONTEXT,
+  SpanKind,
+  TraceFlags,
+  isSpanContextValid,
+  trace,
+} from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import {
   BasicTracerProvider,
@@ -159,6 +170,52 @@ function dump(path) {
   writeFileSync(path, lines.map((line) => `${line}\n`).join(""));
 }
 
+const DLQ_FIELDS = {
+  reason: "Dlq-Reason",
+  source_stream: "Dlq-Source-Stream",
+  source_sequence: "Dlq-Source-Sequence",
+  source_subject: "Dlq-Source-Subject",
+  consumer: "Dlq-Consumer",
+  delivery_count: "Dlq-Delivery-Count",
+  original_traceparent: "Dlq-Original-Traceparent",
+};
+
+/** A dead letter's provenance as CONTRACT.md describes it (exact header names). */
+function readDeadLetter(headers) {
+  if (headers["Dlq-Reason"] === undefined) return null;
+  const info = {};
+  for (const [field, name] of Object.entries(DLQ_FIELDS)) {
+    let value = headers[name]?.trim() ?? null;
+    if (field === "source_sequence" || field === "delivery_count") {
+      value = value !== null && /^[0-9]+$/.test(value) ? Number(value) : null;
+    }
+    info[field] = value;
+  }
+  return info;
+}
+
+function readTraceparent(headers) {
+  const span = trace.getSpanContext(propagator.extract(ROOT_CONTEXT, headers, getter));
+  if (!span || !isSpanContextValid(span)) return null;
+  return {
+    trace_id: span.traceId,
+    span_id: span.spanId,
+    sampled: (span.traceFlags & TraceFlags.SAMPLED) === TraceFlags.SAMPLED,
+    trace_state: span.traceState?.serialize() ?? "",
+  };
+}
+
+function vectors(args) {
+  const cases = JSON.parse(readFileSync(args.file, "utf8"));
+  const lines = [];
+  for (const [group, read] of [["traceparent", readTraceparent], ["dead_letter", readDeadLetter]]) {
+    for (const c of cases[group]) {
+      lines.push(JSON.stringify({ group, name: c.name, got: read({ ...c.headers }) }));
+    }
+  }
+  writeFileSync(args.out, lines.map((line) => `${line}\n`).join(""));
+}
+
 const commands = {
   publish,
   consume: (nc, args) => consume(nc, args, false),
@@ -177,8 +234,14 @@ async function main() {
       out: { type: "string" },
       "header-name": { type: "string" },
       "header-value": { type: "string" },
+      file: { type: "string" },
     },
   });
+  if (positionals[0] === "vectors") {
+    if (!values.file || !values.out) throw new Error("usage: peer.mjs vectors --file F --out F");
+    vectors(values);
+    return;
+  }
   const command = commands[positionals[0]];
   if (!command || !values.server || !values.subject || !values.out) {
     throw new Error(`usage: peer.mjs ${Object.keys(commands).join("|")} --server URL --subject S --out F`);

@@ -11,6 +11,11 @@ prints "ready" on stdout once it listens, and writes the spans it made as JSON l
     peer.py request    --server URL --subject S --out F
     peer.py respond    --server URL --subject S --count N --out F
     peer.py js-publish --server URL --subject S --count N --out F
+    peer.py vectors    --file interop/vectors.json --out F
+
+`vectors` runs the contract's test vectors through this peer's reader (the SDK's
+propagator with its default getter, and a `Dlq-*` parser written to CONTRACT.md) and
+writes one JSON line per case: its name and what was extracted (or null).
 """
 
 import argparse
@@ -186,25 +191,81 @@ def dump(path):
             )
 
 
+DLQ_FIELDS = {
+    "reason": "Dlq-Reason",
+    "source_stream": "Dlq-Source-Stream",
+    "source_sequence": "Dlq-Source-Sequence",
+    "source_subject": "Dlq-Source-Subject",
+    "consumer": "Dlq-Consumer",
+    "delivery_count": "Dlq-Delivery-Count",
+    "original_traceparent": "Dlq-Original-Traceparent",
+}
+DLQ_NUMBERS = {"source_sequence", "delivery_count"}
+
+
+def read_dead_letter(headers):
+    """A dead letter's provenance as CONTRACT.md describes it (exact header names)."""
+    if "Dlq-Reason" not in headers:
+        return None
+    info = {}
+    for field, name in DLQ_FIELDS.items():
+        value = headers.get(name)
+        if value is not None:
+            value = value.strip()
+        if field in DLQ_NUMBERS:
+            value = int(value) if value is not None and value.isdigit() else None
+        info[field] = value
+    return info
+
+
+def read_traceparent(headers):
+    span = trace.get_current_span(PROPAGATOR.extract(headers)).get_span_context()
+    if not span.is_valid:
+        return None
+    return {
+        "trace_id": f"{span.trace_id:032x}",
+        "span_id": f"{span.span_id:016x}",
+        "sampled": bool(span.trace_flags & 0x01),
+        "trace_state": span.trace_state.to_header(),
+    }
+
+
+def vectors(args):
+    with open(args.file, encoding="utf-8") as f:
+        cases = json.load(f)
+    with open(args.out, "w", encoding="utf-8") as out:
+        for group, read in (("traceparent", read_traceparent), ("dead_letter", read_dead_letter)):
+            for case in cases[group]:
+                got = read(dict(case["headers"]))
+                out.write(json.dumps({"group": group, "name": case["name"], "got": got}) + "\n")
+
+
 COMMANDS = {
     "publish": publish,
     "consume": consume,
     "request": request,
     "respond": respond,
     "js-publish": js_publish,
+    "vectors": None,
 }
 
 
 async def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=COMMANDS)
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--subject", required=True)
+    parser.add_argument("--server")
+    parser.add_argument("--subject")
+    parser.add_argument("--file", help="the test vectors (command vectors)")
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--out", required=True)
     parser.add_argument("--header-name", help="write traceparent under this header name")
     parser.add_argument("--header-value", help="send this traceparent value instead")
     args = parser.parse_args()
+    if args.command == "vectors":
+        vectors(args)
+        return
+    if args.server is None or args.subject is None:
+        parser.error("--server and --subject are required")
     nc = await nats.connect(args.server)
     try:
         await COMMANDS[args.command](nc, args)
