@@ -1,6 +1,10 @@
-//! An in-process OTLP/gRPC receiver on loopback: keeps the spans it is sent (or
-//! only counts them) and the names of the metrics, and wakes whoever waits for
-//! them. The demo builds its report from it; tests assert on it.
+//! An in-process OTLP receiver on loopback, gRPC and HTTP/protobuf on one port (a
+//! connection opening with the HTTP/2 preface is gRPC; any other is HTTP/1.1
+//! `POST /v1/traces` or `/v1/metrics`): keeps the spans it is sent (or only counts
+//! them) and the names of the metrics, and wakes whoever waits for them. The demo
+//! builds its report from it; tests assert on it.
+
+mod http;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -60,6 +64,8 @@ pub struct Store {
     pub dropped: u64,
     /// Metric export requests received.
     pub metric_exports: u64,
+    /// Export requests (traces or metrics) that came over HTTP/protobuf.
+    pub http_exports: u64,
     /// The name of every metric received.
     pub metric_names: BTreeSet<String>,
     /// Whether spans are only counted.
@@ -145,8 +151,17 @@ impl TraceService for Traces {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let request = request.into_inner();
-        let mut store = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        record_spans(&self.0, &self.1, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// Keeps (or counts) the spans of one export and wakes the waiters.
+fn record_spans(store: &Mutex<Store>, changed: &Notify, request: ExportTraceServiceRequest) {
+    {
+        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
         for resource in request.resource_spans {
             let service = resource
                 .resource
@@ -184,12 +199,8 @@ impl TraceService for Traces {
                 }
             }
         }
-        drop(store);
-        self.1.notify_waiters();
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
     }
+    changed.notify_waiters();
 }
 
 struct Metrics(Arc<Mutex<Store>>, Arc<Notify>);
@@ -200,22 +211,27 @@ impl MetricsService for Metrics {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        {
-            let mut store = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            store.metric_exports += 1;
-            for resource in request.into_inner().resource_metrics {
-                for scope in resource.scope_metrics {
-                    for metric in scope.metrics {
-                        store.metric_names.insert(metric.name);
-                    }
-                }
-            }
-        }
-        self.1.notify_waiters();
+        record_metrics(&self.0, &self.1, request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
     }
+}
+
+/// Notes the metrics of one export and wakes the waiters.
+fn record_metrics(store: &Mutex<Store>, changed: &Notify, request: ExportMetricsServiceRequest) {
+    {
+        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+        store.metric_exports += 1;
+        for resource in request.resource_metrics {
+            for scope in resource.scope_metrics {
+                for metric in scope.metrics {
+                    store.metric_names.insert(metric.name);
+                }
+            }
+        }
+    }
+    changed.notify_waiters();
 }
 
 /// Starts a receiver keeping every span (up to 500,000) on a free loopback port.
@@ -247,6 +263,35 @@ async fn start_with(counting: bool, address: SocketAddr) -> Result<Receiver, cra
         ..Store::default()
     }));
     let changed = Arc::new(Notify::new());
+    // gRPC connections go to tonic through this channel; HTTP/1.1 ones are served
+    // here.
+    let (grpc, incoming) = tokio::sync::mpsc::channel::<tokio::net::TcpStream>(16);
+    let incoming = futures_util::stream::unfold(incoming, |mut incoming| async move {
+        let stream = incoming.recv().await?;
+        Some((Ok::<_, std::io::Error>(stream), incoming))
+    });
+    let accept = {
+        let (store, changed) = (store.clone(), changed.clone());
+        async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut first = [0u8; 3];
+                let (store, changed, grpc) = (store.clone(), changed.clone(), grpc.clone());
+                tokio::spawn(async move {
+                    match stream.peek(&mut first).await {
+                        // The HTTP/2 connection preface: gRPC.
+                        Ok(3) if &first == b"PRI" => {
+                            let _ = grpc.send(stream).await;
+                        }
+                        Ok(_) => http::serve(stream, store, changed).await,
+                        Err(_) => {}
+                    }
+                });
+            }
+        }
+    };
     let server = tonic::transport::Server::builder()
         .add_service(TraceServiceServer::new(Traces(
             store.clone(),
@@ -256,11 +301,14 @@ async fn start_with(counting: bool, address: SocketAddr) -> Result<Receiver, cra
             store.clone(),
             changed.clone(),
         )))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        .serve_with_incoming(incoming);
     let server = tokio::spawn(async move {
-        // The server ends only when aborted, or if its listener fails: then
-        // exports fail and whoever waits times out.
-        let _ = server.await;
+        // The server ends only when aborted: then exports fail and whoever waits
+        // times out.
+        tokio::select! {
+            _ = server => {}
+            () = accept => {}
+        }
     });
     Ok(Receiver {
         address,

@@ -1,8 +1,9 @@
-//! OTLP over the wire: `otlp::init_with` exports to a real gRPC receiver.
+//! OTLP over the wire: `otlp::init_with` exports to a real gRPC receiver, and
+//! `otlp::providers` over HTTP/protobuf to a real HTTP receiver.
 
 use std::time::Duration;
 
-use nats_otel::otlp::{init_with, Settings};
+use nats_otel::otlp::{init_with, providers, Settings};
 
 use crate::support::{next, NatsServer};
 
@@ -56,6 +57,100 @@ async fn otlp_setup_exports_spans_and_metrics_to_a_real_receiver() {
         .await
         .expect("the receiver got the messaging metrics");
     assert!(metric_names.contains(nats_otel::health::names::CONNECTS));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_http_protobuf_exports_spans_and_metrics_to_a_real_receiver() {
+    let receiver = nats_otel_testkit::receiver::start().await.unwrap();
+    // No globals: the providers go to this test's instrumentation only.
+    let guard = providers(Settings::from_vars([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ("OTEL_SERVICE_NAME", "otlp-http-test".to_owned()),
+    ]))
+    .expect("telemetry setup");
+    let inst = nats_otel::Instrumentation::builder()
+        .with_tracer_provider(guard.tracer_provider().expect("a tracer provider"))
+        .with_meter_provider(guard.meter_provider().expect("a meter provider"))
+        .with_propagator(nats_otel::W3cPropagator::new())
+        .build();
+
+    let server = NatsServer::start();
+    let client = inst
+        .connect(server.url(), nats_otel::ConnectOptions::new())
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("wire.http").await.unwrap();
+    client.ping().await.expect("ping");
+    client.publish("wire.http", "x".into()).await.unwrap();
+    drop(next(&mut sub).await);
+
+    // The HTTP exporter blocks: flush it off the runtime's threads.
+    tokio::task::spawn_blocking(move || drop(guard))
+        .await
+        .unwrap();
+
+    let spans = receiver
+        .wait_for(Duration::from_secs(10), |store| {
+            (store.spans.len() >= 2).then(|| store.spans.clone())
+        })
+        .await
+        .expect("the receiver got both spans");
+    let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["process wire.http", "publish wire.http"]);
+    assert!(spans.iter().all(|s| s.service == "otlp-http-test"));
+    let publish = spans
+        .iter()
+        .find(|s| s.name == "publish wire.http")
+        .unwrap();
+    let process = spans
+        .iter()
+        .find(|s| s.name == "process wire.http")
+        .unwrap();
+    assert_eq!(process.trace_id, publish.trace_id);
+    assert_eq!(process.parent_span_id, publish.span_id);
+    let names = receiver
+        .wait_for(Duration::from_secs(10), |store| {
+            store
+                .metric_names
+                .contains(nats_otel::metrics::names::SENT_MESSAGES)
+                .then(|| store.metric_names.clone())
+        })
+        .await
+        .expect("the receiver got the messaging metrics");
+    assert!(names.contains(nats_otel::metrics::names::CONSUMED_MESSAGES));
+    // Every export came over HTTP: one of the two spans, and the metrics'.
+    let store = receiver.store.lock().unwrap();
+    assert_eq!(store.http_exports, 1 + store.metric_exports);
+}
+
+#[tokio::test]
+async fn the_receiver_answers_bad_http_requests_with_a_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let receiver = nats_otel_testkit::receiver::start().await.unwrap();
+    for (request, status) in [
+        (
+            "GET /v1/traces HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            "405",
+        ),
+        ("POST /v1/logs HTTP/1.1\r\ncontent-length: 0\r\n\r\n", "404"),
+        ("POST /v1/traces HTTP/1.1\r\n\r\n", "411"),
+        (
+            "POST /v1/traces HTTP/1.1\r\ncontent-length: 3\r\n\r\n\u{ff}\u{ff}",
+            "400",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(receiver.address)
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer[9..12], status.as_bytes(), "{request:?}");
+    }
+    assert_eq!(receiver.store.lock().unwrap().http_exports, 0);
 }
 
 trait HasSpanContext {
