@@ -7,6 +7,8 @@
 //
 //   node peer.mjs publish|consume|request|respond|js-publish \
 //     --server URL --subject S [--count N] --out F [--header-name H | --header-value V]
+//     [--transport ws]   (over WebSocket with nats.ws: a ws:// server URL; Node < 22
+//                         needs --experimental-websocket)
 //   node peer.mjs vectors --file interop/vectors.json --out F
 //
 // `vectors` runs the contract's test vectors through this peer's reader (the
@@ -31,7 +33,7 @@ import {
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
 import { decompress as zstdDecompress } from "fzstd";
-import { connect, headers as natsHeaders } from "nats";
+import * as tcp from "nats";
 
 const exporter = new InMemorySpanExporter();
 const provider = new BasicTracerProvider({
@@ -44,6 +46,8 @@ const getter = {
   get: (carrier, key) => carrier[key],
   keys: (carrier) => Object.keys(carrier),
 };
+/** The client library: `nats` over TCP, or `nats.ws` over WebSocket. */
+let nats = tcp;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -65,7 +69,7 @@ function inject(span, args) {
     carrier[args["header-name"]] = carrier.traceparent;
     delete carrier.traceparent;
   }
-  const h = natsHeaders();
+  const h = nats.headers();
   for (const [key, value] of Object.entries(carrier)) h.set(key, value);
   return h;
 }
@@ -235,6 +239,7 @@ async function main() {
       "header-name": { type: "string" },
       "header-value": { type: "string" },
       file: { type: "string" },
+      transport: { type: "string", default: "tcp" },
     },
   });
   if (positionals[0] === "vectors") {
@@ -247,7 +252,15 @@ async function main() {
     throw new Error(`usage: peer.mjs ${Object.keys(commands).join("|")} --server URL --subject S --out F`);
   }
   const args = { ...values, count: Number(values.count) };
-  const nc = await connect({ servers: values.server });
+  if (values.transport === "ws") {
+    if (typeof globalThis.WebSocket !== "function") {
+      throw new Error("no WebSocket in this Node: run Node 22+, or node --experimental-websocket");
+    }
+    nats = await import("nats.ws");
+  } else if (values.transport !== "tcp") {
+    throw new Error(`unknown transport ${values.transport} (tcp or ws)`);
+  }
+  const nc = await nats.connect({ servers: values.server });
   try {
     await command(nc, args);
   } finally {

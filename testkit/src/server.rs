@@ -47,6 +47,24 @@ impl NatsServer {
         })
     }
 
+    /// Starts a server with `config` (nats-server configuration syntax: a
+    /// `websocket` or `leafnodes` block, say) on top of the usual loopback port and
+    /// JetStream store. The file lives in the server's temp dir.
+    pub fn start_with_config(config: &str) -> Self {
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir for JetStream: {e}"));
+        let path = store.path().join("server.conf");
+        std::fs::write(&path, config).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        let extra = vec!["-c".to_owned(), path.display().to_string()];
+        let (child, port) =
+            Self::spawn(store.path(), None, &extra).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            child,
+            port,
+            store,
+            extra,
+        }
+    }
+
     /// The server's process id (the benchmark reads its CPU time).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -217,4 +235,14 @@ impl NatsCluster {
             .unwrap_or_else(|| panic!("no node {name}"));
         self.nodes[index].kill();
     }
+}
+
+/// A loopback port free right now (for a server's second listener: websocket,
+/// leaf nodes). Another process could take it before it is used; tests retry
+/// nothing, so a clash shows as a server that does not start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
 }

@@ -34,3 +34,4 @@ mod pubsub;
 mod pull;
 mod request_reply;
 mod secure;
+mod topology;

@@ -3,7 +3,7 @@
 //! `interop/node/peer.mjs`) services and nats-otel in one trace, every way, against
 //! a real nats-server.
 
-mod harness;
+pub(crate) mod harness;
 mod vectors;
 
 use nats_otel::jetstream::dead_letter::{self, headers as dlq, DeadLetter};

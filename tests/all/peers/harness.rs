@@ -13,12 +13,12 @@ use crate::support::NatsServer;
 
 /// A span a peer made.
 #[derive(Debug, Deserialize)]
-pub(super) struct PeerSpan {
-    pub(super) trace_id: String,
-    pub(super) span_id: String,
-    pub(super) parent_span_id: Option<String>,
-    pub(super) name: String,
-    pub(super) kind: String,
+pub(crate) struct PeerSpan {
+    pub(crate) trace_id: String,
+    pub(crate) span_id: String,
+    pub(crate) parent_span_id: Option<String>,
+    pub(crate) name: String,
+    pub(crate) kind: String,
     pub(super) attributes: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -30,7 +30,7 @@ impl PeerSpan {
 
 /// The language of an interop peer.
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Lang {
+pub(crate) enum Lang {
     /// `interop/python/peer.py`: nats-py and the OpenTelemetry Python SDK.
     Python,
     /// `interop/node/peer.mjs`: the `nats` client and OpenTelemetry JS.
@@ -54,6 +54,10 @@ impl Lang {
             }
             Lang::Node => {
                 let mut c = tokio::process::Command::new("node");
+                if node_major().is_some_and(|major| major < 22) {
+                    // WebSocket is global from Node 22; before, behind this flag.
+                    c.arg("--experimental-websocket");
+                }
                 c.arg(root.join("interop/node/peer.mjs"));
                 c
             }
@@ -115,6 +119,25 @@ impl Lang {
     }
 }
 
+/// The major version of `node` (`v20.20.2` → 20), if it runs.
+fn node_major() -> Option<u32> {
+    static MAJOR: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let output = std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .ok()?;
+        let version = String::from_utf8(output.stdout).ok()?;
+        version
+            .trim()
+            .trim_start_matches('v')
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// What a peer extracted from one test vector's headers.
 #[derive(Debug, Deserialize)]
 pub(super) struct VectorResult {
@@ -124,7 +147,7 @@ pub(super) struct VectorResult {
 }
 
 /// A running peer command.
-pub(super) struct Peer {
+pub(crate) struct Peer {
     lang: Lang,
     child: tokio::process::Child,
     out: PathBuf,
@@ -143,12 +166,24 @@ impl Peer {
         count: usize,
         extra: &[&str],
     ) -> Self {
+        Self::start_at(lang, &server.url(), command, subject, count, extra).await
+    }
+
+    /// [`start`](Self::start) against the server at `url` (a `ws://` one, say).
+    pub(crate) async fn start_at(
+        lang: Lang,
+        url: &str,
+        command: &str,
+        subject: &str,
+        count: usize,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let out = dir.path().join("spans.jsonl");
         let mut command_line = lang.command();
         let mut child = command_line
             .arg(command)
-            .args(["--server", &server.url(), "--subject", subject])
+            .args(["--server", url, "--subject", subject])
             .args(["--count", &count.to_string()])
             .arg("--out")
             .arg(&out)
@@ -177,7 +212,7 @@ impl Peer {
     }
 
     /// Waits for the command to finish and returns the spans it made.
-    pub(super) async fn finish(self) -> Vec<PeerSpan> {
+    pub(crate) async fn finish(self) -> Vec<PeerSpan> {
         let Peer {
             lang,
             child,
@@ -201,20 +236,20 @@ impl Peer {
     }
 }
 
-pub(super) fn trace_id(span: &SpanData) -> String {
+pub(crate) fn trace_id(span: &SpanData) -> String {
     format!("{:032x}", span.span_context.trace_id())
 }
 
-pub(super) fn span_id(span: &SpanData) -> String {
+pub(crate) fn span_id(span: &SpanData) -> String {
     format!("{:016x}", span.span_context.span_id())
 }
 
-pub(super) fn parent_id(span: &SpanData) -> String {
+pub(crate) fn parent_id(span: &SpanData) -> String {
     format!("{:016x}", span.parent_span_id)
 }
 
 /// The one span in `spans` of trace `trace` called `name`.
-pub(super) fn in_trace<'a>(spans: &'a [SpanData], trace: &str, name: &str) -> &'a SpanData {
+pub(crate) fn in_trace<'a>(spans: &'a [SpanData], trace: &str, name: &str) -> &'a SpanData {
     let found: Vec<&SpanData> = spans
         .iter()
         .filter(|s| s.name == name && trace_id(s) == trace)
