@@ -14,7 +14,7 @@ use crate::support::{attr, next, NatsServer, Telemetry};
 async fn a_service_over_websocket_is_traced_like_tcp_and_a_node_peer_over_websocket_continues_it() {
     const N: usize = 5;
     let ws_port = free_port();
-    let server = NatsServer::start_with_config(&format!(
+    let _server = NatsServer::start_with_config(&format!(
         "websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n"
     ));
     let ws_url = format!("ws://127.0.0.1:{ws_port}");
