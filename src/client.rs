@@ -153,6 +153,17 @@ impl Client {
             && !inst.has_ambient_span()
     }
 
+    /// [`passthrough`](Self::passthrough) for a publish to `subject`, which the
+    /// span filter or the `publish` switch may also leave untraced.
+    fn passthrough_publish(&self, subject: &str) -> bool {
+        let inst = self.telemetry.inst();
+        self.outgoing.is_plain()
+            && inst.never_traces_publish(subject)
+            && !inst.metrics_enabled()
+            && !inst.publish_time_header()
+            && !inst.has_ambient_span()
+    }
+
     /// The untraced async-nats client.
     pub fn inner(&self) -> &async_nats::Client {
         &self.inner
@@ -174,10 +185,11 @@ impl Client {
         subject: S,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        if self.passthrough() {
+        let subject = subject.to_subject();
+        if self.passthrough_publish(subject.as_str()) {
             return self.inner.publish(subject, payload).await;
         }
-        Box::pin(self.send(subject.to_subject(), None, None, payload)).await
+        Box::pin(self.send(subject, None, None, payload)).await
     }
 
     /// Publishes with headers; trace context is added to them.
@@ -187,13 +199,14 @@ impl Client {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<(), PublishError> {
-        if self.passthrough() {
+        let subject = subject.to_subject();
+        if self.passthrough_publish(subject.as_str()) {
             return self
                 .inner
                 .publish_with_headers(subject, headers, payload)
                 .await;
         }
-        Box::pin(self.send(subject.to_subject(), None, Some(headers), payload)).await
+        Box::pin(self.send(subject, None, Some(headers), payload)).await
     }
 
     /// Publishes with a reply subject, without waiting for a response.

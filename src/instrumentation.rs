@@ -16,6 +16,10 @@ use crate::destination::{
     is_temporary, DefaultSubjectMapper, SubjectMapper, DEFAULT_INBOX_PREFIX, TEMPORARY_DESTINATION,
 };
 use crate::error::{ErrorTypeHook, HandlerFailure};
+use crate::filter::{
+    EnvSettings, FilterError, Kinds, OperationKind, SpanPredicate, SpanRequest, SpanRules,
+    SubjectFilter,
+};
 use crate::names::SpanName;
 use crate::propagation::{extract_context, inject_context};
 use crate::semconv;
@@ -78,6 +82,11 @@ struct Inner {
     process_hook: Option<ProcessHook>,
     error_type_hook: Option<ErrorTypeHook>,
     body_size: bool,
+    /// What is traced; `filtering` is false when no rule is set (the fast path).
+    spans: SpanRules,
+    filtering: bool,
+    /// Templates metrics are recorded for.
+    metrics_filter: SubjectFilter,
     #[cfg_attr(not(feature = "compression"), allow(dead_code))]
     max_decoded: usize,
     /// The client health instruments, registered on the first connect.
@@ -200,6 +209,35 @@ impl Instrumentation {
         Some(name)
     }
 
+    /// Whether `op` on `subject` (template `template`) gets a span: tracing is on
+    /// and the span filter, predicate and operation switches let it through.
+    pub(crate) fn traces(
+        &self,
+        op: crate::operation::Op,
+        subject: &str,
+        template: &str,
+        headers: Option<&HeaderMap>,
+    ) -> bool {
+        self.inner.tracing
+            && (!self.inner.filtering || self.inner.spans.traces(op, subject, template, headers))
+    }
+
+    /// Whether no publish to `subject` can get a span: tracing is off, or the
+    /// `publish` switch or the subject filter rules it out (before any predicate).
+    pub(crate) fn never_traces_publish(&self, subject: &str) -> bool {
+        !self.inner.tracing
+            || (self.inner.filtering
+                && self
+                    .inner
+                    .spans
+                    .never_traces(OperationKind::Publish, subject))
+    }
+
+    /// Whether metrics are recorded for destination template `template`.
+    pub(crate) fn meters(&self, template: &str) -> bool {
+        self.inner.instruments.is_some() && self.inner.metrics_filter.passes(template)
+    }
+
     /// How `process` spans relate to the producer's context.
     pub(crate) fn parenting(&self) -> ProcessParenting {
         self.inner.parenting
@@ -279,7 +317,13 @@ pub struct InstrumentationBuilder {
     publish_hook: Option<PublishHook>,
     process_hook: Option<ProcessHook>,
     error_type_hook: Option<ErrorTypeHook>,
-    body_size: bool,
+    body_size: Option<bool>,
+    span_filter: Option<SubjectFilter>,
+    span_predicate: Option<SpanPredicate>,
+    disabled: Option<Kinds>,
+    metrics_filter: Option<SubjectFilter>,
+    /// `OTEL_INSTRUMENTATION_NATS_*`: applies where code set nothing.
+    env: EnvSettings,
     max_decoded: usize,
 }
 
@@ -298,7 +342,12 @@ impl Default for InstrumentationBuilder {
             publish_hook: None,
             process_hook: None,
             error_type_hook: None,
-            body_size: false,
+            body_size: None,
+            span_filter: None,
+            span_predicate: None,
+            disabled: None,
+            metrics_filter: None,
+            env: crate::filter::env_defaults(),
             max_decoded: 16 * 1024 * 1024,
         }
     }
@@ -435,8 +484,58 @@ impl InstrumentationBuilder {
     /// `process` spans, `messaging.nats.message.body.compressed_size` for
     /// compressed payloads and `messaging.nats.reply.body.size` on requests.
     pub fn with_message_body_size(mut self, enabled: bool) -> Self {
-        self.body_size = enabled;
+        self.body_size = Some(enabled);
         self
+    }
+
+    /// Traces only operations whose subject passes `filter` (NATS wildcards,
+    /// matched against the real subject; a bucket or stream for KV, Object Store
+    /// and pulls). A filtered-out operation still propagates the caller's context
+    /// and still records metrics. See [`filter`](crate::filter).
+    pub fn with_span_filter(mut self, filter: SubjectFilter) -> Self {
+        self.span_filter = Some(filter);
+        self
+    }
+
+    /// Decides per operation whether a span is made (after the subject filter
+    /// and the operation switches). Keep it cheap: it runs for every message.
+    pub fn with_span_predicate<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&SpanRequest<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.span_predicate = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Makes no span for these kinds of operation (a `process` span switched off
+    /// still hands the producer's context on). Replaces earlier calls.
+    pub fn with_disabled_operations<I>(mut self, kinds: I) -> Self
+    where
+        I: IntoIterator<Item = OperationKind>,
+    {
+        self.disabled = Some(Kinds::from_kinds(kinds));
+        self
+    }
+
+    /// Records metrics only for destination templates passing `filter` (span
+    /// filters never silence metrics; this does).
+    pub fn with_metrics_filter(mut self, filter: SubjectFilter) -> Self {
+        self.metrics_filter = Some(filter);
+        self
+    }
+
+    /// Reads the `OTEL_INSTRUMENTATION_NATS_*` variables (see
+    /// [`filter`](crate::filter)) from the process environment. They apply where
+    /// code sets nothing: code settings win, whatever the order of the calls.
+    /// A malformed value is an error naming the variable and the value.
+    pub fn from_env(self) -> Result<Self, FilterError> {
+        self.from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) with the variables from `var`.
+    pub fn from_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self, FilterError> {
+        self.env = EnvSettings::read(var)?;
+        Ok(self)
     }
 
     /// The largest size a compressed payload may decode to before it is rejected
@@ -456,6 +555,11 @@ impl InstrumentationBuilder {
         let instruments = self
             .metrics
             .then(|| Arc::new(crate::metrics::Instruments::new(&meter)));
+        let spans = SpanRules {
+            subjects: self.span_filter.or(self.env.spans).unwrap_or_default(),
+            predicate: self.span_predicate,
+            disabled: self.disabled.or(self.env.disabled).unwrap_or_default(),
+        };
         Instrumentation {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -473,7 +577,10 @@ impl InstrumentationBuilder {
                 publish_hook: self.publish_hook,
                 process_hook: self.process_hook,
                 error_type_hook: self.error_type_hook,
-                body_size: self.body_size,
+                body_size: self.body_size.or(self.env.body_size).unwrap_or(false),
+                filtering: !spans.is_empty(),
+                spans,
+                metrics_filter: self.metrics_filter.or(self.env.metrics).unwrap_or_default(),
                 max_decoded: self.max_decoded,
                 health: std::sync::OnceLock::new(),
             }),

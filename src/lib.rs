@@ -142,6 +142,7 @@ mod connect;
 mod delivery;
 pub mod destination;
 mod error;
+pub mod filter;
 pub mod health;
 mod instrumentation;
 pub mod jetstream;

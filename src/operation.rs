@@ -219,6 +219,8 @@ pub(crate) struct Start<'a> {
     pub(crate) room: usize,
     /// The operation's metric series, when its caller keeps it (else looked up).
     pub(crate) series: Option<Arc<OpSeries>>,
+    /// The message's headers, for a span predicate to see.
+    pub(crate) headers: Option<&'a async_nats::HeaderMap>,
 }
 
 impl Default for Start<'_> {
@@ -229,6 +231,7 @@ impl Default for Start<'_> {
             time: None,
             room: 4,
             series: None,
+            headers: None,
         }
     }
 }
@@ -254,6 +257,12 @@ impl<'a> Start<'a> {
     /// Linking `links`.
     pub(crate) fn with_links(mut self, links: Vec<Link>) -> Self {
         self.links = links;
+        self
+    }
+
+    /// With the message's `headers` (what a span predicate sees).
+    pub(crate) fn with_headers(mut self, headers: Option<&'a async_nats::HeaderMap>) -> Self {
+        self.headers = headers;
         self
     }
 

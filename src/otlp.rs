@@ -22,6 +22,11 @@
 //! Headers and compression (`OTEL_EXPORTER_OTLP_HEADERS` …) and
 //! `OTEL_METRIC_EXPORT_INTERVAL` are read by the exporter and SDK themselves. The gRPC exporter needs a Tokio runtime: call [`init`] from inside
 //! a multi-threaded one (`#[tokio::main]`).
+//!
+//! `init` and [`init_with`] also read the `OTEL_INSTRUMENTATION_NATS_*` variables
+//! (span filters, disabled operations, metrics filter, body sizes; see
+//! [`filter`](crate::filter)): every `Instrumentation` built afterwards, the default
+//! one included, starts from them, and settings made in code still win.
 
 use std::fmt;
 
@@ -115,7 +120,12 @@ pub fn init() -> Result<TelemetryGuard, SetupError> {
 /// the globals. See the [module docs](self).
 pub fn init_with(settings: Settings) -> Result<TelemetryGuard, SetupError> {
     let propagator = propagator(&settings)?;
+    // `OTEL_INSTRUMENTATION_NATS_*`: the environment layer of every builder from now.
+    let instrumentation =
+        crate::filter::EnvSettings::read(|name| settings.var(name).map(str::to_owned))
+            .map_err(|e| invalid(e.to_string()))?;
     let guard = providers(settings)?;
+    crate::filter::set_env_defaults(instrumentation);
     global::set_text_map_propagator(propagator);
     if let Some(provider) = &guard.tracer_provider {
         global::set_tracer_provider(provider.clone());

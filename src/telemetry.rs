@@ -115,11 +115,16 @@ impl Telemetry {
     /// consumer group `group`.
     pub(crate) fn processing(&self, template: &str, group: Option<Value>) -> Processing {
         let name = SpanName::new(PROCESS.name, template);
-        let metrics = self.inst.instruments().map(|instruments| {
-            let attributes =
-                self.metric_attributes(PROCESS, &Target::named(&name).with_group(group.clone()));
-            ProcessSeries::new(instruments, attributes.into())
-        });
+        let metered = self.inst.meters(template);
+        let metrics = self
+            .inst
+            .instruments()
+            .filter(|_| metered)
+            .map(|instruments| {
+                let attributes = self
+                    .metric_attributes(PROCESS, &Target::named(&name).with_group(group.clone()));
+                ProcessSeries::new(instruments, attributes.into())
+            });
         Processing {
             name,
             group,
@@ -264,10 +269,16 @@ impl Telemetry {
         recording: impl FnOnce(&mut Vec<KeyValue>),
     ) -> Operation {
         let series = start.series.take();
-        let timer = OpTimer::start(self.inst.instruments(), start.time, |instruments| {
+        let template = target.name.template();
+        let instruments = self
+            .inst
+            .instruments()
+            .filter(|_| self.inst.meters(template));
+        let timer = OpTimer::start(instruments, start.time, |instruments| {
             series.unwrap_or_else(|| self.op_series(instruments, op, target))
         });
-        let (cx, records) = match self.tracing() {
+        let subject = target.destination.unwrap_or(template);
+        let (cx, records) = match self.inst.traces(op, subject, template, start.headers) {
             true => {
                 let (cx, records) = self.span(op, target, start, recording);
                 (Some(cx), records)
@@ -327,7 +338,8 @@ impl Telemetry {
             return Operation::none();
         };
         let target = Target::subject(&self.inst, &name, subject);
-        self.start(op, &target, Start::default().with_room(room), |a| {
+        let start = Start::default().with_room(room).with_headers(headers);
+        self.start(op, &target, start, |a| {
             self.push_message_attributes(a, headers, body);
             self.inst.push_publish_hook(subject, headers, a);
         })
@@ -376,7 +388,10 @@ impl Telemetry {
             Some(headers) => self.inst.extract(headers),
             None => Context::new(),
         };
-        if !self.tracing() {
+        let template = target.name.template();
+        let subject = target.destination.unwrap_or(template);
+        if !self.inst.traces(PROCESS, subject, template, headers) {
+            // Not traced: the producer's context is handed on as it came.
             return (producer.clone(), producer, false);
         }
         let producer_span = producer.span().span_context().clone();

@@ -337,7 +337,10 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         Tracing::Dropped,
     ];
     for size in [16usize, 1024] {
-        let variants = named(&core);
+        let mut variants = named(&core);
+        if size == 16 {
+            variants.extend(named(&[Tracing::IncludeAll, Tracing::FilteredOut]));
+        }
         let rows = section(
             out,
             &format!("Core publish only, {size} B, {PUBLISH_MESSAGES} messages × {ROUNDS} rounds"),
@@ -347,6 +350,9 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         .await;
         if let Some(sdk) = sdk {
             note(out, unsampled(&rows, 5, 2, 1.0, sdk.dropped));
+        }
+        if size == 16 {
+            note(out, filter_cost(&rows));
         }
     }
     for size in [16usize, 1024] {

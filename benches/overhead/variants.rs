@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nats_otel::filter::SubjectFilter;
 use nats_otel::{Instrumentation, W3cPropagator};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt as _;
@@ -84,6 +85,10 @@ pub(crate) enum Tracing {
     /// table makes, with the sampled rows' processor and exporter, in the same
     /// rounds (the ceiling's and "own CPU" line's SDK cost).
     SdkSpans,
+    /// `Sampled` with a span filter every subject passes (`include >`).
+    IncludeAll,
+    /// `Sampled` with a span filter the benchmark's subjects fail (`exclude bench.>`).
+    FilteredOut,
 }
 
 impl Tracing {
@@ -100,6 +105,8 @@ impl Tracing {
             Tracing::MetricsOnly => "nats-otel, metrics only (tracing off)",
             Tracing::SampledMetrics => "nats-otel, all sampled + metrics",
             Tracing::SdkSpans => "OpenTelemetry SDK alone: one message's spans, no NATS",
+            Tracing::IncludeAll => "nats-otel, all sampled, include-all span filter",
+            Tracing::FilteredOut => "nats-otel, all sampled, span filter excludes the subject",
         }
     }
 }
@@ -120,6 +127,8 @@ pub(crate) fn telemetry(tracing: Tracing) -> Option<Telemetry> {
         | Tracing::HandWritten
         | Tracing::SampledMetrics
         | Tracing::SdkSpans
+        | Tracing::IncludeAll
+        | Tracing::FilteredOut
         // Tracing stays off in the instrumentation: no span is made.
         | Tracing::MetricsOnly => Sampler::AlwaysOn,
         Tracing::Dropped => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
@@ -184,6 +193,14 @@ pub(crate) fn instrumentation(tracing: Tracing, telemetry: &Option<Telemetry>) -
             .with_tracer_provider(provider)
             .with_metrics(true)
             .with_meter_provider(m)
+            .build(),
+        (Tracing::IncludeAll, Some(t)) => builder
+            .with_tracer_provider(&t.provider)
+            .with_span_filter(SubjectFilter::new().include([">"]).expect("pattern"))
+            .build(),
+        (Tracing::FilteredOut, Some(t)) => builder
+            .with_tracer_provider(&t.provider)
+            .with_span_filter(SubjectFilter::new().exclude(["bench.>"]).expect("pattern"))
             .build(),
         (_, Some(t)) => builder.with_tracer_provider(&t.provider).build(),
         _ => builder.with_tracing(false).build(),

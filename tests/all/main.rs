@@ -16,6 +16,7 @@ mod compression;
 mod conformance;
 mod connect;
 mod fault;
+mod filters;
 #[cfg(feature = "compression")]
 mod fuzz;
 mod hostile;

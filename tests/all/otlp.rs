@@ -14,6 +14,8 @@ async fn otlp_setup_exports_spans_and_metrics_to_a_real_receiver() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
         ("OTEL_SERVICE_NAME", "otlp-wire-test".to_owned()),
+        // Applied to every instrumentation built from now on (only this subject).
+        ("OTEL_INSTRUMENTATION_NATS_EXCLUDE", "wire.skip".to_owned()),
     ]))
     .expect("telemetry setup");
 
@@ -22,6 +24,7 @@ async fn otlp_setup_exports_spans_and_metrics_to_a_real_receiver() {
     let client = nats_otel::connect(server.url()).await.unwrap();
     let mut sub = client.subscribe("wire.test").await.unwrap();
     client.ping().await.expect("ping");
+    client.publish("wire.skip", "x".into()).await.unwrap();
     client.publish("wire.test", "x".into()).await.unwrap();
     let delivery = next(&mut sub).await;
     assert!(
@@ -43,6 +46,7 @@ async fn otlp_setup_exports_spans_and_metrics_to_a_real_receiver() {
         .expect("the receiver got both spans");
     let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
     names.sort();
+    // `wire.skip` was excluded through OTEL_INSTRUMENTATION_NATS_EXCLUDE.
     assert_eq!(names, ["process wire.test", "publish wire.test"]);
     assert!(spans.iter().all(|s| s.service == "otlp-wire-test"));
 
@@ -123,6 +127,22 @@ async fn otlp_over_http_protobuf_exports_spans_and_metrics_to_a_real_receiver() 
     // Every export came over HTTP: one of the two spans, and the metrics'.
     let store = receiver.store.lock().unwrap();
     assert_eq!(store.http_exports, 1 + store.metric_exports);
+}
+
+#[test]
+fn otlp_setup_rejects_a_malformed_instrumentation_variable_before_installing_anything() {
+    let err = init_with(Settings::from_vars([(
+        "OTEL_INSTRUMENTATION_NATS_DISABLED_OPERATIONS",
+        "settle,recieve",
+    )]))
+    .unwrap_err();
+    assert_eq!(err.kind(), nats_otel::otlp::SetupErrorKind::InvalidVariable);
+    assert!(
+        err.to_string().contains(
+            "OTEL_INSTRUMENTATION_NATS_DISABLED_OPERATIONS=`settle,recieve`: unknown operation: `recieve`"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ async fn chain(from: Lang, to: Lang) {
     let client = telemetry.client(&server).await;
     let consumer = Peer::start(to, &server, "consume", "interop.out", N, &[]).await;
     let mut sub = client.subscribe("interop.in").await.unwrap();
-    client.flush().await.unwrap();
+    client.ping().await.unwrap();
     let relay = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -92,7 +92,7 @@ async fn python_request_gets_the_rust_reply_and_the_rust_span_is_its_child() {
     let telemetry = Telemetry::new();
     let client = telemetry.client(&server).await;
     let mut sub = client.subscribe("interop.rpc").await.unwrap();
-    client.flush().await.unwrap();
+    client.ping().await.unwrap();
     let responder = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -395,8 +395,8 @@ async fn python_trace_flags_capitalised_and_malformed_traceparents_are_handled()
     let raw = server.raw_client().await;
     let mut seen = raw.subscribe("interop.flags").await.unwrap();
     let mut sub = client.subscribe("interop.flags").await.unwrap();
-    raw.flush().await.unwrap();
-    client.flush().await.unwrap();
+    crate::support::sync(&raw).await;
+    client.ping().await.unwrap();
     // The Python peer consumes what nats-otel sends on, to show the flags it gets.
     let consumer = Peer::start(Lang::Python, &server, "consume", "interop.next", 3, &[]).await;
 

@@ -35,7 +35,7 @@ async fn a_service_over_websocket_is_traced_like_tcp_and_a_node_peer_over_websoc
     )
     .await;
     let mut sub = client.subscribe("ws.in").await.unwrap();
-    client.flush().await.unwrap();
+    client.ping().await.unwrap();
     let relay = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -98,7 +98,7 @@ async fn a_request_on_a_leaf_node_answered_on_the_hub_stays_in_one_trace() {
     let on_hub = telemetry.client(&hub).await;
     let on_leaf = telemetry.client(&leaf).await;
     let mut sub = on_hub.subscribe("leaf.rpc").await.unwrap();
-    on_hub.flush().await.unwrap();
+    on_hub.ping().await.unwrap();
     let responder = {
         let on_hub = on_hub.clone();
         tokio::spawn(async move {
