@@ -15,6 +15,7 @@
 //! | `OTEL_INSTRUMENTATION_NATS_DISABLED_OPERATIONS` | comma-separated [`OperationKind`] names (`settle,receive`) | [`with_disabled_operations`](crate::InstrumentationBuilder::with_disabled_operations) |
 //! | `OTEL_INSTRUMENTATION_NATS_METRICS_EXCLUDE` | comma-separated template patterns: no metrics for these | [`with_metrics_filter`](crate::InstrumentationBuilder::with_metrics_filter) |
 //! | `OTEL_INSTRUMENTATION_NATS_BODY_SIZE` | `true` or `false` | [`with_message_body_size`](crate::InstrumentationBuilder::with_message_body_size) |
+//! | `OTEL_INSTRUMENTATION_NATS_CAPTURE_HEADERS` | comma-separated header names recorded on spans (see [`capture`](crate::capture)) | [`with_header_capture`](crate::InstrumentationBuilder::with_header_capture) |
 //!
 //! Settings made in code win over the environment, whatever the order of the calls.
 
@@ -349,6 +350,7 @@ pub(crate) struct EnvSettings {
     pub(crate) disabled: Option<Kinds>,
     pub(crate) metrics: Option<SubjectFilter>,
     pub(crate) body_size: Option<bool>,
+    pub(crate) capture: Option<crate::capture::HeaderCapture>,
 }
 
 /// The variable names.
@@ -363,6 +365,8 @@ pub mod vars {
     pub const METRICS_EXCLUDE: &str = "OTEL_INSTRUMENTATION_NATS_METRICS_EXCLUDE";
     /// Whether the opt-in body-size attributes are recorded.
     pub const BODY_SIZE: &str = "OTEL_INSTRUMENTATION_NATS_BODY_SIZE";
+    /// Header names recorded on spans.
+    pub const CAPTURE_HEADERS: &str = "OTEL_INSTRUMENTATION_NATS_CAPTURE_HEADERS";
 }
 
 impl EnvSettings {
@@ -407,6 +411,12 @@ impl EnvSettings {
                 SubjectFilter::new()
                     .exclude(&items)
                     .map_err(|e| named(vars::METRICS_EXCLUDE, &value, e))?,
+            );
+        }
+        if let Some((value, items)) = list(vars::CAPTURE_HEADERS) {
+            settings.capture = Some(
+                crate::capture::HeaderCapture::new(&items)
+                    .map_err(|e| named(vars::CAPTURE_HEADERS, &value, e))?,
             );
         }
         if let Some(value) = var(vars::BODY_SIZE) {

@@ -82,6 +82,8 @@ struct Inner {
     process_hook: Option<ProcessHook>,
     error_type_hook: Option<ErrorTypeHook>,
     body_size: bool,
+    /// Headers recorded on spans.
+    capture: Option<crate::capture::HeaderCapture>,
     /// What is traced; `filtering` is false when no rule is set (the fast path).
     spans: SpanRules,
     filtering: bool,
@@ -233,6 +235,11 @@ impl Instrumentation {
                     .never_traces(OperationKind::Publish, subject))
     }
 
+    /// The headers recorded on spans, if any are listed.
+    pub(crate) fn header_capture(&self) -> Option<&crate::capture::HeaderCapture> {
+        self.inner.capture.as_ref()
+    }
+
     /// Whether metrics are recorded for destination template `template`.
     pub(crate) fn meters(&self, template: &str) -> bool {
         self.inner.instruments.is_some() && self.inner.metrics_filter.passes(template)
@@ -322,6 +329,7 @@ pub struct InstrumentationBuilder {
     span_predicate: Option<SpanPredicate>,
     disabled: Option<Kinds>,
     metrics_filter: Option<SubjectFilter>,
+    capture: Option<crate::capture::HeaderCapture>,
     /// `OTEL_INSTRUMENTATION_NATS_*`: applies where code set nothing.
     env: EnvSettings,
     max_decoded: usize,
@@ -347,6 +355,7 @@ impl Default for InstrumentationBuilder {
             span_predicate: None,
             disabled: None,
             metrics_filter: None,
+            capture: None,
             env: crate::filter::env_defaults(),
             max_decoded: 16 * 1024 * 1024,
         }
@@ -524,6 +533,14 @@ impl InstrumentationBuilder {
         self
     }
 
+    /// Records the headers `capture` lists on `publish`, `request` and `process`
+    /// spans (see [`capture`](crate::capture); a PII risk: list only what is safe
+    /// to keep in traces).
+    pub fn with_header_capture(mut self, capture: crate::capture::HeaderCapture) -> Self {
+        self.capture = Some(capture);
+        self
+    }
+
     /// Reads the `OTEL_INSTRUMENTATION_NATS_*` variables (see
     /// [`filter`](crate::filter)) from the process environment. They apply where
     /// code sets nothing: code settings win, whatever the order of the calls.
@@ -578,6 +595,7 @@ impl InstrumentationBuilder {
                 process_hook: self.process_hook,
                 error_type_hook: self.error_type_hook,
                 body_size: self.body_size.or(self.env.body_size).unwrap_or(false),
+                capture: self.capture.or(self.env.capture),
                 filtering: !spans.is_empty(),
                 spans,
                 metrics_filter: self.metrics_filter.or(self.env.metrics).unwrap_or_default(),

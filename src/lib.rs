@@ -133,6 +133,7 @@
 #![deny(unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod capture;
 mod client;
 #[cfg(feature = "compression")]
 pub mod compression;

@@ -44,6 +44,10 @@ pub const MESSAGING_NATS_BODY_COMPRESSED_SIZE: &str = "messaging.nats.message.bo
 /// `messaging.nats.content_encoding`: the payload's `Content-Encoding` when it was
 /// compressed.
 pub const MESSAGING_NATS_CONTENT_ENCODING: &str = "messaging.nats.content_encoding";
+/// `messaging.nats.message.header.<lowercase name>`: a captured header's values
+/// (string array), only for headers listed with
+/// [`with_header_capture`](crate::InstrumentationBuilder::with_header_capture).
+pub const MESSAGING_NATS_MESSAGE_HEADER_PREFIX: &str = "messaging.nats.message.header.";
 /// `messaging.batch.message_count`: number of messages in a batch operation.
 pub const MESSAGING_BATCH_MESSAGE_COUNT: &str = "messaging.batch.message_count";
 /// `messaging.client.id`: the client id the server assigned to this connection.

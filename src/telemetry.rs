@@ -296,6 +296,9 @@ impl Telemetry {
         headers: Option<&HeaderMap>,
         body: Body,
     ) {
+        if let (Some(capture), Some(headers)) = (self.inst.header_capture(), headers) {
+            capture.push(headers, attributes);
+        }
         if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
             attributes.push(KeyValue::new(
                 semconv::MESSAGING_MESSAGE_ID,
