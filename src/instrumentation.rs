@@ -84,6 +84,8 @@ struct Inner {
     body_size: bool,
     /// Headers recorded on spans.
     capture: Option<crate::capture::HeaderCapture>,
+    /// Baggage keys allowed across the NATS boundary (`None`: all).
+    baggage_allowed: Option<Arc<[String]>>,
     /// What is traced; `filtering` is false when no rule is set (the fast path).
     spans: SpanRules,
     filtering: bool,
@@ -159,8 +161,17 @@ impl Instrumentation {
             .get_or_init(|| crate::health::HealthRegistry::new(&self.inner.meter))
     }
 
-    /// Injects `cx` into `headers` through the configured propagator.
+    /// Injects `cx` into `headers` through the configured propagator (with only
+    /// the allowed baggage, when an allow-list is set).
     pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+        let allowed;
+        let cx = match self.allowed_baggage(cx) {
+            Some(filtered) => {
+                allowed = filtered;
+                &allowed
+            }
+            None => cx,
+        };
         match &self.inner.propagator {
             Some(p) => inject_context(p.as_ref(), cx, headers),
             None => global::get_text_map_propagator(|p| inject_context(p, cx, headers)),
@@ -168,12 +179,33 @@ impl Instrumentation {
     }
 
     /// Extracts the producer's context from `headers` through the configured
-    /// propagator (an empty context when there is none or it is invalid).
+    /// propagator (an empty context when there is none or it is invalid), keeping
+    /// only the allowed baggage when an allow-list is set.
     pub fn extract(&self, headers: &HeaderMap) -> Context {
-        match &self.inner.propagator {
+        let cx = match &self.inner.propagator {
             Some(p) => extract_context(p.as_ref(), headers),
             None => global::get_text_map_propagator(|p| extract_context(p, headers)),
+        };
+        self.allowed_baggage(&cx).unwrap_or(cx)
+    }
+
+    /// `cx` with its baggage cut to the allow-list; `None` when nothing is cut.
+    fn allowed_baggage(&self, cx: &Context) -> Option<Context> {
+        use opentelemetry::baggage::BaggageExt;
+        let allowed = self.inner.baggage_allowed.as_ref()?;
+        let baggage = cx.baggage();
+        if baggage
+            .iter()
+            .all(|(key, _)| allowed.iter().any(|a| a == key.as_str()))
+        {
+            return None;
         }
+        let kept: opentelemetry::baggage::Baggage = baggage
+            .iter()
+            .filter(|(key, _)| allowed.iter().any(|a| a == key.as_str()))
+            .map(|(key, (value, metadata))| (key.clone(), (value.clone(), metadata.clone())))
+            .collect();
+        Some(cx.with_cleared_baggage().with_baggage(kept))
     }
 
     /// The low-cardinality template for `subject`.
@@ -330,6 +362,7 @@ pub struct InstrumentationBuilder {
     disabled: Option<Kinds>,
     metrics_filter: Option<SubjectFilter>,
     capture: Option<crate::capture::HeaderCapture>,
+    baggage_allowed: Option<Arc<[String]>>,
     /// `OTEL_INSTRUMENTATION_NATS_*`: applies where code set nothing.
     env: EnvSettings,
     max_decoded: usize,
@@ -356,6 +389,7 @@ impl Default for InstrumentationBuilder {
             disabled: None,
             metrics_filter: None,
             capture: None,
+            baggage_allowed: None,
             env: crate::filter::env_defaults(),
             max_decoded: 16 * 1024 * 1024,
         }
@@ -541,6 +575,19 @@ impl InstrumentationBuilder {
         self
     }
 
+    /// Lets only the baggage entries whose keys are in `keys` cross the NATS
+    /// boundary, both ways: others are dropped before a message's headers are
+    /// written and after they are read. Without it, all baggage the propagator
+    /// carries passes.
+    pub fn with_baggage_allow_list<I, S>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.baggage_allowed = Some(keys.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Reads the `OTEL_INSTRUMENTATION_NATS_*` variables (see
     /// [`filter`](crate::filter)) from the process environment. They apply where
     /// code sets nothing: code settings win, whatever the order of the calls.
@@ -596,6 +643,7 @@ impl InstrumentationBuilder {
                 error_type_hook: self.error_type_hook,
                 body_size: self.body_size.or(self.env.body_size).unwrap_or(false),
                 capture: self.capture.or(self.env.capture),
+                baggage_allowed: self.baggage_allowed,
                 filtering: !spans.is_empty(),
                 spans,
                 metrics_filter: self.metrics_filter.or(self.env.metrics).unwrap_or_default(),

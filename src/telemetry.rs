@@ -421,8 +421,20 @@ impl Telemetry {
                 if producer_span.is_valid() {
                     links.push(Link::with_context(producer_span));
                 }
-                // A new root: the producer is only linked.
-                root = Context::new();
+                // A new root: the producer is only linked, its baggage kept.
+                root = {
+                    use opentelemetry::baggage::BaggageExt;
+                    let baggage = producer.baggage();
+                    if baggage.is_empty() {
+                        Context::new()
+                    } else {
+                        let kept: opentelemetry::baggage::Baggage = baggage
+                            .iter()
+                            .map(|(k, (v, m))| (k.clone(), (v.clone(), m.clone())))
+                            .collect();
+                        Context::new().with_baggage(kept)
+                    }
+                };
                 &root
             }
         };

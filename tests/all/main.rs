@@ -10,6 +10,7 @@ mod support;
 mod worker;
 mod worker_prefetch;
 
+mod baggage;
 mod capture;
 mod cluster;
 #[cfg(feature = "compression")]
