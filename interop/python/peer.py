@@ -91,7 +91,8 @@ async def publish(nc, args):
     await nc.flush()
 
 
-async def consume(nc, args):
+async def consume(nc, args, reply=None):
+    """Processes `--count` messages; answers each with `reply` when given."""
     done = asyncio.Event()
     seen = 0
 
@@ -114,6 +115,8 @@ async def consume(nc, args):
             for name, value in headers.items():
                 if name.startswith("Dlq-"):
                     span.set_attribute(f"nats_otel.interop.header.{name}", value)
+            if reply is not None:
+                await msg.respond(reply)
         seen += 1
         if seen >= args.count:
             done.set()
@@ -136,26 +139,7 @@ async def request(nc, args):
 
 
 async def respond(nc, args):
-    done = asyncio.Event()
-    seen = 0
-
-    async def handle(msg):
-        nonlocal seen
-        with TRACER.start_as_current_span(
-            f"process {args.subject}",
-            context=extract(msg),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes("process", "process", args.subject),
-        ):
-            await msg.respond(b"pong from python")
-        seen += 1
-        if seen >= args.count:
-            done.set()
-
-    await nc.subscribe(args.subject, cb=handle)
-    await nc.flush()
-    ready()
-    await asyncio.wait_for(done.wait(), timeout=30)
+    await consume(nc, args, reply=b"pong from python")
 
 
 async def js_publish(nc, args):

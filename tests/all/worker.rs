@@ -101,6 +101,39 @@ pub(crate) async fn publish(
         .sequence
 }
 
+/// Stream `stream` on `{name}.>` with a durable pull consumer `name` whose
+/// `ack_wait` is 1 s (so `progress` goes out about every 333 ms).
+pub(crate) async fn one_second_ack_wait(
+    js: &nats_otel::jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> (
+    async_nats::jetstream::stream::Stream,
+    nats_otel::jetstream::PullConsumer,
+) {
+    let stream = js
+        .inner()
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: stream.to_owned(),
+            subjects: vec![format!("{name}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                ack_wait: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    (stream, js.pull_consumer(consumer))
+}
+
 /// The next value on `rx`, failing the test after 10 s.
 pub(crate) async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -547,27 +580,7 @@ async fn long_handlers_send_progress_so_ack_wait_does_not_expire() {
     let telemetry = Telemetry::new();
     let client = telemetry.client(&server).await;
     let js = nats_otel::jetstream::new(&client);
-    let stream = js
-        .inner()
-        .get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: "SLOW".to_owned(),
-            subjects: vec!["slow.>".to_owned()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let consumer = stream
-        .get_or_create_consumer(
-            "slow",
-            pull::Config {
-                durable_name: Some("slow".to_owned()),
-                ack_wait: Duration::from_secs(1),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let consumer = js.pull_consumer(consumer);
+    let (_, consumer) = one_second_ack_wait(&js, "SLOW", "slow").await;
     publish(&js, "slow.report", "big").await;
 
     let (done_tx, mut done) = mpsc::unbounded_channel();

@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull;
 use nats_otel::jetstream::Worker;
 use tokio::sync::mpsc;
 
 use crate::support::{NatsServer, Telemetry};
-use crate::worker::{consumer_state, fixture, publish, recv, spawn_worker};
+use crate::worker::{consumer_state, fixture, one_second_ack_wait, publish, recv, spawn_worker};
 
 /// Runs `N` messages through a worker with `SLOTS` handler slots and `prefetch`
 /// (handlers spawned as tasks when `spawn`), holding every handler until the test
@@ -123,28 +122,8 @@ async fn buffered_messages_get_progress_so_slow_handlers_cause_no_redelivery() {
     let telemetry = Telemetry::new();
     let client = telemetry.client(&server).await;
     let js = nats_otel::jetstream::new(&client);
-    let stream = js
-        .inner()
-        .get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: "DEEP".to_owned(),
-            subjects: vec!["deep.>".to_owned()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let consumer = stream
-        .get_or_create_consumer(
-            "deep",
-            pull::Config {
-                durable_name: Some("deep".to_owned()),
-                // Progress every third of it: about 333 ms.
-                ack_wait: Duration::from_secs(1),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let consumer = js.pull_consumer(consumer);
+    // Progress every third of ack_wait: about 333 ms.
+    let (stream, consumer) = one_second_ack_wait(&js, "DEEP", "deep").await;
     for i in 0..N {
         publish(&js, &format!("deep.{i}"), "slow").await;
     }
