@@ -21,6 +21,9 @@ use crate::subscriber::Subscriber;
 use crate::telemetry::{Host, Telemetry};
 
 mod connection;
+pub(crate) mod node;
+
+use node::ServerNode;
 
 pub use connection::{PingError, PingErrorKind};
 
@@ -72,16 +75,17 @@ impl Client {
             };
             (host, i64::from(port))
         });
-        let client_id = (info.client_id != 0).then(|| {
-            KeyValue::new(
-                semconv::MESSAGING_CLIENT_ID,
-                Arc::<str>::from(info.client_id.to_string()),
-            )
-        });
-        let telemetry = Telemetry::new(inst, server, client_id);
+        let node = Arc::new(ServerNode::new(inner.clone()));
+        let telemetry = Telemetry::new(inst, server, Some(node));
+        if let (Some(instruments), Some(events)) = (telemetry.inst().instruments(), &events) {
+            events.dropped().enable(
+                instruments.dropped_messages.clone(),
+                telemetry.connection().clone(),
+            );
+        }
         let health = telemetry.inst().metrics_enabled().then(|| {
             let mut attributes = telemetry.connection().to_vec();
-            attributes.extend(telemetry.client_id().cloned());
+            attributes.extend(telemetry.client_id());
             telemetry
                 .inst()
                 .health()
@@ -384,6 +388,7 @@ impl Client {
             &subject,
             None,
             self.telemetry.clone(),
+            self.events.as_ref(),
         ))
     }
 
@@ -404,6 +409,7 @@ impl Client {
             &subject,
             Some(queue_group),
             self.telemetry.clone(),
+            self.events.as_ref(),
         ))
     }
 

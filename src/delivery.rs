@@ -13,6 +13,7 @@ use opentelemetry::{Context, ContextGuard, KeyValue};
 use crate::compression::{self, DecodeFailure};
 use crate::error::{classify, ErrorTypeHook};
 use crate::metrics::ProcessTimer;
+use crate::operation::OpType;
 use crate::semconv;
 
 /// A delivered message with its `process` span.
@@ -187,6 +188,16 @@ pub(crate) struct ProcessSpan {
     error: ErrorCell,
     hook: Option<ErrorTypeHook>,
     decode_error: Option<DecodeFailure>,
+    exceptions: Exceptions,
+}
+
+/// Where a process span's exceptions go.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Exceptions {
+    /// Log records, when configured and the span is ours.
+    pub(crate) logs: Option<crate::exceptions::ExceptionLogs>,
+    /// `exception` span events.
+    pub(crate) span_events: bool,
 }
 
 impl fmt::Debug for ProcessSpan {
@@ -206,6 +217,7 @@ impl ProcessSpan {
         (context, producer, owns_span): (Context, Context, bool),
         timer: Option<ProcessTimer>,
         hook: Option<&ErrorTypeHook>,
+        exceptions: Exceptions,
     ) -> Self {
         Self {
             context,
@@ -215,6 +227,7 @@ impl ProcessSpan {
             error: ErrorCell::Own(OnceLock::new()),
             hook: hook.cloned(),
             decode_error: None,
+            exceptions,
         }
     }
 
@@ -235,12 +248,15 @@ impl ProcessSpan {
     /// metric); the status always, with an `exception` event if `exception`.
     pub(crate) fn fail<E: Display + ?Sized>(&self, error_type: &str, error: &E, exception: bool) {
         let _ = self.error.cell().set(error_type.to_owned());
+        if let Some(logs) = self.exceptions.logs.as_ref().filter(|_| exception) {
+            logs.emit(OpType::Process, error_type, &error, &self.context);
+        }
         let span = self.context.span();
         if !span.is_recording() {
             return;
         }
         let message = error.to_string();
-        if exception {
+        if exception && self.exceptions.span_events {
             span.add_event(
                 semconv::EXCEPTION_EVENT,
                 vec![
@@ -271,6 +287,7 @@ impl ProcessSpan {
             error,
             hook: self.hook.clone(),
             decode_error: None,
+            exceptions: self.exceptions.clone(),
         }
     }
 

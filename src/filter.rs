@@ -351,6 +351,7 @@ pub(crate) struct EnvSettings {
     pub(crate) metrics: Option<SubjectFilter>,
     pub(crate) body_size: Option<bool>,
     pub(crate) capture: Option<crate::capture::HeaderCapture>,
+    pub(crate) exception_signal: Option<crate::exceptions::ExceptionSignal>,
 }
 
 /// The variable names.
@@ -419,6 +420,8 @@ impl EnvSettings {
                     .map_err(|e| named(vars::CAPTURE_HEADERS, &value, e))?,
             );
         }
+        settings.exception_signal = var(crate::exceptions::OPT_IN_VAR)
+            .and_then(|value| crate::exceptions::ExceptionSignal::from_opt_in(&value));
         if let Some(value) = var(vars::BODY_SIZE) {
             settings.body_size = Some(match value.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" => true,

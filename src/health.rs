@@ -66,6 +66,8 @@ pub(crate) struct EventCounters {
     violations: tokio::sync::broadcast::Sender<Arc<str>>,
     /// The last refusals and when they came, for acks that time out.
     recent: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, Arc<str>)>>,
+    /// Messages dropped for slow subscriptions, by subscription.
+    dropped: crate::subscriptions::DroppedMessages,
 }
 
 /// How many recent refusals are remembered.
@@ -80,6 +82,7 @@ impl Default for EventCounters {
             seen_disconnect: AtomicBool::new(false),
             violations: tokio::sync::broadcast::channel(64).0,
             recent: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            dropped: Default::default(),
         }
     }
 }
@@ -105,6 +108,11 @@ impl EventCounters {
         self.violations.subscribe()
     }
 
+    /// The dropped-message counter of this connection's subscriptions.
+    pub(crate) fn dropped(&self) -> &crate::subscriptions::DroppedMessages {
+        &self.dropped
+    }
+
     pub(crate) fn record(&self, event: &Event) {
         match event {
             Event::ServerError(async_nats::ServerError::Other(error)) => {
@@ -126,8 +134,9 @@ impl EventCounters {
             Event::Connected if self.seen_disconnect.swap(false, Ordering::Relaxed) => {
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
             }
-            Event::SlowConsumer(_) => {
+            Event::SlowConsumer(sid) => {
                 self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                self.dropped.record(*sid);
             }
             _ => {}
         }

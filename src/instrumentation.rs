@@ -47,7 +47,7 @@ pub enum ProcessParenting {
 /// The id of the next instrumentation built.
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn scope() -> InstrumentationScope {
+pub(crate) fn scope() -> InstrumentationScope {
     InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
         .with_version(env!("CARGO_PKG_VERSION"))
         .with_schema_url(semconv::SCHEMA_URL)
@@ -94,6 +94,10 @@ struct Inner {
     max_decoded: usize,
     /// The client health instruments, registered on the first connect.
     health: std::sync::OnceLock<Arc<crate::health::HealthRegistry>>,
+    /// Where exceptions are logged, when they are.
+    exception_logs: Option<crate::exceptions::ExceptionLogs>,
+    /// Whether exceptions are span events.
+    exception_span_events: bool,
 }
 
 impl fmt::Debug for Instrumentation {
@@ -308,6 +312,16 @@ impl Instrumentation {
     /// The classification hook for handler errors, if one is set.
     pub(crate) fn error_type_hook(&self) -> Option<&ErrorTypeHook> {
         self.inner.error_type_hook.as_ref()
+    }
+
+    /// Where exceptions are logged, if they are.
+    pub(crate) fn exception_logs(&self) -> Option<&crate::exceptions::ExceptionLogs> {
+        self.inner.exception_logs.as_ref()
+    }
+
+    /// Whether exceptions are recorded as span events.
+    pub(crate) fn exception_span_events(&self) -> bool {
+        self.inner.exception_span_events
     }
 
     /// Starts a span from `builder` under `parent` with this instrumentation's tracer.

@@ -125,6 +125,8 @@
 //! * `compression` — [`compression`]: opt-in zstd/gzip payload compression marked
 //!   by `Content-Encoding`, decoded transparently (and boundedly) by every
 //!   instrumented consumer.
+//! * `logs` — [`exceptions`]: exceptions as `messaging.*.exception` log records
+//!   through an OpenTelemetry logger (`InstrumentationBuilder::with_logger_provider`).
 //! * `tracing` — [`tracing_interop`]: log correlation helpers for `tracing` users.
 //!   (A publish inside a `#[tracing::instrument]` span is its child with
 //!   tracing-opentelemetry installed, feature or not.)
@@ -143,6 +145,7 @@ mod connect;
 mod delivery;
 pub mod destination;
 mod error;
+pub mod exceptions;
 pub mod filter;
 pub mod health;
 mod instrumentation;
@@ -156,6 +159,7 @@ pub mod propagation;
 pub mod semconv;
 pub mod service;
 mod subscriber;
+pub mod subscriptions;
 mod telemetry;
 #[cfg(feature = "tracing")]
 pub mod tracing_interop;

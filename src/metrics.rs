@@ -14,6 +14,8 @@
 //! | `messaging.nats.consumer.pending` | gauge | `{message}` | JetStream: messages left for the consumer |
 //! | `messaging.nats.consumer.ack_pending`, `.redelivered` | gauges | `{message}` | JetStream consumer info, read by the consumer's `info()` / `get_info()` (the worker does it periodically) |
 //! | `messaging.nats.worker.retries`, `.dead_letters`, `.duplicates_skipped` | counters | `{message}` | the consumer worker |
+//! | `messaging.nats.client.subscriptions.active` | up/down counter | `{subscription}` | core subscriptions, by template and queue group (see [`crate::subscriptions`]) |
+//! | `messaging.nats.client.dropped_messages` | counter | `{message}` | messages async-nats dropped for a subscription that fell behind (a lower bound, see [`crate::subscriptions`]) |
 //!
 //! Attributes: `messaging.system`, `messaging.operation.name`,
 //! `messaging.operation.type`, `messaging.destination.template` (never a raw
@@ -35,7 +37,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 use opentelemetry::KeyValue;
 
 use crate::semconv;
@@ -95,6 +97,8 @@ pub(crate) struct Instruments {
     pub(crate) worker_retries: Counter<u64>,
     pub(crate) worker_dead_letters: Counter<u64>,
     pub(crate) worker_duplicates: Counter<u64>,
+    pub(crate) active_subscriptions: UpDownCounter<i64>,
+    pub(crate) dropped_messages: Counter<u64>,
 }
 
 impl Instruments {
@@ -170,6 +174,15 @@ impl Instruments {
             worker_duplicates: messages(
                 names::WORKER_DUPLICATES,
                 "Messages the worker skipped as already processed.",
+            ),
+            active_subscriptions: meter
+                .i64_up_down_counter(crate::subscriptions::names::ACTIVE_SUBSCRIPTIONS)
+                .with_unit("{subscription}")
+                .with_description("Core NATS subscriptions currently active.")
+                .build(),
+            dropped_messages: messages(
+                crate::subscriptions::names::DROPPED_MESSAGES,
+                "Messages the client dropped because a subscription fell behind (a lower bound).",
             ),
         }
     }

@@ -320,6 +320,8 @@ pub(crate) struct Operation {
     records: bool,
     timer: Option<OpTimer>,
     sends: bool,
+    /// Where a failure is logged (traced operations, when exceptions are logs).
+    exceptions: Option<(crate::exceptions::ExceptionLogs, OpType)>,
 }
 
 impl fmt::Debug for Operation {
@@ -345,7 +347,21 @@ impl Operation {
             records,
             timer,
             sends,
+            exceptions: None,
         }
+    }
+
+    /// Logs a failure of this operation, of type `ty`, through `logs` (only
+    /// when it is traced).
+    pub(crate) fn with_exception_logs(
+        mut self,
+        logs: Option<&crate::exceptions::ExceptionLogs>,
+        ty: Option<OpType>,
+    ) -> Self {
+        if let (Some(logs), Some(ty), true) = (logs, ty, self.cx.is_some()) {
+            self.exceptions = Some((logs.clone(), ty));
+        }
+        self
     }
 
     /// An operation that records nothing.
@@ -355,6 +371,7 @@ impl Operation {
             records: false,
             timer: None,
             sends: false,
+            exceptions: None,
         }
     }
 
@@ -426,6 +443,9 @@ impl Operation {
             timer.finish(error_type, ended);
         }
         if let Some(cx) = self.cx.take() {
+            if let (Some((logs, ty)), Some((error_type, message))) = (&self.exceptions, failure) {
+                logs.emit(*ty, error_type, message, &cx);
+            }
             if self.records {
                 if let Some((error_type, message)) = failure {
                     record_failure(&cx, error_type, message);

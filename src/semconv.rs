@@ -52,6 +52,18 @@ pub const MESSAGING_NATS_MESSAGE_HEADER_PREFIX: &str = "messaging.nats.message.h
 pub const MESSAGING_BATCH_MESSAGE_COUNT: &str = "messaging.batch.message_count";
 /// `messaging.client.id`: the client id the server assigned to this connection.
 pub const MESSAGING_CLIENT_ID: &str = "messaging.client.id";
+/// `messaging.nats.server.name`: the name of the node the connection is on (from
+/// its INFO; changes when the client reconnects to another node).
+pub const MESSAGING_NATS_SERVER_NAME: &str = "messaging.nats.server.name";
+/// `messaging.nats.server.id`: the id of the node the connection is on (from its
+/// INFO).
+pub const MESSAGING_NATS_SERVER_ID: &str = "messaging.nats.server.id";
+/// `network.peer.address`: the listen address of the node the connection is on,
+/// from its INFO, when that is a concrete IP address.
+pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
+/// `network.peer.port`: the listen port of that node, set with
+/// [`NETWORK_PEER_ADDRESS`].
+pub const NETWORK_PEER_PORT: &str = "network.peer.port";
 /// `server.address`: host name of the NATS server the client was pointed at.
 pub const SERVER_ADDRESS: &str = "server.address";
 /// `server.port`: port of the NATS server the client was pointed at.

@@ -12,7 +12,9 @@ use opentelemetry::{KeyValue, Value};
 
 use crate::compression::decode_in_place;
 use crate::delivery::Delivery;
+use crate::health::EventCounters;
 use crate::operation::{Body, Processing};
+use crate::subscriptions::ActiveSubscription;
 use crate::telemetry::Telemetry;
 
 /// A subscription whose messages each come with their trace context and a
@@ -27,6 +29,7 @@ pub struct Subscriber {
     telemetry: Telemetry,
     processing: Processing,
     group: Option<String>,
+    active: ActiveSubscription,
 }
 
 impl fmt::Debug for Subscriber {
@@ -44,14 +47,19 @@ impl Subscriber {
         subject: &str,
         group: Option<String>,
         telemetry: Telemetry,
+        events: Option<&Arc<EventCounters>>,
     ) -> Self {
         let group_value = group.as_deref().map(|g| Value::from(Arc::<str>::from(g)));
-        let processing = telemetry.processing(&telemetry.inst().template(subject), group_value);
+        let template = telemetry.inst().template(subject);
+        let active =
+            ActiveSubscription::start(&telemetry, events, &inner, &template, group_value.as_ref());
+        let processing = telemetry.processing(&template, group_value);
         Self {
             inner,
             telemetry,
             processing,
             group,
+            active,
         }
     }
 
@@ -79,7 +87,9 @@ impl Subscriber {
 
     /// Unsubscribes immediately; messages already buffered are still yielded.
     pub async fn unsubscribe(&mut self) -> Result<(), UnsubscribeError> {
-        self.inner.unsubscribe().await
+        self.inner.unsubscribe().await?;
+        self.active.end();
+        Ok(())
     }
 
     /// Unsubscribes after `unsub_after` more messages.
@@ -130,7 +140,10 @@ impl Stream for Subscriber {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Delivery>> {
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(Some(message)) => Poll::Ready(Some(self.deliver(message))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.active.end();
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -10,7 +10,8 @@ use async_nats::{HeaderMap, Message};
 use opentelemetry::trace::{Link, SpanBuilder, TraceContextExt};
 use opentelemetry::{Context, KeyValue, Value};
 
-use crate::delivery::ProcessSpan;
+use crate::client::node::{ServerNode, NODE_ATTRIBUTES};
+use crate::delivery::{Exceptions, ProcessSpan};
 use crate::instrumentation::{Instrumentation, ProcessParenting};
 use crate::metrics::{Instruments, OpSeries, OpSeriesCache, OpTimer, ProcessSeries, ProcessTimer};
 use crate::names::SpanName;
@@ -27,8 +28,9 @@ pub(crate) struct Telemetry {
     /// `messaging.system`, `server.address`, `server.port`: spans (where samplers
     /// see them) and metrics.
     connection: Arc<[KeyValue]>,
-    /// `messaging.client.id`: spans only (per-connection metric series otherwise).
-    client_id: Option<KeyValue>,
+    /// `messaging.client.id` and the node the connection is on: recording spans
+    /// only (per-connection metric series otherwise).
+    node: Option<Arc<ServerNode>>,
     /// `server.address` and `server.port`, built into each span's attributes
     /// directly (cheaper than cloning `connection`'s entries).
     server: Option<(Host, i64)>,
@@ -62,12 +64,12 @@ impl fmt::Debug for Telemetry {
 }
 
 impl Telemetry {
-    /// The telemetry of a connection to `server` (host, port), whose id is
-    /// `client_id`.
+    /// The telemetry of a connection to `server` (host, port), currently on
+    /// `node`.
     pub(crate) fn new(
         inst: Instrumentation,
         server: Option<(Host, i64)>,
-        client_id: Option<KeyValue>,
+        node: Option<Arc<ServerNode>>,
     ) -> Self {
         let mut connection = vec![KeyValue::new(
             semconv::MESSAGING_SYSTEM,
@@ -80,15 +82,19 @@ impl Telemetry {
         Self {
             inst,
             connection: connection.into(),
-            client_id,
+            node,
             server,
             series: Arc::default(),
         }
     }
 
-    /// The client id attribute, if the server assigned one.
-    pub(crate) fn client_id(&self) -> Option<&KeyValue> {
-        self.client_id.as_ref()
+    /// The client id attribute of the current connection, if the server
+    /// assigned one.
+    pub(crate) fn client_id(&self) -> Option<KeyValue> {
+        let node = self.node.as_ref()?.attributes();
+        node.iter()
+            .find(|kv| kv.key.as_str() == semconv::MESSAGING_CLIENT_ID)
+            .cloned()
     }
 
     pub(crate) fn inst(&self) -> &Instrumentation {
@@ -185,7 +191,14 @@ impl Telemetry {
             + 4
             + 2 * usize::from(target.temporary)
             + usize::from(target.group.is_some());
-        let mut attributes = Vec::with_capacity(exact + room);
+        // Room for what a recording span adds: `room` (which counts
+        // `messaging.client.id`) and the node's other attributes.
+        let node = if self.node.is_some() {
+            NODE_ATTRIBUTES - 1
+        } else {
+            0
+        };
+        let mut attributes = Vec::with_capacity(exact + node + room);
         attributes.push(KeyValue::new(
             semconv::MESSAGING_SYSTEM,
             semconv::MESSAGING_SYSTEM_NATS,
@@ -252,7 +265,9 @@ impl Telemetry {
         let records = span.is_recording();
         if records {
             set_attributes(&span, |attributes| {
-                attributes.extend(self.client_id.clone());
+                if let Some(node) = &self.node {
+                    attributes.extend(node.attributes().iter().cloned());
+                }
                 recording(attributes);
             });
         }
@@ -286,6 +301,7 @@ impl Telemetry {
             false => (None, false),
         };
         Operation::new(cx, records, timer, op.ty == Some(OpType::Send))
+            .with_exception_logs(self.inst.exception_logs(), op.ty)
     }
 
     /// Pushes the attributes a message adds to a recording `publish`, `request` or
@@ -367,18 +383,27 @@ impl Telemetry {
         recording: impl FnOnce(&mut Vec<KeyValue>),
     ) -> ProcessSpan {
         let timer = ProcessTimer::start(processing.metrics.as_ref(), age);
-        let contexts = self.process_span(
+        let (context, producer, records, traced) = self.process_span(
             &processing.target(&self.inst, subject),
             headers,
             message,
             room,
             recording,
         );
-        ProcessSpan::new(contexts, timer, self.inst.error_type_hook())
+        let exceptions = Exceptions {
+            logs: self.inst.exception_logs().filter(|_| traced).cloned(),
+            span_events: self.inst.exception_span_events(),
+        };
+        ProcessSpan::new(
+            (context, producer, records),
+            timer,
+            self.inst.error_type_hook(),
+            exceptions,
+        )
     }
 
-    /// The process span itself: its context, the producer's, and whether it
-    /// records.
+    /// The process span itself: its context, the producer's, whether it
+    /// records, and whether it is ours (traced, sampled or not).
     fn process_span(
         &self,
         target: &Target<'_>,
@@ -386,7 +411,7 @@ impl Telemetry {
         message: Option<&Message>,
         room: usize,
         recording: impl FnOnce(&mut Vec<KeyValue>),
-    ) -> (Context, Context, bool) {
+    ) -> (Context, Context, bool, bool) {
         let producer = match headers {
             Some(headers) => self.inst.extract(headers),
             None => Context::new(),
@@ -395,7 +420,7 @@ impl Telemetry {
         let subject = target.destination.unwrap_or(template);
         if !self.inst.traces(PROCESS, subject, template, headers) {
             // Not traced: the producer's context is handed on as it came.
-            return (producer.clone(), producer, false);
+            return (producer.clone(), producer, false, false);
         }
         let producer_span = producer.span().span_context().clone();
         let mut links = Vec::new();
@@ -445,6 +470,6 @@ impl Telemetry {
                 self.inst.push_process_hook(message, attributes);
             }
         });
-        (cx, producer, records)
+        (cx, producer, records, true)
     }
 }

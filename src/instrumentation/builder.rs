@@ -16,6 +16,7 @@ use opentelemetry::KeyValue;
 use super::{scope, Inner, Instrumentation, ProcessHook, ProcessParenting, PublishHook, NEXT_ID};
 use crate::destination::{DefaultSubjectMapper, SubjectMapper, DEFAULT_INBOX_PREFIX};
 use crate::error::{ErrorTypeHook, HandlerFailure};
+use crate::exceptions::{ExceptionLogs, ExceptionSignal};
 use crate::filter::{
     EnvSettings, FilterError, Kinds, OperationKind, SpanPredicate, SpanRequest, SpanRules,
     SubjectFilter,
@@ -46,6 +47,8 @@ pub struct InstrumentationBuilder {
     /// `OTEL_INSTRUMENTATION_NATS_*`: applies where code set nothing.
     env: EnvSettings,
     max_decoded: usize,
+    exception_signal: Option<ExceptionSignal>,
+    exception_logs: Option<ExceptionLogs>,
 }
 
 impl Default for InstrumentationBuilder {
@@ -72,6 +75,8 @@ impl Default for InstrumentationBuilder {
             baggage_allowed: None,
             env: crate::filter::env_defaults(),
             max_decoded: 16 * 1024 * 1024,
+            exception_signal: None,
+            exception_logs: None,
         }
     }
 }
@@ -268,6 +273,30 @@ impl InstrumentationBuilder {
         self
     }
 
+    /// Where exceptions go: span events (the default), log records, or both
+    /// (see [`exceptions`](crate::exceptions)). Log records need a logger
+    /// provider ([`with_logger_provider`](Self::with_logger_provider), feature
+    /// `logs`); without one, exceptions stay span events.
+    pub fn with_exception_signal(mut self, signal: ExceptionSignal) -> Self {
+        self.exception_signal = Some(signal);
+        self
+    }
+
+    /// Emits exceptions as `messaging.{operation type}.exception` log records
+    /// through `provider`'s logger (scope `nats-otel`), correlated to their span.
+    /// Unless [`with_exception_signal`](Self::with_exception_signal) or
+    /// `OTEL_SEMCONV_EXCEPTION_SIGNAL_OPT_IN` says otherwise, exceptions are then
+    /// both log records and span events.
+    #[cfg(feature = "logs")]
+    pub fn with_logger_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::logs::LoggerProvider,
+        P::Logger: Send + Sync + 'static,
+    {
+        self.exception_logs = Some(crate::exceptions::from_provider(provider));
+        self
+    }
+
     /// Reads the `OTEL_INSTRUMENTATION_NATS_*` variables (see
     /// [`filter`](crate::filter)) from the process environment. They apply where
     /// code sets nothing: code settings win, whatever the order of the calls.
@@ -299,6 +328,15 @@ impl InstrumentationBuilder {
         let instruments = self
             .metrics
             .then(|| Arc::new(crate::metrics::Instruments::new(&meter)));
+        // Logs only with a logger: without one, exceptions stay span events.
+        let signal = match (
+            self.exception_signal.or(self.env.exception_signal),
+            &self.exception_logs,
+        ) {
+            (_, None) => ExceptionSignal::SpanEvents,
+            (Some(signal), Some(_)) => signal,
+            (None, Some(_)) => ExceptionSignal::LogsAndSpanEvents,
+        };
         let spans = SpanRules {
             subjects: self.span_filter.or(self.env.spans).unwrap_or_default(),
             predicate: self.span_predicate,
@@ -329,6 +367,8 @@ impl InstrumentationBuilder {
                 metrics_filter: self.metrics_filter.or(self.env.metrics).unwrap_or_default(),
                 max_decoded: self.max_decoded,
                 health: std::sync::OnceLock::new(),
+                exception_logs: self.exception_logs.filter(|_| signal.logs()),
+                exception_span_events: signal.span_events(),
             }),
         }
     }

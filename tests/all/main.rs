@@ -17,6 +17,8 @@ mod cluster;
 mod compression;
 mod conformance;
 mod connect;
+#[cfg(feature = "logs")]
+mod exceptions;
 mod fault;
 mod filters;
 #[cfg(feature = "compression")]
@@ -37,4 +39,6 @@ mod pubsub;
 mod pull;
 mod request_reply;
 mod secure;
+mod server_node;
+mod subscriptions;
 mod topology;
