@@ -85,6 +85,8 @@ struct Inner {
     capture: Option<crate::capture::HeaderCapture>,
     /// Baggage keys allowed across the NATS boundary (`None`: all).
     baggage_allowed: Option<Arc<[String]>>,
+    /// Whether allowed baggage entries become span attributes.
+    baggage_attributes: bool,
     /// What is traced; `filtering` is false when no rule is set (the fast path).
     spans: SpanRules,
     filtering: bool,
@@ -190,6 +192,25 @@ impl Instrumentation {
             None => global::get_text_map_propagator(|p| extract_context(p, headers)),
         };
         self.allowed_baggage(&cx).unwrap_or(cx)
+    }
+
+    /// Pushes the allowed baggage entries of `cx` as attributes, when asked to.
+    pub(crate) fn push_baggage_attributes(&self, cx: &Context, attributes: &mut Vec<KeyValue>) {
+        use opentelemetry::baggage::BaggageExt;
+        let Some(allowed) = self
+            .inner
+            .baggage_allowed
+            .as_ref()
+            .filter(|_| self.inner.baggage_attributes)
+        else {
+            return;
+        };
+        attributes.extend(
+            cx.baggage()
+                .iter()
+                .filter(|(key, _)| allowed.iter().any(|a| a == key.as_str()))
+                .map(|(key, (value, _))| KeyValue::new(key.clone(), value.clone())),
+        );
     }
 
     /// `cx` with its baggage cut to the allow-list; `None` when nothing is cut.

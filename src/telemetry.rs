@@ -268,6 +268,7 @@ impl Telemetry {
                 if let Some(node) = &self.node {
                     attributes.extend(node.attributes().iter().cloned());
                 }
+                self.inst.push_baggage_attributes(&cx, attributes);
                 recording(attributes);
             });
         }

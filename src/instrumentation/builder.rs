@@ -44,6 +44,7 @@ pub struct InstrumentationBuilder {
     metrics_filter: Option<SubjectFilter>,
     capture: Option<crate::capture::HeaderCapture>,
     baggage_allowed: Option<Arc<[String]>>,
+    baggage_attributes: bool,
     /// `OTEL_INSTRUMENTATION_NATS_*`: applies where code set nothing.
     env: EnvSettings,
     max_decoded: usize,
@@ -73,6 +74,7 @@ impl Default for InstrumentationBuilder {
             metrics_filter: None,
             capture: None,
             baggage_allowed: None,
+            baggage_attributes: false,
             env: crate::filter::env_defaults(),
             max_decoded: 16 * 1024 * 1024,
             exception_signal: None,
@@ -273,6 +275,17 @@ impl InstrumentationBuilder {
         self
     }
 
+    /// Records the baggage entries the allow-list
+    /// ([`with_baggage_allow_list`](Self::with_baggage_allow_list)) lets through
+    /// as attributes of every recording span made in their context (`publish`
+    /// under the caller's baggage, `process` under the producer's): the
+    /// attribute key is the baggage key, the value its value. Without an
+    /// allow-list nothing is recorded: baggage can carry anything. Off by default.
+    pub fn with_baggage_attributes(mut self, enabled: bool) -> Self {
+        self.baggage_attributes = enabled;
+        self
+    }
+
     /// Where exceptions go: span events (the default), log records, or both
     /// (see [`exceptions`](crate::exceptions)). Log records need a logger
     /// provider ([`with_logger_provider`](Self::with_logger_provider), feature
@@ -361,6 +374,7 @@ impl InstrumentationBuilder {
                 error_type_hook: self.error_type_hook,
                 body_size: self.body_size.or(self.env.body_size).unwrap_or(false),
                 capture: self.capture.or(self.env.capture),
+                baggage_attributes: self.baggage_attributes && self.baggage_allowed.is_some(),
                 baggage_allowed: self.baggage_allowed,
                 filtering: !spans.is_empty(),
                 spans,

@@ -110,3 +110,68 @@ async fn link_only_processing_keeps_the_producers_baggage() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn allowed_baggage_entries_become_span_attributes_when_asked() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry
+        .connect(
+            &server,
+            telemetry
+                .builder()
+                .with_propagator(with_baggage())
+                .with_baggage_allow_list(["tenant"])
+                .with_baggage_attributes(true)
+                .build(),
+        )
+        .await;
+    let mut sub = client.subscribe("orders.created").await.unwrap();
+    client.ping().await.unwrap();
+    let cx = opentelemetry::Context::current().with_baggage([
+        KeyValue::new("tenant", "acme"),
+        KeyValue::new("session", "s3cr3t"),
+    ]);
+    {
+        let _guard = cx.attach();
+        client.publish("orders.created", "x".into()).await.unwrap();
+    }
+    next(&mut sub)
+        .await
+        .process(|_| async { Ok::<_, String>(()) })
+        .await
+        .unwrap();
+
+    for name in ["publish orders.created", "process orders.created"] {
+        let span = telemetry.span(name);
+        assert_eq!(
+            crate::support::attr_str(&span, "tenant").as_deref(),
+            Some("acme"),
+            "{name}"
+        );
+        assert_eq!(crate::support::attr_str(&span, "session"), None, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn baggage_is_no_span_attribute_unless_asked() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry
+        .connect(
+            &server,
+            telemetry
+                .builder()
+                .with_propagator(with_baggage())
+                .with_baggage_allow_list(["tenant"])
+                .build(),
+        )
+        .await;
+    let cx = opentelemetry::Context::current().with_baggage([KeyValue::new("tenant", "acme")]);
+    {
+        let _guard = cx.attach();
+        client.publish("orders.created", "x".into()).await.unwrap();
+    }
+    let span = telemetry.span("publish orders.created");
+    assert_eq!(crate::support::attr_str(&span, "tenant"), None);
+}
