@@ -14,6 +14,7 @@
 //! | `messaging.nats.consumer.pending` | gauge | `{message}` | JetStream: messages left for the consumer |
 //! | `messaging.nats.consumer.ack_pending`, `.redelivered` | gauges | `{message}` | JetStream consumer info, read by the consumer's `info()` / `get_info()` (the worker does it periodically) |
 //! | `messaging.nats.worker.retries`, `.dead_letters`, `.duplicates_skipped` | counters | `{message}` | the consumer worker |
+//! | `messaging.nats.dlq.replayed` | counter | `{message}` | dead letters replayed by [`DeadLetterQueue::replay`](crate::jetstream::dead_letter::DeadLetterQueue::replay), `error.type` on failures, `messaging.nats.dlq.stream` |
 //! | `messaging.nats.client.subscriptions.active` | up/down counter | `{subscription}` | core subscriptions, by template and queue group (see [`crate::subscriptions`]) |
 //! | `messaging.nats.client.dropped_messages` | counter | `{message}` | messages async-nats dropped for a subscription that fell behind (a lower bound, see [`crate::subscriptions`]) |
 //!
@@ -79,6 +80,8 @@ pub mod names {
     pub const WORKER_DEAD_LETTERS: &str = "messaging.nats.worker.dead_letters";
     /// Worker duplicate skips.
     pub const WORKER_DUPLICATES: &str = "messaging.nats.worker.duplicates_skipped";
+    /// Dead letters replayed (`error.type` on failures).
+    pub const DLQ_REPLAYED: &str = "messaging.nats.dlq.replayed";
 }
 
 /// Every instrument, built once.
@@ -99,6 +102,7 @@ pub(crate) struct Instruments {
     pub(crate) worker_duplicates: Counter<u64>,
     pub(crate) active_subscriptions: UpDownCounter<i64>,
     pub(crate) dropped_messages: Counter<u64>,
+    pub(crate) dlq_replayed: Counter<u64>,
 }
 
 impl Instruments {
@@ -183,6 +187,10 @@ impl Instruments {
             dropped_messages: messages(
                 crate::subscriptions::names::DROPPED_MESSAGES,
                 "Messages the client dropped because a subscription fell behind (a lower bound).",
+            ),
+            dlq_replayed: messages(
+                names::DLQ_REPLAYED,
+                "Dead letters replayed (error.type set on those that failed).",
             ),
         }
     }

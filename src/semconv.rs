@@ -96,6 +96,12 @@ pub mod error_type {
     pub const DIGEST_MISMATCH: &str = "digest_mismatch";
     /// An object read that failed for another reason.
     pub const READ: &str = "read";
+    /// A dead-letter replay of a message without `Dlq-Reason`.
+    pub const NOT_A_DEAD_LETTER: &str = "not_a_dead_letter";
+    /// A dead-letter replay with no `Dlq-Source-Subject` and no target given.
+    pub const NO_SOURCE_SUBJECT: &str = "no_source_subject";
+    /// A dead letter replayed whose deletion from the dead-letter stream failed.
+    pub const DELETE_FAILED: &str = "delete_failed";
 }
 
 /// Span events and their attribute keys.

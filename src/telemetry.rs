@@ -354,11 +354,27 @@ impl Telemetry {
         body: Body,
         room: usize,
     ) -> Operation {
+        self.start_send_linked(op, subject, headers, body, room, Vec::new())
+    }
+
+    /// [`start_send`](Self::start_send) with `links` on the span.
+    pub(crate) fn start_send_linked(
+        &self,
+        op: Op,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        body: Body,
+        room: usize,
+        links: Vec<Link>,
+    ) -> Operation {
         let Some(name) = self.name_if_needed(op, subject) else {
             return Operation::none();
         };
         let target = Target::subject(&self.inst, &name, subject);
-        let start = Start::default().with_room(room).with_headers(headers);
+        let start = Start::default()
+            .with_room(room)
+            .with_headers(headers)
+            .with_links(links);
         self.start(op, &target, start, |a| {
             self.push_message_attributes(a, headers, body);
             self.inst.push_publish_hook(subject, headers, a);

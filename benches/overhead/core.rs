@@ -363,6 +363,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
                 Tracing::SampledDefaultQueue,
                 Tracing::MetricsOnly,
                 Tracing::SampledMetrics,
+                Tracing::IdleOptIns,
             ]));
         }
         variants.push((Tracing::SdkSpans.name().to_owned(), Tracing::SdkSpans));
@@ -404,6 +405,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         }
         if size == 16 {
             note(out, metrics_cost(&rows, 0.6));
+            note(out, idle_opt_in_cost(&rows));
         }
     }
 

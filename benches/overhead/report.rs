@@ -132,6 +132,28 @@ pub(crate) fn filter_cost(rows: &[Row]) -> String {
     )
 }
 
+/// What idle opt-ins cost in `rows`: "all sampled" with header capture and a
+/// baggage allow-list set but nothing to act on, against "all sampled" (target:
+/// within noise, taken as 0.3 µs client CPU per message).
+pub(crate) fn idle_opt_in_cost(rows: &[Row]) -> String {
+    let row = |tracing: Tracing| rows.iter().find(|r| r.name == tracing.name());
+    let (Some(sampled), Some(idle)) = (row(Tracing::Sampled), row(Tracing::IdleOptIns)) else {
+        return String::new();
+    };
+    let cpu = |r: &Row| r.median(|s| s.cpu_us.client);
+    let added = cpu(idle) - cpu(sampled);
+    format!(
+        "\nIdle opt-ins: \"{}\" spends {:.2} µs client CPU per message against {:.2} µs for \"{}\" \
+         ({:+.2} µs; target within noise, ≤ 0.3 µs: {}).\n",
+        idle.name,
+        cpu(idle),
+        cpu(sampled),
+        sampled.name,
+        added,
+        if added <= 0.3 { "met" } else { "not met" },
+    )
+}
+
 /// What metrics cost in `rows`: the "metrics only" row's client CPU per message
 /// over "tracing off" (against `target_us`, if a number), and "all sampled +
 /// metrics" throughput as a share of "all sampled" (target ≥ 0.90).

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nats_otel::capture::HeaderCapture;
 use nats_otel::filter::SubjectFilter;
 use nats_otel::{Instrumentation, W3cPropagator};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -89,6 +90,10 @@ pub(crate) enum Tracing {
     IncludeAll,
     /// `Sampled` with a span filter the benchmark's subjects fail (`exclude bench.>`).
     FilteredOut,
+    /// `Sampled` with the opt-ins of what spans carry configured but with nothing
+    /// to act on: a captured header no message has, a baggage allow-list (and
+    /// baggage attributes) with no baggage.
+    IdleOptIns,
 }
 
 impl Tracing {
@@ -107,6 +112,9 @@ impl Tracing {
             Tracing::SdkSpans => "OpenTelemetry SDK alone: one message's spans, no NATS",
             Tracing::IncludeAll => "nats-otel, all sampled, include-all span filter",
             Tracing::FilteredOut => "nats-otel, all sampled, span filter excludes the subject",
+            Tracing::IdleOptIns => {
+                "nats-otel, all sampled, idle opt-ins (header capture, baggage allow-list)"
+            }
         }
     }
 }
@@ -129,6 +137,7 @@ pub(crate) fn telemetry(tracing: Tracing) -> Option<Telemetry> {
         | Tracing::SdkSpans
         | Tracing::IncludeAll
         | Tracing::FilteredOut
+        | Tracing::IdleOptIns
         // Tracing stays off in the instrumentation: no span is made.
         | Tracing::MetricsOnly => Sampler::AlwaysOn,
         Tracing::Dropped => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
@@ -201,6 +210,12 @@ pub(crate) fn instrumentation(tracing: Tracing, telemetry: &Option<Telemetry>) -
         (Tracing::FilteredOut, Some(t)) => builder
             .with_tracer_provider(&t.provider)
             .with_span_filter(SubjectFilter::new().exclude(["bench.>"]).expect("pattern"))
+            .build(),
+        (Tracing::IdleOptIns, Some(t)) => builder
+            .with_tracer_provider(&t.provider)
+            .with_header_capture(HeaderCapture::new(["X-Absent"]).expect("header name"))
+            .with_baggage_allow_list(["tenant"])
+            .with_baggage_attributes(true)
             .build(),
         (_, Some(t)) => builder.with_tracer_provider(&t.provider).build(),
         _ => builder.with_tracing(false).build(),

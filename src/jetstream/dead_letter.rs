@@ -6,7 +6,12 @@
 //! failed `process` span, so the dead letter sits in the failed message's trace; the
 //! original producer's `traceparent` is kept in `Dlq-Original-Traceparent`. The
 //! copy's `Nats-Msg-Id` is `dlq:{stream}:{sequence}`, so a crash between the
-//! dead-letter publish and the `term` of the original cannot store two copies.
+//! dead-letter publish and the `term` of the original cannot store two copies;
+//! the original's own id is kept in `Dlq-Original-Msg-Id`.
+//!
+//! [`DeadLetterQueue`] works with the letters a dead-letter stream holds: list
+//! them with their provenance, show one, replay (redrive) a selection to where it
+//! came from, and purge a selection.
 
 use std::fmt;
 
@@ -19,6 +24,15 @@ use opentelemetry::trace::FutureExt;
 use crate::destination::subject_matches;
 
 use super::{Context, Delivery};
+
+mod letter;
+mod queue;
+
+pub use letter::{Filter, Letter};
+pub use queue::{
+    DeadLetterError, DeadLetterErrorKind, DeadLetterQueue, OnFailure, PurgeReport, ReplayOptions,
+    ReplayReport, Replayed, REPLAY_ORIGINAL_MSG_ID,
+};
 
 /// Header names on a dead-lettered copy (a cross-language contract).
 pub mod headers {
@@ -36,6 +50,10 @@ pub mod headers {
     pub const DELIVERY_COUNT: &str = "Dlq-Delivery-Count";
     /// The producer's `traceparent` as the original message carried it.
     pub const ORIGINAL_TRACEPARENT: &str = "Dlq-Original-Traceparent";
+    /// The original message's `Nats-Msg-Id` (the copy carries its own).
+    pub const ORIGINAL_MSG_ID: &str = "Dlq-Original-Msg-Id";
+    /// The prefix every header above shares (removed from a replayed message).
+    pub const PREFIX: &str = "Dlq-";
 }
 
 /// The provenance a dead-lettered copy carries, read back from its headers (for a
@@ -58,6 +76,8 @@ pub struct DeadLetterInfo {
     pub delivery_count: Option<u64>,
     /// `Dlq-Original-Traceparent`.
     pub original_traceparent: Option<String>,
+    /// `Dlq-Original-Msg-Id`.
+    pub original_message_id: Option<String>,
 }
 
 impl DeadLetterInfo {
@@ -81,6 +101,7 @@ impl DeadLetterInfo {
             consumer: get(headers::CONSUMER),
             delivery_count: number(headers::DELIVERY_COUNT),
             original_traceparent: get(headers::ORIGINAL_TRACEPARENT),
+            original_message_id: get(headers::ORIGINAL_MSG_ID),
         })
     }
 }
@@ -162,6 +183,9 @@ impl DeadLetter {
         let mut headers = from.headers;
         if let Some(original) = headers.get("traceparent").cloned() {
             headers.insert(headers::ORIGINAL_TRACEPARENT, original);
+        }
+        if let Some(id) = headers.get(async_nats::header::NATS_MESSAGE_ID).cloned() {
+            headers.insert(headers::ORIGINAL_MSG_ID, id);
         }
         insert_lossy(&mut headers, headers::REASON, from.reason);
         insert_lossy(&mut headers, headers::SOURCE_STREAM, from.stream);

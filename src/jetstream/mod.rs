@@ -297,15 +297,27 @@ impl Context {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> impl Future<Output = Result<PublishAckFuture, PublishError>> + Send + '_ {
+        self.send_traced_linked(subject, headers, payload, Vec::new())
+    }
+
+    /// [`send_traced`](Self::send_traced) with `links` on the `publish` span.
+    pub(crate) fn send_traced_linked(
+        &self,
+        subject: async_nats::Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+        links: Vec<opentelemetry::trace::Link>,
+    ) -> impl Future<Output = Result<PublishAckFuture, PublishError>> + Send + '_ {
         let (headers, payload, compressed) = self.outgoing.prepare(headers, payload);
         let telemetry = &self.telemetry;
         // Room for the ack's stream, sequence and duplicate flag too.
-        let op = telemetry.start_send(
+        let op = telemetry.start_send_linked(
             operation::PUBLISH,
             subject.as_str(),
             headers.as_ref(),
             Body::sent(payload.len(), compressed),
             8,
+            links,
         );
         let headers = match op.context() {
             Some(cx) => Some(self.injected(cx, headers)),

@@ -17,6 +17,7 @@ mod cluster;
 mod compression;
 mod conformance;
 mod connect;
+mod dead_letters;
 #[cfg(feature = "logs")]
 mod exceptions;
 mod fault;

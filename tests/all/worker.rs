@@ -25,7 +25,7 @@ pub(crate) async fn fixture() -> Fixture {
 }
 
 /// [`fixture`] with instrumentation settings of the test's own.
-async fn fixture_with(
+pub(crate) async fn fixture_with(
     configure: impl FnOnce(nats_otel::InstrumentationBuilder) -> nats_otel::InstrumentationBuilder,
 ) -> Fixture {
     let server = NatsServer::start();
