@@ -294,6 +294,29 @@ pub fn print_waterfalls(spans: &[SpanRecord], order_prefix: &str) {
     }
 }
 
+/// How to work with the run's dead letters: with the `nats-otel` command when
+/// the demo ran against the user's own server (`external`, its URL), which keeps
+/// them; the demo's own server takes them with it when it stops.
+pub fn print_dead_letter_hint(summary: &Summary, external: Option<&str>) {
+    if summary.tasks_dead_lettered == 0 {
+        return;
+    }
+    match external {
+        Some(url) => {
+            println!(
+                "  dead letters: stream {} on {url}; inspect them with `nats-otel --server {url} dlq ls` \
+                 (`dlq show SEQ` for one), and after a fix send them back with \
+                 `nats-otel --server {url} dlq replay --all` (install: `cargo install --path cli`)",
+                crate::flows::DLQ_STREAM
+            );
+        }
+        None => println!(
+            "  dead letters: gone with the demo's own server; run with NATS_URL set to keep them \
+             and inspect them with `nats-otel dlq ls`"
+        ),
+    }
+}
+
 /// Prints the summary.
 pub fn print_summary(summary: &Summary) {
     println!("\nSummary ({:.1} s)", summary.seconds);

@@ -477,6 +477,7 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         report::print_waterfalls(&spans, &order_prefix);
     }
     report::print_summary(&summary);
+    report::print_dead_letter_hint(&summary, _server.is_none().then_some(url.as_str()));
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&summary)?;
         if path == "-" {

@@ -13,22 +13,35 @@ fn run_demo(
     receiver: &receiver::Receiver,
     args: &[&str],
 ) -> (i32, serde_json::Value) {
+    let (code, summary, _) = run_demo_output(server, receiver, args);
+    (code, summary)
+}
+
+/// [`run_demo`], with what the demo printed.
+fn run_demo_output(
+    server: &NatsServer,
+    receiver: &receiver::Receiver,
+    args: &[&str],
+) -> (i32, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("summary.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_nats-otel-demo"))
+    let output = Command::new(env!("CARGO_BIN_EXE_nats-otel-demo"))
         .args(args)
         .arg("--json")
         .arg(&json)
         .env("NATS_URL", server.url())
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .status()
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    print!("{stdout}");
     let summary = std::fs::read(&json)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or(serde_json::Value::Null);
-    (status.code().unwrap_or(-1), summary)
+    (output.status.code().unwrap_or(-1), summary, stdout)
 }
 
 fn spans(receiver: &receiver::Receiver) -> Vec<receiver::SpanRecord> {
@@ -39,8 +52,8 @@ fn spans(receiver: &receiver::Receiver) -> Vec<receiver::SpanRecord> {
 async fn one_order_trace_spans_four_services_and_the_accounting_adds_up() {
     let server = NatsServer::start();
     let receiver = receiver::start().await.unwrap();
-    let (code, summary) = tokio::task::block_in_place(|| {
-        run_demo(
+    let (code, summary, stdout) = tokio::task::block_in_place(|| {
+        run_demo_output(
             &server,
             &receiver,
             &[
@@ -65,6 +78,15 @@ async fn one_order_trace_spans_four_services_and_the_accounting_adds_up() {
     assert_eq!(dead, summary["expected_poison"].as_u64().unwrap());
     assert_eq!(summary["tasks_done"].as_u64().unwrap() + dead, 12);
     assert!(dead > 0, "the seed yields poison tasks");
+    // On the user's own server the dead letters stay: the summary says how to
+    // work with them.
+    let url = server.url();
+    assert!(
+        stdout.contains(&format!(
+            "inspect them with `nats-otel --server {url} dlq ls`"
+        )) && stdout.contains(&format!("`nats-otel --server {url} dlq replay --all`")),
+        "{stdout}"
+    );
 
     // One order trace reaches at least four services, with the conventions'
     // parent/child relations.
