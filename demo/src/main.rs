@@ -11,6 +11,8 @@ mod flows;
 mod report;
 mod run;
 mod services;
+mod traces;
+mod web;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -55,6 +57,12 @@ pub struct RunArgs {
     /// tasks are redelivered to the others).
     #[arg(long)]
     pub kill_worker_after: Option<u32>,
+    /// Serve a live view of the traces in a browser at ADDR (default
+    /// 127.0.0.1:8088) and keep it up after the run until Ctrl-C. It has no
+    /// authentication: anyone who can reach ADDR sees the traces, so it listens
+    /// on loopback unless you name another address.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8088")]
+    pub web: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]

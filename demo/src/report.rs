@@ -190,9 +190,7 @@ pub fn summarise(
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::traces::hex;
 
 /// Prints one trace as an indented waterfall with duration bars.
 fn print_trace(title: &str, trace: &[&SpanRecord]) {
@@ -207,39 +205,7 @@ fn print_trace(title: &str, trace: &[&SpanRecord]) {
         "  {:<22} {:<44} {:>9} {:>9}",
         "service", "span", "start", "duration"
     );
-    let ids: BTreeSet<&[u8]> = trace.iter().map(|s| s.span_id.as_slice()).collect();
-    let mut children: HashMap<&[u8], Vec<&SpanRecord>> = HashMap::new();
-    let mut roots = Vec::new();
-    for span in trace {
-        if ids.contains(span.parent_span_id.as_slice()) {
-            children
-                .entry(span.parent_span_id.as_slice())
-                .or_default()
-                .push(span);
-        } else {
-            roots.push(*span);
-        }
-    }
-    roots.sort_by_key(|s| s.start_ns);
-    fn walk<'a>(
-        span: &'a SpanRecord,
-        depth: usize,
-        children: &HashMap<&[u8], Vec<&'a SpanRecord>>,
-        out: &mut Vec<(usize, &'a SpanRecord)>,
-    ) {
-        out.push((depth, span));
-        if let Some(list) = children.get(span.span_id.as_slice()) {
-            let mut list = list.clone();
-            list.sort_by_key(|s| s.start_ns);
-            for child in list {
-                walk(child, depth + 1, children, out);
-            }
-        }
-    }
-    let mut rows = Vec::new();
-    for root in roots {
-        walk(root, 0, &children, &mut rows);
-    }
+    let rows = crate::traces::layout(trace);
     for (depth, span) in rows {
         let offset = span.start_ns.saturating_sub(start) as f64;
         let from = ((offset / total) * WIDTH as f64) as usize;
@@ -265,13 +231,7 @@ fn print_trace(title: &str, trace: &[&SpanRecord]) {
 
 /// Prints a complete order trace and a retried-then-dead-lettered task trace.
 pub fn print_waterfalls(spans: &[SpanRecord], order_prefix: &str) {
-    let mut traces: HashMap<&[u8], Vec<&SpanRecord>> = HashMap::new();
-    for span in spans {
-        traces
-            .entry(span.trace_id.as_slice())
-            .or_default()
-            .push(span);
-    }
+    let traces = crate::traces::by_trace(spans);
     let _ = order_prefix;
     let order = traces
         .values()

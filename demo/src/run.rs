@@ -35,7 +35,27 @@ fn validate(args: &RunArgs) -> Result<(), Error> {
     if args.orders > 100_000 || args.tasks > 100_000 {
         return Err("--orders and --tasks are limited to 100000 each".into());
     }
+    if args.timeout == 0 {
+        return Err("--timeout must be at least 1 second".into());
+    }
     Ok(())
+}
+
+/// Where the JSON summary goes, opened before the run so that a path that
+/// cannot be written fails at once, naming it.
+enum JsonOut {
+    Stdout,
+    File(std::fs::File, String),
+}
+
+fn open_json(path: Option<&str>) -> Result<Option<JsonOut>, Error> {
+    match path {
+        None => Ok(None),
+        Some("-") => Ok(Some(JsonOut::Stdout)),
+        Some(path) => std::fs::File::create(path)
+            .map(|file| Some(JsonOut::File(file, path.to_owned())))
+            .map_err(|e| format!("--json {path}: cannot write there: {e}").into()),
+    }
 }
 
 /// The nats-server binary to start, or a one-line explanation of how to get one.
@@ -251,6 +271,7 @@ impl Interrupt {
 
 pub async fn run(args: RunArgs) -> Result<i32, Error> {
     validate(&args)?;
+    let json_out = open_json(args.json.as_deref())?;
     let mut interrupt = Interrupt::new()?;
     let started = Instant::now();
     let run_id = format!(
@@ -272,12 +293,32 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         }
     };
     let external = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
+    if args.web.is_some() && external.is_some() {
+        return Err("--web shows what the demo's embedded receiver gets: unset \
+                    OTEL_EXPORTER_OTLP_ENDPOINT to use it"
+            .into());
+    }
     let receiver = match &external {
         Some(_) => None,
         None => Some(receiver::start().await?),
     };
 
-    let nc = async_nats::connect(&url).await?;
+    let dead_letters = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let web = match (args.web, &receiver) {
+        (Some(address), Some(receiver)) => {
+            let view =
+                crate::web::start(address, receiver.store.clone(), dead_letters.clone()).await?;
+            println!(
+                "web view: http://{}/ (no authentication: anyone who can reach it sees the traces)",
+                view.address
+            );
+            Some(view)
+        }
+        _ => None,
+    };
+    let nc = async_nats::connect(&url)
+        .await
+        .map_err(|e| format!("cannot connect to NATS_URL={url}: {e}"))?;
     let js = jetstream::new(nc.clone());
     setup(&js).await?;
 
@@ -408,6 +449,11 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
             }
             Some(Ok(message)) = dead.next() => {
                 let subject = message.subject.as_str();
+                if web.is_some() {
+                    if let Ok(mut rows) = dead_letters.lock() {
+                        rows.push(crate::web::dead_letter_row(&message));
+                    }
+                }
                 if subject.starts_with("dlq.tasks.") {
                     match serde_json::from_slice::<flows::Task>(&message.payload) {
                         Ok(task) if task.task_id.starts_with(&task_prefix) => {
@@ -478,13 +524,23 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
     }
     report::print_summary(&summary);
     report::print_dead_letter_hint(&summary, _server.is_none().then_some(url.as_str()));
-    if let Some(path) = &args.json {
+    if let Some(out) = json_out {
         let json = serde_json::to_string_pretty(&summary)?;
-        if path == "-" {
-            println!("{json}");
-        } else {
-            std::fs::write(path, json)?;
+        match out {
+            JsonOut::Stdout => println!("{json}"),
+            JsonOut::File(mut file, path) => {
+                use std::io::Write;
+                file.write_all(json.as_bytes())
+                    .map_err(|e| format!("--json {path}: {e}"))?;
+            }
         }
+    }
+    if let (Some(view), false) = (&web, interrupted) {
+        println!(
+            "web view: still serving http://{}/ ; Ctrl-C stops it",
+            view.address
+        );
+        interrupt.wait().await;
     }
     Ok(if interrupted {
         130

@@ -298,3 +298,252 @@ async fn ctrl_c_stops_every_process() {
         );
     }
 }
+
+#[test]
+fn bad_flags_and_an_unreachable_server_fail_before_the_run_naming_what_is_wrong() {
+    let port = nats_otel_testkit::free_port();
+    let unreachable = format!("nats://127.0.0.1:{port}");
+    let cases: [(&[&str], Option<&str>, String); 3] = [
+        (
+            &["--timeout", "0"],
+            None,
+            "--timeout must be at least 1 second".to_owned(),
+        ),
+        (
+            &["--json", "/nonexistent-dir/summary.json"],
+            None,
+            "--json /nonexistent-dir/summary.json: cannot write there".to_owned(),
+        ),
+        (
+            &[],
+            Some(unreachable.as_str()),
+            format!("cannot connect to NATS_URL={unreachable}"),
+        ),
+    ];
+    for (args, url, message) in cases {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nats-otel-demo"));
+        command.args(args).env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        match url {
+            Some(url) => command.env("NATS_URL", url),
+            // Never reached: the flags are refused first.
+            None => command.env("NATS_URL", &unreachable),
+        };
+        let output = command.output().expect("demo runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(&message), "{args:?}: {stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "",
+            "{args:?}: nothing started"
+        );
+    }
+}
+
+/// A GET over a fresh connection: status line, headers (lowercase names) and body.
+fn http_get(
+    address: &str,
+    path: &str,
+    origin: Option<&str>,
+) -> (String, Vec<(String, String)>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("web view reachable");
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{origin}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn json_at(address: &str, path: &str) -> serde_json::Value {
+    let (status, _, body) = http_get(address, path, None);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+#[test]
+fn the_web_view_serves_live_traces_a_service_map_and_dead_letters_until_ctrl_c() {
+    use std::io::BufRead;
+    let server = NatsServer::start();
+    let address = format!("127.0.0.1:{}", nats_otel_testkit::free_port());
+    let mut demo = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_nats-otel-demo"))
+            .args(["--web", &address, "--orders", "3", "--tasks", "6"])
+            .args(["--poison-rate", "0.5", "--fail-rate", "0", "--seed", "3"])
+            .env("NATS_URL", server.url())
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("demo runs"),
+    );
+    let stdout = std::io::BufReader::new(demo.0.stdout.take().unwrap());
+    let mut dead_lettered = None;
+    let mut printed = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim().strip_prefix("tasks:") {
+            // "6 total, 3 done, 0 retries, 3 dead-lettered (expected 3)"
+            dead_lettered = rest
+                .split(',')
+                .find_map(|part| {
+                    part.trim()
+                        .strip_suffix(" dead-lettered")
+                        .map(str::to_owned)
+                })
+                .or_else(|| {
+                    rest.split(',').find_map(|part| {
+                        let part = part.trim();
+                        part.split_once(" dead-lettered").map(|(n, _)| n.to_owned())
+                    })
+                })
+                .and_then(|n| n.trim().parse::<usize>().ok());
+        }
+        let done = line.starts_with("web view: still serving");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let dead_lettered = dead_lettered.unwrap_or_else(|| panic!("a summary: {printed:#?}"));
+    assert!(dead_lettered > 0, "the seed dead-letters tasks");
+
+    let (status, headers, page) = http_get(&address, "/", None);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(page.contains("<title>nats-otel demo: live traces</title>"));
+    assert!(page.contains("No authentication"));
+    let (_, script_headers, _) = http_get(&address, "/app.js", None);
+    assert!(script_headers.contains(&(
+        "content-type".to_owned(),
+        "text/javascript; charset=utf-8".to_owned()
+    )));
+    assert!(!headers
+        .iter()
+        .any(|(k, _)| k.starts_with("access-control-")));
+
+    // The order trace: four services or more, laid out parent before child.
+    let traces = json_at(&address, "/api/traces");
+    let order = traces
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["root"] == "publish orders.created")
+        .expect("an order trace is listed");
+    let services = order["services"].as_array().unwrap().len();
+    assert!(services >= 4, "{order}");
+    let id = order["trace_id"].as_str().unwrap();
+    let waterfall = json_at(&address, &format!("/api/traces/{id}"));
+    let rows = waterfall["rows"].as_array().unwrap();
+    assert_eq!(rows.len() as u64, order["spans"].as_u64().unwrap());
+    assert_eq!(rows[0]["name"], "publish orders.created");
+    assert_eq!(rows[0]["depth"], 0);
+    for (i, row) in rows.iter().enumerate().skip(1) {
+        let depth = row["depth"].as_u64().unwrap();
+        if depth > 0 {
+            assert!(
+                rows[..i]
+                    .iter()
+                    .any(|p| p["span_id"] == row["parent_span_id"]
+                        && p["depth"].as_u64() == Some(depth - 1)),
+                "row {i} under its parent: {row}"
+            );
+        }
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r["name"] == "process orders.created"
+                && !r["links"].as_array().unwrap().is_empty()),
+        "process spans show their link to the producer"
+    );
+
+    let map = json_at(&address, "/api/map");
+    let edges: Vec<(String, String, String, bool)> = map["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_owned(),
+                e["to"].as_str().unwrap().to_owned(),
+                e["flow"].as_str().unwrap().to_owned(),
+                e["dead_letter"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    for expected in [
+        (
+            "order-service",
+            "inventory-service",
+            "orders.created",
+            false,
+        ),
+        (
+            "order-service",
+            "notification-service",
+            "orders.created",
+            false,
+        ),
+        ("inventory-service", "users-service", "users.get", false),
+        ("task-producer", "task-worker", "tasks.email", false),
+    ] {
+        let expected = (
+            expected.0.to_owned(),
+            expected.1.to_owned(),
+            expected.2.to_owned(),
+            expected.3,
+        );
+        assert!(edges.contains(&expected), "{expected:?} in {edges:?}");
+    }
+    assert!(
+        edges
+            .iter()
+            .any(|(from, to, flow, dead)| from == "task-worker"
+                && to == "dead letters"
+                && flow.starts_with("dlq.")
+                && *dead),
+        "{edges:?}"
+    );
+    let histograms = json_at(&address, "/api/histograms");
+    for name in ["queue_wait", "processing", "end_to_end"] {
+        assert!(
+            histograms[name]["count"].as_u64().unwrap() > 0,
+            "{name}: {histograms}"
+        );
+    }
+    let dead = json_at(&address, "/api/dead-letters");
+    assert_eq!(dead.as_array().unwrap().len(), dead_lettered);
+    assert!(
+        dead[0]["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{dead}"
+    );
+    let (status, _, _) = http_get(&address, "/api/traces/not-a-trace", None);
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+
+    // Ctrl-C stops it, with the run's outcome.
+    let stopped = Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert_eq!(demo.0.wait().unwrap().code(), Some(0));
+}
+
+/// A child process killed if the test ends before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
