@@ -15,6 +15,7 @@
 //! | `OTEL_INSTRUMENTATION_NATS_DISABLED_OPERATIONS` | comma-separated [`OperationKind`] names (`settle,receive`) | [`with_disabled_operations`](crate::InstrumentationBuilder::with_disabled_operations) |
 //! | `OTEL_INSTRUMENTATION_NATS_METRICS_EXCLUDE` | comma-separated template patterns: no metrics for these | [`with_metrics_filter`](crate::InstrumentationBuilder::with_metrics_filter) |
 //! | `OTEL_INSTRUMENTATION_NATS_BODY_SIZE` | `true` or `false` | [`with_message_body_size`](crate::InstrumentationBuilder::with_message_body_size) |
+//! | `OTEL_INSTRUMENTATION_NATS_SERVER_NODE` | `true` or `false` | [`with_server_node_attributes`](crate::InstrumentationBuilder::with_server_node_attributes) |
 //! | `OTEL_INSTRUMENTATION_NATS_CAPTURE_HEADERS` | comma-separated header names recorded on spans (see [`capture`](crate::capture)) | [`with_header_capture`](crate::InstrumentationBuilder::with_header_capture) |
 //!
 //! Settings made in code win over the environment, whatever the order of the calls.
@@ -352,6 +353,7 @@ pub(crate) struct EnvSettings {
     pub(crate) body_size: Option<bool>,
     pub(crate) capture: Option<crate::capture::HeaderCapture>,
     pub(crate) exception_signal: Option<crate::exceptions::ExceptionSignal>,
+    pub(crate) server_node: Option<bool>,
 }
 
 /// The variable names.
@@ -368,6 +370,8 @@ pub mod vars {
     pub const BODY_SIZE: &str = "OTEL_INSTRUMENTATION_NATS_BODY_SIZE";
     /// Header names recorded on spans.
     pub const CAPTURE_HEADERS: &str = "OTEL_INSTRUMENTATION_NATS_CAPTURE_HEADERS";
+    /// Whether spans name the server node (`true`/`false`).
+    pub const SERVER_NODE: &str = "OTEL_INSTRUMENTATION_NATS_SERVER_NODE";
 }
 
 impl EnvSettings {
@@ -422,18 +426,21 @@ impl EnvSettings {
         }
         settings.exception_signal = var(crate::exceptions::OPT_IN_VAR)
             .and_then(|value| crate::exceptions::ExceptionSignal::from_opt_in(&value));
-        if let Some(value) = var(vars::BODY_SIZE) {
-            settings.body_size = Some(match value.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => {
-                    return Err(FilterError::with_source(
-                        FilterErrorKind::InvalidValue,
-                        format!("{}=`{value}`: expected true or false", vars::BODY_SIZE),
-                    ))
-                }
-            });
-        }
+        let switch = |name: &str| -> Result<Option<bool>, FilterError> {
+            let Some(value) = var(name) else {
+                return Ok(None);
+            };
+            match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" => Ok(Some(true)),
+                "false" | "0" => Ok(Some(false)),
+                _ => Err(FilterError::with_source(
+                    FilterErrorKind::InvalidValue,
+                    format!("{name}=`{value}`: expected true or false"),
+                )),
+            }
+        };
+        settings.body_size = switch(vars::BODY_SIZE)?;
+        settings.server_node = switch(vars::SERVER_NODE)?;
         Ok(settings)
     }
 }

@@ -100,6 +100,8 @@ struct Inner {
     exception_logs: Option<crate::exceptions::ExceptionLogs>,
     /// Whether exceptions are span events.
     exception_span_events: bool,
+    /// Whether recording spans name the server node.
+    server_node: bool,
 }
 
 impl fmt::Debug for Instrumentation {
@@ -338,6 +340,11 @@ impl Instrumentation {
     /// Where exceptions are logged, if they are.
     pub(crate) fn exception_logs(&self) -> Option<&crate::exceptions::ExceptionLogs> {
         self.inner.exception_logs.as_ref()
+    }
+
+    /// Whether recording spans carry the server node's attributes.
+    pub(crate) fn server_node_enabled(&self) -> bool {
+        self.inner.server_node
     }
 
     /// Whether exceptions are recorded as span events.

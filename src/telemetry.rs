@@ -193,7 +193,7 @@ impl Telemetry {
             + usize::from(target.group.is_some());
         // Room for what a recording span adds: `room` (which counts
         // `messaging.client.id`) and the node's other attributes.
-        let node = if self.node.is_some() {
+        let node = if self.node.is_some() && self.inst.server_node_enabled() {
             NODE_ATTRIBUTES - 1
         } else {
             0
@@ -266,7 +266,17 @@ impl Telemetry {
         if records {
             set_attributes(&span, |attributes| {
                 if let Some(node) = &self.node {
-                    attributes.extend(node.attributes().iter().cloned());
+                    let node = node.attributes();
+                    // The client id comes first; the rest only when asked for.
+                    let shown = match self.inst.server_node_enabled() {
+                        true => node.len(),
+                        false => node
+                            .iter()
+                            .take(1)
+                            .filter(|kv| kv.key.as_str() == semconv::MESSAGING_CLIENT_ID)
+                            .count(),
+                    };
+                    attributes.extend(node[..shown].iter().cloned());
                 }
                 self.inst.push_baggage_attributes(&cx, attributes);
                 recording(attributes);

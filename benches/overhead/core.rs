@@ -364,6 +364,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
                 Tracing::MetricsOnly,
                 Tracing::SampledMetrics,
                 Tracing::IdleOptIns,
+                Tracing::ServerNode,
             ]));
         }
         variants.push((Tracing::SdkSpans.name().to_owned(), Tracing::SdkSpans));

@@ -94,6 +94,8 @@ pub(crate) enum Tracing {
     /// to act on: a captured header no message has, a baggage allow-list (and
     /// baggage attributes) with no baggage.
     IdleOptIns,
+    /// `Sampled` with the server node's attributes on every recording span.
+    ServerNode,
 }
 
 impl Tracing {
@@ -112,6 +114,7 @@ impl Tracing {
             Tracing::SdkSpans => "OpenTelemetry SDK alone: one message's spans, no NATS",
             Tracing::IncludeAll => "nats-otel, all sampled, include-all span filter",
             Tracing::FilteredOut => "nats-otel, all sampled, span filter excludes the subject",
+            Tracing::ServerNode => "nats-otel, all sampled, server node attributes",
             Tracing::IdleOptIns => {
                 "nats-otel, all sampled, idle opt-ins (header capture, baggage allow-list)"
             }
@@ -138,6 +141,7 @@ pub(crate) fn telemetry(tracing: Tracing) -> Option<Telemetry> {
         | Tracing::IncludeAll
         | Tracing::FilteredOut
         | Tracing::IdleOptIns
+        | Tracing::ServerNode
         // Tracing stays off in the instrumentation: no span is made.
         | Tracing::MetricsOnly => Sampler::AlwaysOn,
         Tracing::Dropped => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
@@ -216,6 +220,10 @@ pub(crate) fn instrumentation(tracing: Tracing, telemetry: &Option<Telemetry>) -
             .with_header_capture(HeaderCapture::new(["X-Absent"]).expect("header name"))
             .with_baggage_allow_list(["tenant"])
             .with_baggage_attributes(true)
+            .build(),
+        (Tracing::ServerNode, Some(t)) => builder
+            .with_tracer_provider(&t.provider)
+            .with_server_node_attributes(true)
             .build(),
         (_, Some(t)) => builder.with_tracer_provider(&t.provider).build(),
         _ => builder.with_tracing(false).build(),

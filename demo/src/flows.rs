@@ -8,6 +8,7 @@ pub const ORDERS_STREAM: &str = "ORDERS";
 pub const ORDER_CREATED: &str = "orders.created";
 /// Order notified subject.
 pub const ORDER_NOTIFIED: &str = "orders.notified";
+
 /// Stream of tasks (work-queue retention).
 pub const TASKS_STREAM: &str = "TASKS";
 /// Dead-letter stream.

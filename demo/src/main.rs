@@ -73,6 +73,10 @@ enum Command {
     OrderService {
         #[arg(long)]
         orders: u32,
+        /// After the scripted orders, answer `orders.place` requests until shut
+        /// down (the web view's order form).
+        #[arg(long)]
+        serve: bool,
     },
     /// Reserve stock for each order (KV compare-and-set), asking users-service.
     InventoryService,
@@ -115,7 +119,9 @@ fn main() {
         let result = match cli.command {
             None => run::run(cli.run).await,
             Some(Command::Run(args)) => run::run(args).await,
-            Some(Command::OrderService { orders }) => services::order_service(orders).await,
+            Some(Command::OrderService { orders, serve }) => {
+                services::order_service(orders, serve).await
+            }
             Some(Command::InventoryService) => services::inventory_service().await,
             Some(Command::NotificationService) => services::notification_service().await,
             Some(Command::UsersService) => services::users_service().await,

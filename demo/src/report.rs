@@ -62,6 +62,8 @@ pub struct Summary {
     pub spans: usize,
     pub services: Vec<String>,
     pub latency_ms: BTreeMap<String, FlowLatency>,
+    /// Orders placed from the web view's form, counted apart from the scripted ones.
+    pub orders_from_page: usize,
 }
 
 fn flow_latency(
@@ -187,6 +189,7 @@ pub fn summarise(
         spans: spans.len(),
         services: services.into_iter().collect(),
         latency_ms: latency,
+        orders_from_page: tally.page_orders.len(),
     }
 }
 
@@ -292,6 +295,12 @@ pub fn print_summary(summary: &Summary) {
         summary.tasks_dead_lettered,
         summary.expected_poison
     );
+    if summary.orders_from_page > 0 {
+        println!(
+            "  orders from the web page: {} placed, reserved and notified",
+            summary.orders_from_page
+        );
+    }
     if summary.foreign_dead_letters > 0 {
         println!(
             "  foreign messages dead-lettered: {}",

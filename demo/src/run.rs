@@ -77,13 +77,19 @@ fn server_binary() -> Result<String, Error> {
 
 /// Streams, consumers and buckets: created if absent, reused if present.
 async fn setup(js: &jetstream::Context) -> Result<(), Error> {
-    let orders = js
-        .get_or_create_stream(stream::Config {
-            name: flows::ORDERS_STREAM.to_owned(),
-            subjects: vec!["orders.>".to_owned()],
-            ..Default::default()
-        })
-        .await?;
+    // The two event subjects only: `orders.place` is a request, which a stream on
+    // `orders.>` would capture and answer with a PubAck. Updated in place when an
+    // earlier run on the same server created it wider.
+    let config = stream::Config {
+        name: flows::ORDERS_STREAM.to_owned(),
+        subjects: vec![
+            flows::ORDER_CREATED.to_owned(),
+            flows::ORDER_NOTIFIED.to_owned(),
+        ],
+        ..Default::default()
+    };
+    js.create_or_update_stream(config).await?;
+    let orders = js.get_stream(flows::ORDERS_STREAM).await?;
     for name in [flows::INVENTORY_CONSUMER, flows::NOTIFICATION_CONSUMER] {
         orders
             .get_or_create_consumer(
@@ -206,6 +212,8 @@ pub struct Tally {
     pub retries: u64,
     pub foreign_dead_letters: u64,
     pub duplicates: u64,
+    /// Orders placed from the web view's form (`w-` ids) that were notified.
+    pub page_orders: HashSet<String>,
 }
 
 impl Tally {
@@ -218,6 +226,16 @@ impl Tally {
             }
             Event::Notified { order_id } if order_id.starts_with(order_prefix) => {
                 self.notified.insert(order_id)
+            }
+            // `w-{run}-…`: placed from the web view's form.
+            Event::Notified { order_id }
+                if order_id.starts_with('w')
+                    && order_id
+                        .get(1..)
+                        .zip(order_prefix.get(1..))
+                        .is_some_and(|(id, run)| id.starts_with(run)) =>
+            {
+                self.page_orders.insert(order_id)
             }
             Event::TaskAttempt {
                 task_id,
@@ -400,14 +418,15 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         }
     );
 
-    children.spawn(
-        "order-service",
-        &[
-            "order-service".to_owned(),
-            "--orders".to_owned(),
-            args.orders.to_string(),
-        ],
-    )?;
+    let mut order_service = vec![
+        "order-service".to_owned(),
+        "--orders".to_owned(),
+        args.orders.to_string(),
+    ];
+    if web.is_some() {
+        order_service.push("--serve".to_owned());
+    }
+    children.spawn("order-service", &order_service)?;
     children.spawn(
         "task-producer",
         &[
@@ -435,12 +454,22 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
     let mut interrupted = false;
     let order_prefix = format!("o-{run_id}-");
     let task_prefix = format!("{run_id}-");
+    // With the web view, the services keep running after the scripted run (the
+    // page places orders) until Ctrl-C, the normal way to stop then.
+    let mut scripted_done = false;
     loop {
         let complete = tally.reserved.len() == args.orders as usize
             && tally.notified.len() == args.orders as usize
             && tally.done.len() + tally.dead_lettered.len() >= args.tasks as usize;
-        if complete {
-            break;
+        if complete && !scripted_done {
+            scripted_done = true;
+            let Some(view) = &web else { break };
+            progress.finish_and_clear();
+            println!(
+                "web view: still serving http://{}/ after the scripted run; orders placed \
+                 from the page go through every service; Ctrl-C stops",
+                view.address
+            );
         }
         tokio::select! {
             Some(Ok(message)) = events.next() => {
@@ -465,8 +494,8 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
                     tally.foreign_dead_letters += 1;
                 }
             }
-            () = interrupt.wait() => { interrupted = true; break; }
-            _ = tokio::time::sleep_until(deadline) => break,
+            () = interrupt.wait() => { interrupted = !scripted_done; break; }
+            _ = tokio::time::sleep_until(deadline), if !scripted_done => break,
         }
         progress.set_position(
             (tally.reserved.len()
@@ -534,13 +563,6 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
                     .map_err(|e| format!("--json {path}: {e}"))?;
             }
         }
-    }
-    if let (Some(view), false) = (&web, interrupted) {
-        println!(
-            "web view: still serving http://{}/ ; Ctrl-C stops it",
-            view.address
-        );
-        interrupt.wait().await;
     }
     Ok(if interrupted {
         130

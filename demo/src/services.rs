@@ -104,10 +104,25 @@ impl Service {
 }
 
 /// order-service: publishes `--orders` OrderCreated events, then exits.
-pub async fn order_service(orders: u32) -> Result<i32, Error> {
+pub async fn order_service(orders: u32, serve: bool) -> Result<i32, Error> {
     let service = Service::start("order-service").await?;
     let retry = PublishRetry::default();
     let mut stop = std::pin::pin!(service.shutdown_signal().await?);
+    // Ready before the scripted orders, so a placed order is never refused. The
+    // service lives as long as its endpoint is served.
+    let (_orders, mut place) = match serve {
+        true => {
+            let orders = service
+                .client
+                .service_builder()
+                .description("places orders (the web view's form)")
+                .start("orders", "1.0.0")
+                .await?;
+            let place = orders.group("orders").endpoint("place").await?;
+            (Some(orders), Some(place))
+        }
+        false => (None, None),
+    };
     for i in 0..orders {
         let order = OrderCreated {
             order_id: format!("o-{}-{i:04}", service.run),
@@ -129,7 +144,86 @@ pub async fn order_service(orders: u32) -> Result<i32, Error> {
             published = publish => { published?; }
         }
     }
+    let Some(place) = &mut place else {
+        return Ok(0);
+    };
+    let mut placed = 0u32;
+    loop {
+        let request = tokio::select! {
+            () = &mut stop => break,
+            request = place.next() => match request {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        let response = match PlaceOrder::parse(&request.message().payload) {
+            Ok(wanted) => {
+                let order = OrderCreated {
+                    order_id: format!("w-{}-{placed:04}", service.run),
+                    user_id: wanted.user_id,
+                    amount: wanted.amount,
+                    timestamp: unix_seconds(),
+                };
+                placed += 1;
+                // Published inside the request's process span: the order's trace
+                // is the caller's.
+                let published = request
+                    .in_span(service.js.publish_with_retry(
+                        flows::ORDER_CREATED,
+                        &order.order_id,
+                        None,
+                        serde_json::to_vec(&order)?.into(),
+                        &retry,
+                    ))
+                    .await;
+                match published {
+                    Ok(_) => Ok(serde_json::json!({ "order_id": order.order_id })
+                        .to_string()
+                        .into()),
+                    Err(err) => Err(async_nats::service::error::Error {
+                        status: format!("order not stored: {err}"),
+                        code: 503,
+                    }),
+                }
+            }
+            Err(why) => Err(async_nats::service::error::Error {
+                status: why,
+                code: 400,
+            }),
+        };
+        let _ = request.respond(response).await;
+    }
     Ok(0)
+}
+
+/// What the order form sends: `{"user_id": 1..=1000, "amount": 0.01..=100000}`.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceOrder {
+    user_id: u32,
+    amount: f64,
+}
+
+impl PlaceOrder {
+    /// The order in `payload`, or why it is refused.
+    fn parse(payload: &[u8]) -> Result<Self, String> {
+        let order: Self = serde_json::from_slice(payload).map_err(|e| {
+            format!("expected {{\"user_id\": 1-1000, \"amount\": 0.01-100000}}: {e}")
+        })?;
+        if !(1..=1000).contains(&order.user_id) {
+            return Err(format!(
+                "user_id {} is not between 1 and 1000",
+                order.user_id
+            ));
+        }
+        if !(order.amount.is_finite() && (0.01..=100_000.0).contains(&order.amount)) {
+            return Err(format!(
+                "amount {} is not between 0.01 and 100000",
+                order.amount
+            ));
+        }
+        Ok(order)
+    }
 }
 
 /// users-service: the `users` Service API with a `users.get` endpoint.

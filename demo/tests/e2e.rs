@@ -387,36 +387,22 @@ fn the_web_view_serves_live_traces_a_service_map_and_dead_letters_until_ctrl_c()
             .spawn()
             .expect("demo runs"),
     );
-    let stdout = std::io::BufReader::new(demo.0.stdout.take().unwrap());
-    let mut dead_lettered = None;
-    let mut printed = Vec::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.trim().strip_prefix("tasks:") {
-            // "6 total, 3 done, 0 retries, 3 dead-lettered (expected 3)"
-            dead_lettered = rest
-                .split(',')
-                .find_map(|part| {
-                    part.trim()
-                        .strip_suffix(" dead-lettered")
-                        .map(str::to_owned)
-                })
-                .or_else(|| {
-                    rest.split(',').find_map(|part| {
-                        let part = part.trim();
-                        part.split_once(" dead-lettered").map(|(n, _)| n.to_owned())
-                    })
-                })
-                .and_then(|n| n.trim().parse::<usize>().ok());
-        }
-        let done = line.starts_with("web view: still serving");
-        printed.push(line);
-        if done {
+    let mut lines = std::io::BufReader::new(demo.0.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("web view: still serving") {
             break;
         }
     }
-    let dead_lettered = dead_lettered.unwrap_or_else(|| panic!("a summary: {printed:#?}"));
-    assert!(dead_lettered > 0, "the seed dead-letters tasks");
+    // The services keep running (and exporting) after the scripted run: wait for
+    // an order trace across four services or more.
+    await_event(&address, "/events", |update| {
+        update["traces"].as_array().is_some_and(|traces| {
+            traces.iter().any(|t| {
+                t["root"] == "publish orders.created"
+                    && t["services"].as_array().unwrap().len() >= 4
+            })
+        })
+    });
 
     let (status, headers, page) = http_get(&address, "/", None);
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -437,7 +423,9 @@ fn the_web_view_serves_live_traces_a_service_map_and_dead_letters_until_ctrl_c()
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["root"] == "publish orders.created")
+        .find(|t| {
+            t["root"] == "publish orders.created" && t["services"].as_array().unwrap().len() >= 4
+        })
         .expect("an order trace is listed");
     let services = order["services"].as_array().unwrap().len();
     assert!(services >= 4, "{order}");
@@ -521,7 +509,8 @@ fn the_web_view_serves_live_traces_a_service_map_and_dead_letters_until_ctrl_c()
         );
     }
     let dead = json_at(&address, "/api/dead-letters");
-    assert_eq!(dead.as_array().unwrap().len(), dead_lettered);
+    let listed = dead.as_array().unwrap().len();
+    assert!(listed > 0, "the seed dead-letters tasks");
     assert!(
         dead[0]["reason"].as_str().is_some_and(|r| !r.is_empty()),
         "{dead}"
@@ -535,7 +524,14 @@ fn the_web_view_serves_live_traces_a_service_map_and_dead_letters_until_ctrl_c()
         .status()
         .unwrap();
     assert!(stopped.success());
-    assert_eq!(demo.0.wait().unwrap().code(), Some(0));
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert_eq!(demo.0.wait().unwrap().code(), Some(0), "{rest:#?}");
+    let summary = format!("dead-lettered (expected {listed})");
+    assert!(
+        rest.iter()
+            .any(|l| l.trim().starts_with("tasks:") && l.contains(&format!("{listed} {summary}"))),
+        "{listed} dead letters listed, as the summary counts: {rest:#?}"
+    );
 }
 
 /// A child process killed if the test ends before it does.
@@ -546,4 +542,153 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Reads server-sent events from `path` until one's data satisfies `done`.
+fn await_event(
+    address: &str,
+    path: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("web view reachable");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    for line in std::io::BufReader::new(stream).lines() {
+        let line = line.expect("an event within 30 s");
+        if let Some(data) = line.strip_prefix("data: ") {
+            let value: serde_json::Value = serde_json::from_str(data).unwrap();
+            if done(&value) {
+                return value;
+            }
+        }
+    }
+    panic!("the event stream ended");
+}
+
+#[test]
+fn orders_placed_by_request_go_through_every_service_in_the_callers_trace() {
+    use std::io::BufRead;
+    let server = NatsServer::start();
+    let address = format!("127.0.0.1:{}", nats_otel_testkit::free_port());
+    let mut demo = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_nats-otel-demo"))
+            .args([
+                "--web",
+                &address,
+                "--orders",
+                "2",
+                "--tasks",
+                "2",
+                "--poison-rate",
+                "0",
+            ])
+            .env("NATS_URL", server.url())
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("demo runs"),
+    );
+    let mut lines = std::io::BufReader::new(demo.0.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("web view: still serving") {
+            break;
+        }
+    }
+
+    // What the page does: a request to orders.place carrying its span's context.
+    let trace = "5e1f0c3b9a7d4e2f8c6b1a0d9e8f7a6b";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (placed, refused) = runtime.block_on(async {
+        let nc = async_nats::connect(server.url()).await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            format!("00-{trace}-1a2b3c4d5e6f7081-01").as_str(),
+        );
+        let placed = nc
+            .request_with_headers(
+                "orders.place",
+                headers,
+                r#"{"user_id": 3, "amount": 12.5}"#.into(),
+            )
+            .await
+            .unwrap();
+        let refused = nc.request("orders.place", "{}".into()).await.unwrap();
+        (placed, refused)
+    });
+    assert_eq!(
+        placed
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Service-Error-Code")),
+        None
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&placed.payload).unwrap();
+    let order_id = reply["order_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an order id in {reply}"));
+    assert!(order_id.starts_with("w-"), "{order_id}");
+    let refusal = refused.headers.as_ref().unwrap();
+    assert_eq!(
+        refusal.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+        Some("400")
+    );
+    assert!(
+        refusal
+            .get("Nats-Service-Error")
+            .is_some_and(|v| v.as_str().starts_with("expected {\"user_id\": 1-1000")),
+        "{refusal:?}"
+    );
+
+    // The order's trace is the caller's and runs through every Rust service.
+    let update = await_event(&address, "/events", |update| {
+        update["traces"].as_array().is_some_and(|traces| {
+            traces.iter().any(|t| {
+                t["trace_id"] == trace
+                    && [
+                        "order-service",
+                        "inventory-service",
+                        "notification-service",
+                        "users-service",
+                    ]
+                    .iter()
+                    .all(|s| t["services"].as_array().unwrap().iter().any(|x| x == s))
+            })
+        })
+    });
+    assert!(update["spans"].as_u64().unwrap() > 0);
+    let waterfall = json_at(&address, &format!("/api/traces/{trace}"));
+    let names: Vec<&str> = waterfall["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[0], "process orders.place", "{names:?}");
+    assert!(names.contains(&"publish orders.created"), "{names:?}");
+
+    // Ctrl-C: the summary counts the placed order apart from the scripted ones.
+    Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert_eq!(demo.0.wait().unwrap().code(), Some(0), "{rest:#?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.trim() == "orders from the web page: 1 placed, reserved and notified"),
+        "{rest:#?}"
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.trim().starts_with("orders: 2 created, 2 reserved")),
+        "{rest:#?}"
+    );
 }

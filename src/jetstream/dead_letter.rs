@@ -12,6 +12,34 @@
 //! [`DeadLetterQueue`] works with the letters a dead-letter stream holds: list
 //! them with their provenance, show one, replay (redrive) a selection to where it
 //! came from, and purge a selection.
+//!
+//! # Replay
+//!
+//! A replayed message is the original payload and headers, without the `Dlq-*`
+//! set, published to the subject it came from (`Dlq-Source-Subject`) or to
+//! [`ReplayOptions::to`]:
+//!
+//! - its `Nats-Msg-Id` is `replay:{dlq stream}:{dlq sequence}`, so a replay
+//!   resumed after a crash stores one copy, as long as it runs again within the
+//!   target stream's duplicate window (2 minutes by default);
+//! - the original's `Nats-Msg-Id`, if it had one, is in
+//!   [`REPLAY_ORIGINAL_MSG_ID`] (`Nats-Otel-Original-Msg-Id`);
+//! - `Nats-Expected-*` headers are dropped: what the original expected of the
+//!   stream when it was first published no longer holds;
+//! - the dead letter is deleted only after the PubAck: a crash at any point
+//!   leaves either the letter, or the letter and a stored replay that the rerun
+//!   deduplicates; nothing is lost.
+//!
+//! Each replay is a `publish {template}` span whose parent is the dead letter's
+//! trace (the failed message's trace continues) with a link to the original
+//! producer, and is counted in `messaging.nats.dlq.replayed` (`error.type` on
+//! failures).
+//!
+//! A consumer-side idempotency filter keyed on `Nats-Msg-Id` (the
+//! [`dedup`](crate::jetstream::dedup) helpers) sees a replay as a new message,
+//! which is what a message that failed needs. Key it on
+//! `Nats-Otel-Original-Msg-Id` first (falling back to `Nats-Msg-Id`) to treat a
+//! replay as its original.
 
 use std::fmt;
 

@@ -45,6 +45,7 @@ async fn spans_name_the_serving_node_and_follow_a_reconnect_to_another() {
     let (connected_tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
     let client = telemetry
         .builder()
+        .with_server_node_attributes(true)
         .build()
         .connect(
             cluster.urls(),
@@ -115,4 +116,19 @@ async fn spans_name_the_serving_node_and_follow_a_reconnect_to_another() {
             .unwrap_or_else(|| panic!("no {name} span"));
         assert_eq!(node_of(span), after, "{name} names {}", after.0);
     }
+}
+
+#[tokio::test]
+async fn spans_name_no_node_unless_asked_but_keep_the_client_id() {
+    let server = nats_otel_testkit::NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    client.publish("orders.created", "a".into()).await.unwrap();
+    let span = telemetry.span("publish orders.created");
+    let (name, id, address, port, client_id) = node_of(&span);
+    assert_eq!(
+        (name.as_str(), id.as_str(), address.as_str(), port),
+        ("", "", "", -1)
+    );
+    assert_eq!(client_id, client.server_info().client_id.to_string());
 }
