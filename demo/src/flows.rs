@@ -32,6 +32,11 @@ pub const SHUTDOWN_SUBJECT: &str = "demo.control.shutdown";
 /// Deliveries before a failing task is dead-lettered.
 pub const TASK_MAX_DELIVER: i64 = 3;
 
+/// Customers users-service knows: `1..=900`. Orders may name up to 1000; an
+/// order for a customer not on file is dead-lettered by inventory-service (the
+/// web view's form shows that failure in its trace).
+pub const CUSTOMERS_ON_FILE: u32 = 900;
+
 /// An order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderCreated {

@@ -58,9 +58,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub kill_worker_after: Option<u32>,
     /// Serve a live view of the traces in a browser at ADDR (default
-    /// 127.0.0.1:8088) and keep it up after the run until Ctrl-C. It has no
-    /// authentication: anyone who can reach ADDR sees the traces, so it listens
-    /// on loopback unless you name another address.
+    /// 127.0.0.1:8088) and keep it up after the run until Ctrl-C; its order form
+    /// places orders over NATS WebSocket (the demo's own nats-server, reached
+    /// through ADDR/nats), traced from the browser. It has no authentication:
+    /// anyone who can reach ADDR sees the traces and can place orders, so it
+    /// listens on loopback unless you name another address.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8088")]
     pub web: Option<std::net::SocketAddr>,
 }

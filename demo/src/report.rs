@@ -1,6 +1,6 @@
 //! The terminal report: trace waterfalls and the run's summary.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -63,7 +63,18 @@ pub struct Summary {
     pub services: Vec<String>,
     pub latency_ms: BTreeMap<String, FlowLatency>,
     /// Orders placed from the web view's form, counted apart from the scripted ones.
-    pub orders_from_page: usize,
+    pub orders_from_page: PageOrders,
+}
+
+/// Orders placed from the web view's form, as the consumers saw them (an order
+/// may be notified and also dead-lettered by inventory-service).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PageOrders {
+    /// Orders seen by any consumer.
+    pub placed: usize,
+    pub reserved: usize,
+    pub notified: usize,
+    pub dead_lettered: usize,
 }
 
 fn flow_latency(
@@ -189,7 +200,18 @@ pub fn summarise(
         spans: spans.len(),
         services: services.into_iter().collect(),
         latency_ms: latency,
-        orders_from_page: tally.page_orders.len(),
+        orders_from_page: PageOrders {
+            placed: tally
+                .page_reserved
+                .iter()
+                .chain(&tally.page_notified)
+                .chain(&tally.page_dead_lettered)
+                .collect::<HashSet<_>>()
+                .len(),
+            reserved: tally.page_reserved.len(),
+            notified: tally.page_notified.len(),
+            dead_lettered: tally.page_dead_lettered.len(),
+        },
     }
 }
 
@@ -295,10 +317,11 @@ pub fn print_summary(summary: &Summary) {
         summary.tasks_dead_lettered,
         summary.expected_poison
     );
-    if summary.orders_from_page > 0 {
+    let page = &summary.orders_from_page;
+    if page.placed > 0 {
         println!(
-            "  orders from the web page: {} placed, reserved and notified",
-            summary.orders_from_page
+            "  orders from the web page: {} placed, {} reserved, {} notified, {} dead-lettered",
+            page.placed, page.reserved, page.notified, page.dead_lettered
         );
     }
     if summary.foreign_dead_letters > 0 {

@@ -16,6 +16,15 @@ use crate::services::Error;
 use crate::RunArgs;
 use nats_otel_testkit::{receiver, NatsServer};
 
+/// A loopback port free right now, or why there is none.
+fn free_port() -> Result<u16, Error> {
+    Ok(
+        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port(),
+    )
+}
+
 fn validate(args: &RunArgs) -> Result<(), Error> {
     let rate = |name: &str, v: f64| -> Result<(), Error> {
         if (0.0..=1.0).contains(&v) {
@@ -212,8 +221,22 @@ pub struct Tally {
     pub retries: u64,
     pub foreign_dead_letters: u64,
     pub duplicates: u64,
-    /// Orders placed from the web view's form (`w-` ids) that were notified.
-    pub page_orders: HashSet<String>,
+    /// Orders placed from the web view's form (`w-` ids) that were reserved.
+    pub page_reserved: HashSet<String>,
+    /// … that were notified.
+    pub page_notified: HashSet<String>,
+    /// … that were dead-lettered (a customer not on file, say).
+    pub page_dead_lettered: HashSet<String>,
+}
+
+/// Whether `order_id` was placed from the web view's form in this run:
+/// `w-{run}-…` where the scripted orders are `o-{run}-…`.
+fn is_page_order(order_id: &str, order_prefix: &str) -> bool {
+    order_id.starts_with('w')
+        && order_id
+            .get(1..)
+            .zip(order_prefix.get(1..))
+            .is_some_and(|(id, run)| id.starts_with(run))
 }
 
 impl Tally {
@@ -227,15 +250,11 @@ impl Tally {
             Event::Notified { order_id } if order_id.starts_with(order_prefix) => {
                 self.notified.insert(order_id)
             }
-            // `w-{run}-…`: placed from the web view's form.
-            Event::Notified { order_id }
-                if order_id.starts_with('w')
-                    && order_id
-                        .get(1..)
-                        .zip(order_prefix.get(1..))
-                        .is_some_and(|(id, run)| id.starts_with(run)) =>
-            {
-                self.page_orders.insert(order_id)
+            Event::Reserved { order_id } if is_page_order(&order_id, order_prefix) => {
+                self.page_reserved.insert(order_id)
+            }
+            Event::Notified { order_id } if is_page_order(&order_id, order_prefix) => {
+                self.page_notified.insert(order_id)
             }
             Event::TaskAttempt {
                 task_id,
@@ -301,31 +320,66 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
             & 0xffff_ffff
     );
 
-    let (url, _server) = match std::env::var("NATS_URL") {
-        Ok(url) => (url, None),
-        Err(_) => {
-            let bin = server_binary()?;
-            std::env::set_var("NATS_SERVER_BIN", &bin);
-            let server = NatsServer::try_start()?;
-            (server.url(), Some(server))
-        }
-    };
     let external = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
     if args.web.is_some() && external.is_some() {
         return Err("--web shows what the demo's embedded receiver gets: unset \
                     OTEL_EXPORTER_OTLP_ENDPOINT to use it"
             .into());
     }
+    // Bound first: the nats-server's WebSocket allows the page's origin only.
+    let bound = match args.web {
+        Some(address) => Some(crate::web::bind(address).await?),
+        None => None,
+    };
+    let (url, _server, nats_ws) = match std::env::var("NATS_URL") {
+        Ok(url) => {
+            let why = format!(
+                "NATS_URL is set ({url}): the order form talks to the demo's own \
+                 nats-server over WebSocket; unset NATS_URL to use it"
+            );
+            (url, None, Err(why))
+        }
+        Err(_) => {
+            let bin = server_binary()?;
+            std::env::set_var("NATS_SERVER_BIN", &bin);
+            match &bound {
+                Some(bound) => {
+                    let ws = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                    let origin = bound.origin();
+                    let server = NatsServer::try_start_with_config(&format!(
+                        "websocket {{\n  listen: \"{ws}\"\n  no_tls: true\n  \
+                         allowed_origins: [\"{origin}\"]\n}}\n"
+                    ))?;
+                    let target = crate::web::NatsWebSocket {
+                        address: ws,
+                        origin,
+                    };
+                    (server.url(), Some(server), Ok(target))
+                }
+                None => {
+                    let server = NatsServer::try_start()?;
+                    (server.url(), Some(server), Err(String::new()))
+                }
+            }
+        }
+    };
     let receiver = match &external {
         Some(_) => None,
         None => Some(receiver::start().await?),
     };
 
     let dead_letters = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let web = match (args.web, &receiver) {
-        (Some(address), Some(receiver)) => {
-            let view =
-                crate::web::start(address, receiver.store.clone(), dead_letters.clone()).await?;
+    let web = match (bound, &receiver) {
+        (Some(bound), Some(receiver)) => {
+            let view = crate::web::serve(
+                bound,
+                crate::web::Sources {
+                    store: receiver.store.clone(),
+                    ingest: receiver.ingest(),
+                    dead_letters: dead_letters.clone(),
+                    nats: nats_ws,
+                },
+            );
             println!(
                 "web view: http://{}/ (no authentication: anyone who can reach it sees the traces)",
                 view.address
@@ -491,7 +545,12 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
                         _ => tally.foreign_dead_letters += 1,
                     }
                 } else {
-                    tally.foreign_dead_letters += 1;
+                    match serde_json::from_slice::<flows::OrderCreated>(&message.payload) {
+                        Ok(order) if is_page_order(&order.order_id, &order_prefix) => {
+                            tally.page_dead_lettered.insert(order.order_id);
+                        }
+                        _ => tally.foreign_dead_letters += 1,
+                    }
                 }
             }
             () = interrupt.wait() => { interrupted = !scripted_done; break; }

@@ -250,7 +250,7 @@ pub async fn users_service() -> Result<i32, Error> {
         let reply = std::str::from_utf8(&request.message().payload)
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
-            .filter(|id| (1..=1000).contains(id))
+            .filter(|id| (1..=flows::CUSTOMERS_ON_FILE).contains(id))
             .map(|id| serde_json::json!({ "user_id": id, "name": format!("customer-{id}") }));
         let response = match reply {
             Some(user) => Ok(user.to_string().into()),

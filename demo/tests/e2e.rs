@@ -6,6 +6,8 @@ use std::process::Command;
 
 use nats_otel_testkit::{receiver, NatsServer};
 
+mod webdriver;
+
 /// Runs the demo with `args` against `server`, exporting to `receiver`; returns
 /// the exit code and the JSON summary.
 fn run_demo(
@@ -366,6 +368,34 @@ fn http_get(
     (status, headers, body.to_owned())
 }
 
+/// A request with extra header lines and a body over a fresh connection: the
+/// status line and the body.
+fn http_request(address: &str, head: &str, extra: &[&str], body: &[u8]) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("web view reachable");
+    let mut request = format!("{head} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for line in extra {
+        request.push_str(line);
+        request.push_str("\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    // The head first: after a 101 the connection stays open (a WebSocket).
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+        response.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&response).into_owned();
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    let mut body = Vec::new();
+    if !status.contains(" 101 ") {
+        stream.read_to_end(&mut body).unwrap();
+    }
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 fn json_at(address: &str, path: &str) -> serde_json::Value {
     let (status, _, body) = http_get(address, path, None);
     assert_eq!(status, "HTTP/1.1 200 OK", "{path}: {body}");
@@ -406,6 +436,17 @@ fn the_web_view_serves_live_traces_a_service_map_and_dead_letters_until_ctrl_c()
 
     let (status, headers, page) = http_get(&address, "/", None);
     assert_eq!(status, "HTTP/1.1 200 OK");
+    // With NATS_URL set the order form is off, and says why.
+    let config = json_at(&address, "/api/config");
+    assert_eq!(config["orders"], false);
+    assert_eq!(
+        config["why"],
+        format!(
+            "NATS_URL is set ({}): the order form talks to the demo's own nats-server \
+             over WebSocket; unset NATS_URL to use it",
+            server.url()
+        )
+    );
     assert!(page.contains("<title>nats-otel demo: live traces</title>"));
     assert!(page.contains("No authentication"));
     let (_, script_headers, _) = http_get(&address, "/app.js", None);
@@ -682,13 +723,385 @@ fn orders_placed_by_request_go_through_every_service_in_the_callers_trace() {
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert_eq!(demo.0.wait().unwrap().code(), Some(0), "{rest:#?}");
     assert!(
-        rest.iter()
-            .any(|l| l.trim() == "orders from the web page: 1 placed, reserved and notified"),
+        rest.iter().any(|l| l.trim()
+            == "orders from the web page: 1 placed, 1 reserved, 1 notified, 0 dead-lettered"),
         "{rest:#?}"
     );
     assert!(
         rest.iter()
             .any(|l| l.trim().starts_with("orders: 2 created, 2 reserved")),
         "{rest:#?}"
+    );
+}
+
+/// Starts the demo with its own nats-server (WebSocket on) and the web view on
+/// a free loopback port, `args` added; returns it, the web address and the rest
+/// of its output once the scripted run is over.
+fn demo_with_own_server(
+    args: &[&str],
+) -> (
+    KillOnDrop,
+    String,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let address = format!("127.0.0.1:{}", nats_otel_testkit::free_port());
+    let mut demo = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_nats-otel-demo"))
+            .args(["--web", &address])
+            .args(args)
+            .env_remove("NATS_URL")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("demo runs"),
+    );
+    let mut lines = std::io::BufReader::new(demo.0.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        println!("{line}");
+        if line.starts_with("web view: still serving") {
+            break;
+        }
+    }
+    (demo, address, lines)
+}
+
+/// What `#order-result` says once it no longer says "placing…".
+const ORDER_RESULT: &str = "(() => { const r = document.getElementById('order-result'); \
+     return r.textContent && r.textContent !== 'placing…' && r.textContent !== arguments[0] \
+     ? { text: r.textContent, class: r.className, trace: r.dataset.trace || '' } : null; })()";
+
+/// Submits the order form with these fields; returns what the page said.
+fn submit_order(browser: &webdriver::Browser, user: &str, amount: &str) -> serde_json::Value {
+    browser.run(
+        "document.getElementById('order-result').textContent = 'submitting'; \
+         document.getElementById('order-result').className = '';",
+        serde_json::json!([]),
+    );
+    browser.fill("#order-form input[name=user_id]", user);
+    browser.fill("#order-form input[name=amount]", amount);
+    browser.click("#order-form button");
+    browser.wait_for(
+        "the order form's answer",
+        ORDER_RESULT,
+        serde_json::json!(["submitting"]),
+        30,
+    )
+}
+
+/// The waterfall rows the page shows: (service, name, span id).
+const SHOWN_ROWS: &str = "[...document.querySelectorAll('#waterfall .row')].map((r) => \
+     [r.children[0].textContent, r.children[1].firstChild.textContent.trim().replace(/ ✗$/, ''), \
+     r.dataset.span, r.classList.contains('failed')])";
+
+/// Waits until the page's waterfall shows exactly the rows `/api/traces/{trace}`
+/// holds (spans may still be arriving: then it looks again), and returns them.
+fn waterfall_as_shown(
+    browser: &webdriver::Browser,
+    address: &str,
+    trace: &str,
+) -> Vec<serde_json::Value> {
+    for _ in 0..10 {
+        let held = json_at(address, &format!("/api/traces/{trace}"));
+        let rows = held["rows"].as_array().unwrap().clone();
+        let expected: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!([r["service"], r["name"], r["span_id"], r["error"]]))
+            .collect();
+        let expected = serde_json::Value::Array(expected);
+        let condition =
+            format!("JSON.stringify({SHOWN_ROWS}) === JSON.stringify(arguments[0]) ? true : null");
+        let matched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            browser.wait_for(
+                "the waterfall",
+                &condition,
+                serde_json::json!([expected]),
+                5,
+            )
+        }));
+        if matched.is_ok() {
+            return rows;
+        }
+    }
+    let shown = browser.run(&format!("return {SHOWN_ROWS};"), serde_json::json!([]));
+    panic!(
+        "the page's waterfall never matched the receiver's spans: shows {shown}, holds {}",
+        json_at(address, &format!("/api/traces/{trace}"))
+    );
+}
+
+#[test]
+fn an_order_placed_in_the_browser_is_traced_from_the_click_through_every_service() {
+    let browser = webdriver::Browser::start().unwrap_or_else(|e| panic!("{e}"));
+    let (demo, address, lines) =
+        demo_with_own_server(&["--orders", "20", "--tasks", "20", "--seed", "5"]);
+    let port = address.rsplit(':').next().unwrap();
+    // Reached by another name than 127.0.0.1: the page finds NATS by its own host.
+    browser.goto(&format!("http://localhost:{port}/"));
+    browser.wait_for(
+        "the trace list",
+        "document.querySelectorAll('#traces li').length > 0",
+        serde_json::json!([]),
+        30,
+    );
+
+    // The order form's server side refuses other origins and anything but OTLP
+    // protobuf.
+    assert_eq!(
+        json_at(&address, "/api/config"),
+        serde_json::json!({"orders": true, "why": null})
+    );
+    let upgrade = [
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ];
+    let evil = [&upgrade[..], &["Origin: http://evil.example"]].concat();
+    assert_eq!(
+        http_request(&address, "GET /nats", &evil, b""),
+        (
+            "HTTP/1.1 403 Forbidden".to_owned(),
+            "WebSocket upgrades are accepted from this page only".to_owned()
+        )
+    );
+    let own_origin = format!("Origin: http://{address}");
+    let (status, _) = http_request(
+        &address,
+        "GET /nats",
+        &[&upgrade[..], &[own_origin.as_str()]].concat(),
+        b"",
+    );
+    assert_eq!(status, "HTTP/1.1 101 Switching Protocols");
+    let (status, body) = http_request(
+        &address,
+        "POST /v1/traces",
+        &["Content-Type: application/json", &own_origin],
+        b"{}",
+    );
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        (
+            "HTTP/1.1 415 Unsupported Media Type",
+            "OTLP/HTTP with Content-Type: application/x-protobuf only"
+        )
+    );
+    let (status, body) = http_request(
+        &address,
+        "POST /v1/traces",
+        &["Content-Type: application/x-protobuf", &own_origin],
+        b"\xff\xff\xff",
+    );
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert!(
+        body.starts_with("not an OTLP trace export (protobuf): "),
+        "{body}"
+    );
+    let (status, _) = http_request(
+        &address,
+        "POST /v1/traces",
+        &[
+            "Content-Type: application/x-protobuf",
+            "Origin: http://evil.example",
+        ],
+        b"",
+    );
+    assert_eq!(status, "HTTP/1.1 403 Forbidden");
+
+    // Bad input is refused in the page: a message, nothing published (every
+    // publish is inside a browser span, and none reaches the receiver).
+    for (user, amount, message) in [
+        ("", "42.50", "Enter a customer id (1-1000)."),
+        (
+            "12x",
+            "42.50",
+            "Customer id \"12x\" is not a whole number between 1 and 1000.",
+        ),
+        (
+            "1001",
+            "42.50",
+            "Customer id \"1001\" is not a whole number between 1 and 1000.",
+        ),
+        ("7", "", "Enter an amount (0.01-100000)."),
+        (
+            "7",
+            "-3",
+            "Amount \"-3\" is not a number with at most two decimals.",
+        ),
+        ("7", "0", "Amount 0 is not between 0.01 and 100000."),
+    ] {
+        let said = submit_order(&browser, user, amount);
+        assert_eq!(said["text"], message, "user {user:?} amount {amount:?}");
+        assert_eq!(said["class"], "error");
+    }
+
+    // A good order: placed over NATS WebSocket inside the browser's span.
+    let said = submit_order(&browser, "7", "42.50");
+    assert_eq!(said["class"], "ok", "{said}");
+    let text = said["text"].as_str().unwrap();
+    assert!(text.starts_with("order w-"), "{text}");
+    let trace = said["trace"].as_str().unwrap().to_owned();
+    assert_eq!(trace.len(), 32, "{said}");
+    assert!(
+        text.ends_with(&format!(" placed · trace {trace}")),
+        "{text}"
+    );
+
+    // Listed once every service has handled it, then opened by the page.
+    let services = [
+        "web-shop",
+        "order-service",
+        "inventory-service",
+        "users-service",
+        "notification-service",
+    ];
+    browser.wait_for(
+        "the order's trace through every service in the list",
+        "(() => { const li = document.querySelector(`#traces li[data-trace=\"${arguments[0]}\"]`); \
+         return li && arguments[1].every((s) => li.textContent.includes(s)); })()",
+        serde_json::json!([trace, services]),
+        60,
+    );
+    let rows = waterfall_as_shown(&browser, &address, &trace);
+    // The root span is the browser's; the trace runs through every Rust service.
+    assert_eq!(rows[0]["service"], "web-shop", "{rows:#?}");
+    assert_eq!(rows[0]["name"], "request orders.place");
+    assert_eq!(rows[0]["depth"], 0);
+    assert!(
+        rows[1..].iter().all(|r| r["depth"].as_u64() > Some(0)),
+        "{rows:#?}"
+    );
+    let in_trace: HashSet<&str> = rows
+        .iter()
+        .map(|r| r["service"].as_str().unwrap())
+        .collect();
+    for service in services {
+        assert!(in_trace.contains(service), "{service} in {in_trace:?}");
+    }
+    assert!(rows.iter().all(|r| r["error"] == false), "{rows:#?}");
+    let title = browser.run(
+        "return document.getElementById('trace-title').textContent;",
+        serde_json::json!([]),
+    );
+    assert!(
+        title
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Trace {trace} (")),
+        "{title}"
+    );
+
+    // The service map has the order flow's edges.
+    let flows = browser.wait_for(
+        "the order flow on the service map",
+        "(() => { const flows = [...document.querySelectorAll('#map line')].map((l) => l.dataset.flow); \
+         return ['orders.place', 'orders.created', 'users.get'].every((f) => flows.includes(f)) ? flows : null; })()",
+        serde_json::json!([]),
+        30,
+    );
+    let map = json_at(&address, "/api/map");
+    let edge = |from: &str, to: &str, flow: &str| {
+        map["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["from"] == from && e["to"] == to && e["flow"] == flow)
+    };
+    assert!(edge("web-shop", "order-service", "orders.place"), "{map}");
+    assert!(
+        edge("order-service", "inventory-service", "orders.created"),
+        "{map}"
+    );
+    assert!(
+        edge("inventory-service", "users-service", "users.get"),
+        "{map}"
+    );
+    assert!(flows.as_array().unwrap().len() >= 3);
+
+    let screenshot = browser.screenshot();
+    assert_eq!(&screenshot[..8], b"\x89PNG\r\n\x1a\n");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-view.png");
+    std::fs::write(&shot, &screenshot).unwrap();
+    println!("screenshot: {}", shot.display());
+
+    // A failing service shows its error in the waterfall: customer 950 is not on
+    // file, so inventory-service dead-letters the order.
+    let said = submit_order(&browser, "950", "19.99");
+    assert_eq!(said["class"], "ok", "{said}");
+    let failed = said["trace"].as_str().unwrap().to_owned();
+    // The page opens the placed order's trace by itself once it is listed.
+    browser.wait_for(
+        "the failed order's dead letter in its trace",
+        "document.getElementById('trace-title').textContent.includes(arguments[0]) && \
+         [...document.querySelectorAll('#waterfall .row.failed')].some((r) => r.textContent.includes('users-service'))",
+        serde_json::json!([failed]),
+        60,
+    );
+    let rows = waterfall_as_shown(&browser, &address, &failed);
+    let failed_rows: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r["error"] == true)
+        .map(|r| (r["service"].as_str().unwrap(), r["name"].as_str().unwrap()))
+        .collect();
+    assert!(
+        failed_rows.contains(&("users-service", "process users.get")),
+        "{failed_rows:?}"
+    );
+    assert!(
+        failed_rows.contains(&("inventory-service", "process orders.created")),
+        "{failed_rows:?}"
+    );
+    let dead = browser.wait_for(
+        "the dead letter listed",
+        "[...document.querySelectorAll('#dead-letters tbody tr')].map((r) => r.textContent).find((t) => t.includes('unknown customer 950'))",
+        serde_json::json!([]),
+        30,
+    );
+    assert!(
+        dead.as_str().unwrap().starts_with("orders.created"),
+        "{dead}"
+    );
+
+    // The browser's own spans: exactly the two orders placed (the refused
+    // inputs published nothing).
+    let spans = json_at(&address, "/api/traces");
+    let from_browser: Vec<&str> = spans
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| {
+            t["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == "web-shop")
+        })
+        .map(|t| t["trace_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(from_browser.len(), 2, "{from_browser:?}");
+
+    // No console errors from the page's JavaScript.
+    let errors: Vec<serde_json::Value> = browser
+        .console()
+        .into_iter()
+        .filter(|entry| entry["level"] == "SEVERE")
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+
+    // Ctrl-C: the summary counts both, apart from the scripted orders.
+    Command::new("kill")
+        .args(["-INT", &demo.0.id().to_string()])
+        .status()
+        .unwrap();
+    let mut demo = demo;
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert_eq!(demo.0.wait().unwrap().code(), Some(0), "{rest:#?}");
+    // Both were notified; the one for a customer not on file was not reserved
+    // but dead-lettered.
+    let expected = "orders from the web page: 2 placed, 1 reserved, 2 notified, 1 dead-lettered";
+    assert!(
+        rest.iter().any(|l| l.trim() == expected),
+        "{expected}: {rest:#?}"
     );
 }

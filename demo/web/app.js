@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 let selected = null;
+let shownSpans = 0;
 
 function text(tag, content, cls) {
   const el = document.createElement(tag);
@@ -43,6 +44,7 @@ async function getJson(path) {
 }
 
 async function openTrace(id) {
+  const fresh = selected !== id;
   selected = id;
   document.querySelectorAll("#traces li").forEach((li) =>
     li.classList.toggle("selected", li.dataset.trace === id)
@@ -54,6 +56,8 @@ async function openTrace(id) {
     $("trace-title").textContent = `Trace ${id}: ${error.message}`;
     return;
   }
+  if (selected !== id) return;
+  shownSpans = trace.rows.length;
   $("trace-title").textContent = `Trace ${trace.trace_id} (${fmtMs(trace.duration_ms)} ms)`;
   const box = $("waterfall");
   box.replaceChildren();
@@ -84,7 +88,7 @@ async function openTrace(id) {
     });
     box.append(line);
   }
-  $("attributes").textContent = "Click a span for its attributes.";
+  if (fresh) $("attributes").textContent = "Click a span for its attributes.";
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -95,15 +99,53 @@ function svg(tag, attrs, content) {
   return el;
 }
 
+// Services in columns by how far down the message flow they sit (sources on
+// the left), each edge labelled with its flow, count and latency.
 function renderMap(map) {
   const root = $("map");
   root.replaceChildren();
-  const cx = 450, cy = 210, r = 160;
+  const depth = Object.fromEntries(map.nodes.map((n) => [n, 0]));
+  for (let round = 0; round < map.nodes.length; round++) {
+    for (const edge of map.edges) {
+      if (edge.from !== edge.to && depth[edge.to] < depth[edge.from] + 1) {
+        depth[edge.to] = depth[edge.from] + 1;
+      }
+    }
+  }
+  const columns = [];
+  for (const node of map.nodes) (columns[depth[node]] ||= []).push(node);
+  // Fewer crossings: order each column by the mean position of its neighbours
+  // in the column before (then after), a few sweeps.
+  const position = {};
+  const place = () => columns.forEach((nodes) => nodes.forEach((n, i) => { position[n] = i / nodes.length; }));
+  const mean = (node, neighbours) => {
+    const at = neighbours(node).map((n) => position[n]).filter((p) => p !== undefined);
+    return at.length ? at.reduce((a, b) => a + b, 0) / at.length : position[node];
+  };
+  const from = (node) => map.edges.filter((e) => e.to === node).map((e) => e.from);
+  const to = (node) => map.edges.filter((e) => e.from === node).map((e) => e.to);
+  columns.forEach((nodes) => nodes?.sort());
+  place();
+  for (let sweep = 0; sweep < 4; sweep++) {
+    const neighbours = sweep % 2 === 0 ? from : to;
+    const order = sweep % 2 === 0 ? columns : [...columns].reverse();
+    for (const nodes of order) {
+      if (!nodes) continue;
+      nodes.sort((a, b) => mean(a, neighbours) - mean(b, neighbours));
+      place();
+    }
+  }
+  const width = 900, height = 420;
   const at = {};
-  map.nodes.forEach((node, i) => {
-    const angle = (2 * Math.PI * i) / Math.max(map.nodes.length, 1) - Math.PI / 2;
-    at[node] = [cx + r * 1.6 * Math.cos(angle), cy + r * Math.sin(angle)];
+  columns.forEach((nodes, column) => {
+    (nodes || []).forEach((node, row) => {
+      at[node] = [
+        90 + (column * (width - 180)) / Math.max(columns.length - 1, 1),
+        40 + ((row + 0.5) * (height - 60)) / nodes.length,
+      ];
+    });
   });
+  const labels = [];
   map.edges.forEach((edge, i) => {
     const [x1, y1] = at[edge.from];
     const [x2, y2] = at[edge.to];
@@ -112,16 +154,23 @@ function renderMap(map) {
       x1, y1, x2, y2, stroke: color, "stroke-width": 1.5,
       "stroke-dasharray": edge.dead_letter ? "5,4" : "", "data-flow": edge.flow,
     }));
-    const label = edge.p50_ms === null
-      ? `${edge.flow} ×${edge.messages}`
-      : `${edge.flow} ×${edge.messages} p50 ${fmtMs(edge.p50_ms)} p99 ${fmtMs(edge.p99_ms)} ms`;
-    const offset = (i % 3) * 12 - 12;
-    root.append(svg("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 + offset, "font-size": 10, fill: color, "text-anchor": "middle" }, label));
+    const lines = [`${edge.flow} ×${edge.messages}`];
+    if (edge.p50_ms !== null) lines.push(`p50 ${fmtMs(edge.p50_ms)} · p99 ${fmtMs(edge.p99_ms)} ms`);
+    // Labels on the edge's middle, moved down while they would overlap another.
+    let [x, y] = [(x1 + x2) / 2, (y1 + y2) / 2 - 4];
+    while (labels.some(([lx, ly]) => Math.abs(lx - x) < 120 && Math.abs(ly - y) < 22)) y += 12;
+    labels.push([x, y]);
+    lines.forEach((line, n) => {
+      root.append(svg("text", {
+        x, y: y + n * 11, "font-size": 10, fill: color, "text-anchor": "middle",
+        class: "edge-label",
+      }, line));
+    });
   });
   for (const node of map.nodes) {
     const [x, y] = at[node];
     root.append(svg("circle", { cx: x, cy: y, r: 7, fill: node === "dead letters" ? "#c62828" : "#22304a" }));
-    root.append(svg("text", { x, y: y - 12, "font-size": 12, "text-anchor": "middle" }, node));
+    root.append(svg("text", { x, y: y - 12, "font-size": 12, "text-anchor": "middle", class: "node-label" }, node));
   }
 }
 
@@ -133,12 +182,12 @@ function renderHistograms(h) {
     const panel = document.createElement("div");
     panel.className = "hist";
     panel.append(text("h3", `${name}: ${d.count} · p50 ${fmtMs(d.p50_ms)} · p99 ${fmtMs(d.p99_ms)}`));
-    const chart = svg("svg", { width: 260, height: 110, role: "img", "aria-label": name });
+    const chart = svg("svg", { width: 340, height: 110, role: "img", "aria-label": name });
     const max = Math.max(...d.buckets, 1);
     d.buckets.forEach((count, i) => {
       const height = (count / max) * 80;
-      chart.append(svg("rect", { x: i * 20 + 2, y: 85 - height, width: 16, height, fill: "#4a78c2" }));
-      chart.append(svg("text", { x: i * 20 + 10, y: 100, "font-size": 7, "text-anchor": "middle" }, labels[i]));
+      chart.append(svg("rect", { x: i * 26 + 2, y: 85 - height, width: 21, height, fill: "#4a78c2" }));
+      chart.append(svg("text", { x: i * 26 + 12, y: 100, "font-size": 8, "text-anchor": "middle" }, labels[i]));
     });
     panel.append(chart);
     box.append(panel);
@@ -175,11 +224,39 @@ async function refreshPanels() {
   }
 }
 
+// The trace of the order placed last from the form: opened once it is listed
+// with the order-service's spans in it (it completes a moment after the reply).
+let awaited = null;
+window.addEventListener("order-placed", (event) => { awaited = event.detail.traceId; });
+
+async function configureOrderForm() {
+  try {
+    const config = await getJson("/api/config");
+    if (!config.orders) {
+      const form = $("order-form");
+      for (const field of form.elements) field.disabled = true;
+      $("order-result").textContent = `The order form is off: ${config.why}`;
+    }
+  } catch (error) {
+    $("order-result").textContent = `The order form is off: ${error.message}`;
+  }
+}
+configureOrderForm();
+
 const events = new EventSource("/events");
 events.addEventListener("update", (event) => {
   const update = JSON.parse(event.data);
   $("status").textContent = `${update.spans} spans received`;
   renderTraces(update.traces);
   refreshPanels();
+  // Open the placed order's trace once listed; keep the open trace current
+  // while its spans arrive.
+  if (awaited && update.traces.some((t) => t.trace_id === awaited)) {
+    openTrace(awaited);
+    awaited = null;
+  } else if (selected) {
+    const listed = update.traces.find((t) => t.trace_id === selected);
+    if (listed && listed.spans !== shownSpans) openTrace(selected);
+  }
 });
 events.addEventListener("error", () => { $("status").textContent = "disconnected (retrying)…"; });

@@ -49,20 +49,25 @@ impl NatsServer {
 
     /// Starts a server with `config` (nats-server configuration syntax: a
     /// `websocket` or `leafnodes` block, say) on top of the usual loopback port and
-    /// JetStream store. The file lives in the server's temp dir.
+    /// JetStream store. The file lives in the server's temp dir. Panics when it
+    /// cannot.
     pub fn start_with_config(config: &str) -> Self {
-        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir for JetStream: {e}"));
+        Self::try_start_with_config(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a server with `config`, or says why it could not.
+    pub fn try_start_with_config(config: &str) -> Result<Self, Error> {
+        let store = tempfile::tempdir().map_err(|e| format!("temp dir for JetStream: {e}"))?;
         let path = store.path().join("server.conf");
-        std::fs::write(&path, config).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        std::fs::write(&path, config).map_err(|e| format!("writing {}: {e}", path.display()))?;
         let extra = vec!["-c".to_owned(), path.display().to_string()];
-        let (child, port) =
-            Self::spawn(store.path(), None, &extra).unwrap_or_else(|e| panic!("{e}"));
-        Self {
+        let (child, port) = Self::spawn(store.path(), None, &extra)?;
+        Ok(Self {
             child,
             port,
             store,
             extra,
-        }
+        })
     }
 
     /// The server's process id (the benchmark reads its CPU time).
