@@ -73,6 +73,54 @@ pub(crate) async fn pub_sub(
             }
             let _ = publisher.await;
         }
+        Tracing::HandWrittenDropped => {
+            let provider = &telemetry.as_ref().expect("telemetry").provider;
+            let tracer = Arc::new(opentelemetry::global::BoxedTracer::new(Box::new(
+                provider.tracer("hand-written"),
+            )));
+            let mut sub = raw.subscribe("bench.core").await.expect("subscribe");
+            sync(&raw).await;
+            start_cpu = cpu_seconds();
+            started = Instant::now();
+            let publisher = {
+                let raw = raw.clone();
+                let tracer = tracer.clone();
+                tokio::spawn(async move {
+                    let propagation = Propagation::new();
+                    let mut pace = Pace::new(pace);
+                    for _ in 0..n {
+                        pace.next().await;
+                        let cx = hand_span(
+                            &tracer,
+                            "publish bench.core",
+                            SpanKind::Producer,
+                            &opentelemetry::Context::current(),
+                        );
+                        let headers = propagation.headers_of(&cx);
+                        let _ = raw
+                            .publish_with_headers("bench.core", headers, payload.clone())
+                            .await;
+                        cx.span().end();
+                    }
+                })
+            };
+            let propagation = Propagation::new();
+            for _ in 0..n {
+                let Some(message) = sub.next().await else {
+                    break;
+                };
+                let parent = match &message.headers {
+                    Some(headers) => propagation
+                        .propagator
+                        .extract(&nats_otel::HeaderExtractor(headers)),
+                    None => opentelemetry::Context::new(),
+                };
+                let cx = hand_span(&tracer, "process bench.core", SpanKind::Consumer, &parent);
+                drop(message);
+                cx.span().end();
+            }
+            let _ = publisher.await;
+        }
         Tracing::HandWritten => {
             let provider = &telemetry.as_ref().expect("sampled telemetry").provider;
             let tracer = Arc::new(provider.tracer("hand-written"));
@@ -254,6 +302,9 @@ pub(crate) async fn publish_only(
     let raw = async_nats::connect(url).await.expect("connect");
     let client = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
     let mut propagation = Propagation::new();
+    let hand_tracer = telemetry.as_ref().map(|t| {
+        opentelemetry::global::BoxedTracer::new(Box::new(t.provider.tracer("hand-written")))
+    });
     let mut pace = Pace::new(pace);
     let start_cpu = cpu_seconds();
     let started = Instant::now();
@@ -262,6 +313,20 @@ pub(crate) async fn publish_only(
         match tracing {
             Tracing::Raw => {
                 let _ = raw.publish("bench.only", payload.clone()).await;
+            }
+            Tracing::HandWrittenDropped => {
+                let tracer = hand_tracer.as_ref().expect("telemetry");
+                let cx = hand_span(
+                    tracer,
+                    "publish bench.only",
+                    SpanKind::Producer,
+                    &opentelemetry::Context::current(),
+                );
+                let headers = propagation.headers_of(&cx);
+                let _ = raw
+                    .publish_with_headers("bench.only", headers, payload.clone())
+                    .await;
+                cx.span().end();
             }
             Tracing::Propagation => {
                 let headers = propagation.headers();
@@ -327,7 +392,8 @@ pub(crate) async fn pool(url: &str, tracing: Tracing, connections: usize) -> Sam
 
 /// Core NATS tables: publish only, pub→sub, fixed-rate, request/reply, pool.
 pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
-    // Row indices below: raw 0, header-only 1, propagation 2, off 3, sampled 4, drops 5.
+    // Row indices below: raw 0, header-only 1, propagation 2, off 3, sampled 4, drops 5,
+    // hand-written drops 6.
     let core = [
         Tracing::Raw,
         Tracing::HeaderOnly,
@@ -335,6 +401,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         Tracing::Off,
         Tracing::Sampled,
         Tracing::Dropped,
+        Tracing::HandWrittenDropped,
     ];
     for size in [16usize, 1024] {
         let mut variants = named(&core);
@@ -349,7 +416,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         )
         .await;
         if let Some(sdk) = sdk {
-            note(out, unsampled(&rows, 5, 2, 1.0, sdk.dropped));
+            note(out, unsampled(&rows, 5, 2, Some(6), 1.0, sdk.dropped));
         }
         if size == 16 {
             note(out, filter_cost(&rows));
@@ -385,7 +452,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         )
         .await;
         if let Some(sdk) = sdk {
-            note(out, unsampled(&rows, 5, 2, 2.0, sdk.dropped));
+            note(out, unsampled(&rows, 5, 2, Some(6), 2.0, sdk.dropped));
             let spans = sdk_cost_in(&rows, sdk.plain + sdk.linked);
             note(
                 out,
@@ -411,12 +478,14 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
     }
 
     // The unsampled target at one fixed rate, where batching is alike for every
-    // variant. Row indices: raw 0, propagation 1, drops 2, sampled 3.
+    // variant. Row indices: raw 0, propagation 1, drops 2, sampled 3, hand-written
+    // drops 4.
     let paced = named(&[
         Tracing::Raw,
         Tracing::Propagation,
         Tracing::Dropped,
         Tracing::Sampled,
+        Tracing::HandWrittenDropped,
     ]);
     for size in [16usize, 1024] {
         for subscribed in [false, true] {
@@ -447,7 +516,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
             .await;
             if let Some(sdk) = sdk {
                 let spans = if subscribed { 2.0 } else { 1.0 };
-                note(out, unsampled(&rows, 2, 1, spans, sdk.dropped));
+                note(out, unsampled(&rows, 2, 1, Some(4), spans, sdk.dropped));
             }
         }
     }

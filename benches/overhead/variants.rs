@@ -72,6 +72,11 @@ pub(crate) enum Tracing {
     Sampled,
     /// nats-otel with a parent-based sampler that drops root spans.
     Dropped,
+    /// No nats-otel: `Propagation` plus the SDK spans an instrumentation must
+    /// make (a producer span per publish, a process span per delivery, with the
+    /// SDK table's 9 attributes, through a `BoxedTracer`), with the sampler of
+    /// `Dropped`: the SDK's cost of dropped spans where they are made.
+    HandWrittenDropped,
     /// Every message sampled, with the SDK's default batch settings (queue 2048).
     SampledDefaultQueue,
     /// No nats-otel: producer and consumer spans written by hand on raw
@@ -107,6 +112,9 @@ impl Tracing {
             Tracing::Off => "nats-otel, tracing off",
             Tracing::Sampled => "nats-otel, all sampled",
             Tracing::Dropped => "nats-otel, sampler drops",
+            Tracing::HandWrittenDropped => {
+                "hand-written: propagation + SDK spans on raw async-nats, sampler drops"
+            }
             Tracing::SampledDefaultQueue => "nats-otel, all sampled, default batch queue",
             Tracing::HandWritten => "hand-written OTel on raw async-nats, all sampled",
             Tracing::MetricsOnly => "nats-otel, metrics only (tracing off)",
@@ -144,7 +152,9 @@ pub(crate) fn telemetry(tracing: Tracing) -> Option<Telemetry> {
         | Tracing::ServerNode
         // Tracing stays off in the instrumentation: no span is made.
         | Tracing::MetricsOnly => Sampler::AlwaysOn,
-        Tracing::Dropped => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        Tracing::Dropped | Tracing::HandWrittenDropped => {
+            Sampler::ParentBased(Box::new(Sampler::AlwaysOff))
+        }
         _ => return None,
     };
     let config = match tracing {
@@ -239,12 +249,47 @@ pub(crate) struct Propagation {
     pub(crate) next: u64,
 }
 
+/// A span as a hand-written instrumentation makes it (the SDK table's
+/// attributes), child of `parent`.
+pub(crate) fn hand_span(
+    tracer: &opentelemetry::global::BoxedTracer,
+    name: &'static str,
+    kind: opentelemetry::trace::SpanKind,
+    parent: &opentelemetry::Context,
+) -> opentelemetry::Context {
+    use opentelemetry::trace::{TraceContextExt, Tracer};
+    use opentelemetry::KeyValue;
+    let builder = opentelemetry::trace::SpanBuilder::from_name(name)
+        .with_kind(kind)
+        .with_attributes(vec![
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.client.id", "42"),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 4222_i64),
+            KeyValue::new("messaging.operation.name", "publish"),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.name", "bench.core"),
+            KeyValue::new("messaging.destination.template", "bench.core"),
+            KeyValue::new("messaging.message.body.size", 16_i64),
+        ]);
+    let span = tracer.build_with_context(builder, parent);
+    parent.with_span(span)
+}
+
 impl Propagation {
     pub(crate) fn new() -> Self {
         Self {
             propagator: W3cPropagator::new(),
             next: 0x9e37_79b9_7f4a_7c15,
         }
+    }
+
+    /// Headers carrying `cx`.
+    pub(crate) fn headers_of(&self, cx: &opentelemetry::Context) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        self.propagator
+            .inject_context(cx, &mut nats_otel::HeaderInjector(&mut headers));
+        headers
     }
 
     /// Headers carrying a new trace context.
