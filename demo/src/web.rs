@@ -23,7 +23,10 @@
 //!
 //! It has no authentication: it listens on loopback unless told otherwise, and
 //! sends no CORS headers, so other origins' pages cannot read it, and refuses
-//! span uploads and WebSocket upgrades from other origins.
+//! span uploads and WebSocket upgrades from other origins. On a loopback address
+//! it also answers only requests whose `Host` is an IP address or `localhost`,
+//! so a page whose own name was made to resolve to 127.0.0.1 (DNS rebinding)
+//! cannot reach it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -200,6 +203,11 @@ pub fn serve(bound: Bound, sources: Sources) -> WebView {
         )
         .route("/nats", get(nats_socket))
         .with_state(shared);
+    let app = if address.ip().is_loopback() {
+        app.layer(axum::middleware::from_fn(loopback_hosts_only))
+    } else {
+        app
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -227,6 +235,46 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
         .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+}
+
+/// Whether `host` (a `Host` header: name or address, with or without a port)
+/// names this machine's loopback directly: an IP address or `localhost`.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[::1]:8088`
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// On a loopback address: refuses requests for other host names (DNS rebinding).
+async fn loopback_hosts_only(request: Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if loopback_host(host) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            "this view listens on loopback: reach it as localhost or by IP address",
+        )
+            .into_response()
+    }
 }
 
 /// The order form's settings.
@@ -483,4 +531,31 @@ async fn events(
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn loopback_views_answer_ip_addresses_and_localhost_only() {
+        for host in [
+            "127.0.0.1:8088",
+            "localhost:8088",
+            "LOCALHOST",
+            "[::1]:8088",
+            "10.0.0.2",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8088",
+            "evil.example",
+            "",
+            "127.0.0.1.evil.example:80",
+            "[evil]:1",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
 }

@@ -373,7 +373,13 @@ fn http_get(
 fn http_request(address: &str, head: &str, extra: &[&str], body: &[u8]) -> (String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).expect("web view reachable");
-    let mut request = format!("{head} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let mut request = format!("{head} HTTP/1.1\r\nConnection: close\r\n");
+    if !extra
+        .iter()
+        .any(|l| l.to_ascii_lowercase().starts_with("host:"))
+    {
+        request.push_str(&format!("Host: {address}\r\n"));
+    }
     for line in extra {
         request.push_str(line);
         request.push_str("\r\n");
@@ -436,6 +442,20 @@ fn the_web_view_serves_live_traces_a_service_map_and_dead_letters_until_ctrl_c()
 
     let (status, headers, page) = http_get(&address, "/", None);
     assert_eq!(status, "HTTP/1.1 200 OK");
+    // A page whose own name was made to resolve to 127.0.0.1 is refused.
+    let (status, body) = http_request(
+        &address,
+        "GET /api/traces",
+        &["Host: rebound.example:8088"],
+        b"",
+    );
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        (
+            "HTTP/1.1 403 Forbidden",
+            "this view listens on loopback: reach it as localhost or by IP address"
+        )
+    );
     // With NATS_URL set the order form is off, and says why.
     let config = json_at(&address, "/api/config");
     assert_eq!(config["orders"], false);
