@@ -16,15 +16,6 @@ use crate::services::Error;
 use crate::RunArgs;
 use nats_otel_testkit::{receiver, NatsServer};
 
-/// A loopback port free right now, or why there is none.
-fn free_port() -> Result<u16, Error> {
-    Ok(
-        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port(),
-    )
-}
-
 fn validate(args: &RunArgs) -> Result<(), Error> {
     let rate = |name: &str, v: f64| -> Result<(), Error> {
         if (0.0..=1.0).contains(&v) {
@@ -344,7 +335,10 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
             std::env::set_var("NATS_SERVER_BIN", &bin);
             match &bound {
                 Some(bound) => {
-                    let ws = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                    let ws = std::net::SocketAddr::from((
+                        [127, 0, 0, 1],
+                        nats_otel_testkit::try_free_port()?,
+                    ));
                     let origin = bound.origin();
                     let server = NatsServer::try_start_with_config(&format!(
                         "websocket {{\n  listen: \"{ws}\"\n  no_tls: true\n  \

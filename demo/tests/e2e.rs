@@ -515,6 +515,18 @@ fn the_web_view_serves_live_traces_a_service_map_and_dead_letters_until_ctrl_c()
         "process spans show their link to the producer"
     );
 
+    // The dead-letter publish span may be exported after the run's end: wait
+    // (on the view's updates) until the map has its edge.
+    let has_dead_letter_edge = |map: &serde_json::Value| {
+        map["edges"].as_array().is_some_and(|edges| {
+            edges
+                .iter()
+                .any(|e| e["from"] == "task-worker" && e["to"] == "dead letters")
+        })
+    };
+    await_event(&address, "/events", |_| {
+        has_dead_letter_edge(&json_at(&address, "/api/map"))
+    });
     let map = json_at(&address, "/api/map");
     let edges: Vec<(String, String, String, bool)> = map["edges"]
         .as_array()
@@ -621,8 +633,14 @@ fn await_event(
         "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
     )
     .unwrap();
+    // Keep-alive comments arrive every 15 s: bound the whole wait too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     for line in std::io::BufReader::new(stream).lines() {
         let line = line.expect("an event within 30 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no awaited event within 60 s"
+        );
         if let Some(data) = line.strip_prefix("data: ") {
             let value: serde_json::Value = serde_json::from_str(data).unwrap();
             if done(&value) {

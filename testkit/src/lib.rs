@@ -9,7 +9,7 @@ pub mod receiver;
 pub mod server;
 
 pub use receiver::{Receiver, SpanRecord, Store};
-pub use server::{free_port, NatsCluster, NatsServer};
+pub use server::{free_port, try_free_port, NatsCluster, NatsServer};
 
 /// Errors this harness reports instead of panicking.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;

@@ -246,8 +246,13 @@ impl NatsCluster {
 /// leaf nodes). Another process could take it before it is used; tests retry
 /// nothing, so a clash shows as a server that does not start.
 pub fn free_port() -> u16 {
+    try_free_port().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`free_port`], or why there is none.
+pub fn try_free_port() -> Result<u16, Error> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+        .map_err(|e| format!("no free loopback port: {e}").into())
 }
