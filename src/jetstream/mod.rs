@@ -291,6 +291,29 @@ impl Context {
     /// synchronously, so the returned future holds only async-nats's publish,
     /// the span and the timer (it is boxed per message: small enough for the
     /// allocator's per-thread cache).
+    /// [`send_traced`](Self::send_traced), or straight to async-nats when this
+    /// crate has nothing to do ([`passthrough`](Self::passthrough)), as
+    /// [`publish`](Self::publish) does.
+    pub(crate) async fn send_or_pass(
+        &self,
+        subject: async_nats::Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
+        if self.passthrough() {
+            let inner = match headers {
+                Some(headers) => {
+                    self.inner
+                        .publish_with_headers(subject, headers, payload)
+                        .await?
+                }
+                None => self.inner.publish(subject, payload).await?,
+            };
+            return Ok(PublishAckFuture::untraced(inner));
+        }
+        self.send_traced(subject, headers, payload).await
+    }
+
     pub(crate) fn send_traced(
         &self,
         subject: async_nats::Subject,

@@ -344,7 +344,8 @@ impl Pipeline {
         let permit = self.room().await?;
         let pending = match message_id {
             Some(id) => self.js.send_with_id(subject, id, headers, payload).await?,
-            None => self.js.send_traced(subject, headers, payload).await?,
+            // Tracing and metrics off: nothing of this crate's per message.
+            None => self.js.send_or_pass(subject, headers, payload).await?,
         };
         self.open.0.get_or_init(|| {
             tokio::spawn(drive(self.queue.clone()));

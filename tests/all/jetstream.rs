@@ -404,6 +404,43 @@ async fn pipelined_publishes_stay_bounded_and_each_span_ends_at_its_own_ack() {
 }
 
 #[tokio::test]
+async fn a_pipeline_with_tracing_and_metrics_off_stays_bounded_and_acks_every_publish() {
+    // Nothing of this crate's to do per message: publishes go straight to
+    // async-nats, with the same window and acks.
+    let server = NatsServer::start();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let client = nats_otel::Client::new(
+        raw,
+        nats_otel::Instrumentation::builder()
+            .with_tracing(false)
+            .with_metrics(false)
+            .build(),
+    );
+    let js = nats_otel::jetstream::new(&client);
+    orders_consumer(&js, "").await;
+
+    const N: usize = 500;
+    const MAX: usize = 16;
+    let pipeline = js.pipeline(MAX);
+    let mut handles = Vec::with_capacity(N);
+    for _ in 0..N {
+        handles.push(pipeline.publish("orders.plain", "x".into()).await.unwrap());
+        assert!(pipeline.in_flight() <= MAX);
+    }
+    let mut sequences = Vec::with_capacity(N);
+    for handle in handles {
+        sequences.push(handle.await.unwrap().sequence);
+    }
+    // In publish order, one stored message each.
+    assert_eq!(sequences, (1..=N as u64).collect::<Vec<_>>());
+    assert_eq!(pipeline.in_flight(), 0);
+    let mut stream = js.inner().get_stream("ORDERS").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, N as u64);
+    let stored = stream.get_raw_message(1).await.unwrap();
+    assert!(stored.headers.get("traceparent").is_none());
+}
+
+#[tokio::test]
 async fn pipelined_acks_are_awaited_even_when_nobody_awaits_the_handles() {
     let server = NatsServer::start();
     let telemetry = Telemetry::new();
