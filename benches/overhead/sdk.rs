@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
-use opentelemetry::KeyValue;
 
 use crate::*;
 
@@ -42,17 +41,7 @@ fn sdk_spans(tracing: Tracing, plain: u32, linked: u32, n: u64) -> Sample {
         let link = i % per_message >= u64::from(plain);
         let mut builder = opentelemetry::trace::SpanBuilder::from_name("publish bench.core")
             .with_kind(SpanKind::Producer)
-            .with_attributes(vec![
-                KeyValue::new("messaging.system", "nats"),
-                KeyValue::new("messaging.client.id", "42"),
-                KeyValue::new("server.address", "127.0.0.1"),
-                KeyValue::new("server.port", 4222_i64),
-                KeyValue::new("messaging.operation.name", "publish"),
-                KeyValue::new("messaging.operation.type", "send"),
-                KeyValue::new("messaging.destination.name", "bench.core"),
-                KeyValue::new("messaging.destination.template", "bench.core"),
-                KeyValue::new("messaging.message.body.size", 16_i64),
-            ]);
+            .with_attributes(sdk_attributes());
         if link {
             builder = builder.with_links(vec![opentelemetry::trace::Link::with_context(
                 linked.clone(),

@@ -249,6 +249,23 @@ pub(crate) struct Propagation {
     pub(crate) next: u64,
 }
 
+/// The nine messaging attributes of the SDK table's spans (and of the
+/// hand-written unsampled rows' spans).
+pub(crate) fn sdk_attributes() -> Vec<opentelemetry::KeyValue> {
+    use opentelemetry::KeyValue;
+    vec![
+        KeyValue::new("messaging.system", "nats"),
+        KeyValue::new("messaging.client.id", "42"),
+        KeyValue::new("server.address", "127.0.0.1"),
+        KeyValue::new("server.port", 4222_i64),
+        KeyValue::new("messaging.operation.name", "publish"),
+        KeyValue::new("messaging.operation.type", "send"),
+        KeyValue::new("messaging.destination.name", "bench.core"),
+        KeyValue::new("messaging.destination.template", "bench.core"),
+        KeyValue::new("messaging.message.body.size", 16_i64),
+    ]
+}
+
 /// A span as a hand-written instrumentation makes it (the SDK table's
 /// attributes), child of `parent`.
 pub(crate) fn hand_span(
@@ -258,20 +275,9 @@ pub(crate) fn hand_span(
     parent: &opentelemetry::Context,
 ) -> opentelemetry::Context {
     use opentelemetry::trace::{TraceContextExt, Tracer};
-    use opentelemetry::KeyValue;
     let builder = opentelemetry::trace::SpanBuilder::from_name(name)
         .with_kind(kind)
-        .with_attributes(vec![
-            KeyValue::new("messaging.system", "nats"),
-            KeyValue::new("messaging.client.id", "42"),
-            KeyValue::new("server.address", "127.0.0.1"),
-            KeyValue::new("server.port", 4222_i64),
-            KeyValue::new("messaging.operation.name", "publish"),
-            KeyValue::new("messaging.operation.type", "send"),
-            KeyValue::new("messaging.destination.name", "bench.core"),
-            KeyValue::new("messaging.destination.template", "bench.core"),
-            KeyValue::new("messaging.message.body.size", 16_i64),
-        ]);
+        .with_attributes(sdk_attributes());
     let span = tracer.build_with_context(builder, parent);
     parent.with_span(span)
 }
