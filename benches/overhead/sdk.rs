@@ -186,7 +186,7 @@ pub(crate) fn ceiling(
     let share = rows.get(target.sampled).map_or(String::new(), |sampled| {
         let share = sampled.median(|s| s.per_second) / best;
         format!(
-            " \"{}\" runs at {share:.2}× of this ceiling (target ≥ 0.85: {}).",
+            " \"{}\" runs at {share:.3}× of this ceiling (target ≥ 0.85: {}).",
             sampled.name,
             if share >= 0.85 { "met" } else { "not met" }
         )

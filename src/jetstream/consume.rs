@@ -30,13 +30,17 @@ impl ConsumerShared {
         let inst = telemetry.inst();
         let (compressed, decode_error) = decode_in_place(inst, &mut message.message);
         let info = if inst.tracing_enabled() || inst.metrics_enabled() {
-            message.info().ok().map(|info| Sequence {
-                stream: info.stream_sequence,
-                consumer: info.consumer_sequence,
-                delivered: info.delivered,
-                pending: info.pending,
-                age: crate::metrics::age_of(info.published.unix_timestamp_nanos()),
-            })
+            message
+                .reply
+                .as_deref()
+                .and_then(super::reply::parse)
+                .map(|info| Sequence {
+                    stream: info.stream_sequence,
+                    consumer: info.consumer_sequence,
+                    delivered: info.delivered,
+                    pending: info.pending,
+                    age: crate::metrics::age_of(info.published),
+                })
         } else {
             None
         };

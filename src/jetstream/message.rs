@@ -36,6 +36,22 @@ pub struct Message {
     pub(crate) sequence: Option<(u64, i64)>,
 }
 
+impl Message {
+    /// How many times the server has delivered this message (1 when its reply
+    /// subject does not say): from the delivery's parse when there was one.
+    pub(crate) fn delivered(&self) -> i64 {
+        match self.sequence {
+            Some((_, delivered)) => delivered,
+            None => self
+                .inner
+                .reply
+                .as_deref()
+                .and_then(super::reply::parse)
+                .map_or(1, |info| info.delivered),
+        }
+    }
+}
+
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
@@ -171,7 +187,7 @@ impl ConsumerShared {
                     self.stream_value.clone(),
                 ));
                 let sequence = message.sequence.or_else(|| {
-                    let info = message.inner.info().ok()?;
+                    let info = super::reply::parse(message.inner.reply.as_deref()?)?;
                     Some((info.stream_sequence, info.delivered))
                 });
                 if let Some((stream, delivered)) = sequence {

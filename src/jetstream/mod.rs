@@ -73,6 +73,7 @@ mod manage;
 pub mod message;
 pub mod object_store;
 mod publishing;
+mod reply;
 mod shared;
 pub mod stream;
 mod worker;

@@ -5,8 +5,10 @@
 //! [`HealthSeries`]) and per connection for client operations
 //! ([`OpSeriesCache`], bounded).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use opentelemetry::metrics::{BoundCounter, BoundGauge, BoundHistogram};
@@ -220,9 +222,27 @@ pub(crate) const MAX_OP_SERIES: usize = 1024;
 
 /// The operation series of one connection, by operation, type, template and
 /// consumer group.
-#[derive(Default)]
 pub(crate) struct OpSeriesCache {
+    /// Tells this cache's entry in [`LAST_SERIES`] from another cache's.
+    id: u64,
     map: RwLock<Cached>,
+}
+
+impl Default for OpSeriesCache {
+    fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            map: RwLock::default(),
+        }
+    }
+}
+
+thread_local! {
+    /// The (bound) series this thread looked up last, with its cache's id: a
+    /// publisher sending to one template again and again finds it with one
+    /// comparison, without hashing the key or taking the map's lock.
+    static LAST_SERIES: RefCell<Option<(u64, Arc<OpSeries>)>> = const { RefCell::new(None) };
 }
 
 #[derive(Default)]
@@ -267,6 +287,18 @@ impl OpSeriesCache {
         group: Option<&str>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Arc<OpSeries> {
+        let last = LAST_SERIES
+            .try_with(|last| {
+                let last = last.try_borrow().ok()?;
+                let (id, series) = last.as_ref()?;
+                (*id == self.id && series.key.is(operation, ty, template, group))
+                    .then(|| series.clone())
+            })
+            .ok()
+            .flatten();
+        if let Some(series) = last {
+            return series;
+        }
         let hash = Fast::default().hash_one((operation, ty, template, group));
         let mut cached = false;
         {
@@ -275,6 +307,8 @@ impl OpSeriesCache {
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(series) = map.find(hash, operation, ty, template, group) {
+                drop(map);
+                self.remember(&series);
                 return series;
             }
             if map.len < MAX_OP_SERIES {
@@ -288,6 +322,8 @@ impl OpSeriesCache {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(series) = locked.find(hash, operation, ty, template, group) {
+                drop(locked);
+                self.remember(&series);
                 return series;
             }
             cached = locked.len < MAX_OP_SERIES;
@@ -309,7 +345,55 @@ impl OpSeriesCache {
         if let Some(mut map) = map.filter(|_| cached) {
             map.by_hash.entry(hash).or_default().push(series.clone());
             map.len += 1;
+            drop(map);
+            self.remember(&series);
         }
         series
+    }
+
+    /// Makes `series` (one of this cache's) this thread's last.
+    fn remember(&self, series: &Arc<OpSeries>) {
+        let _ = LAST_SERIES.try_with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some((self.id, series.clone()));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::metrics::MeterProvider as _;
+
+    #[test]
+    fn each_connection_gets_its_own_series_when_one_thread_alternates_between_them() {
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build();
+        let instruments = Arc::new(Instruments::new(&provider.meter("test")));
+        let (a, b) = (OpSeriesCache::default(), OpSeriesCache::default());
+        let get = |cache: &OpSeriesCache, port: i64, template: &str| {
+            cache.get(
+                &instruments,
+                "publish",
+                Some("send"),
+                template,
+                None,
+                || vec![KeyValue::new("server.port", port)],
+            )
+        };
+        let port = |series: &OpSeries| series.attributes[0].value.clone();
+        for _ in 0..3 {
+            // Same key, two caches, one thread: the last-series slot must not
+            // hand one connection's series to the other.
+            let (x, y) = (get(&a, 1, "orders"), get(&b, 2, "orders"));
+            assert_eq!(port(&x), opentelemetry::Value::I64(1));
+            assert_eq!(port(&y), opentelemetry::Value::I64(2));
+            assert!(Arc::ptr_eq(&x, &get(&a, 9, "orders")), "cached series");
+            let other = get(&a, 3, "users");
+            assert_eq!(port(&other), opentelemetry::Value::I64(3));
+            assert_eq!(&*other.key.template, "users");
+        }
+        assert_eq!(a.map.read().expect("lock").len, 2);
+        assert_eq!(b.map.read().expect("lock").len, 1);
     }
 }

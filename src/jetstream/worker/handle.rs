@@ -33,8 +33,7 @@ impl Shared {
         H: Fn(Task) -> Fut,
         Fut: Future<Output = Result<(), HandlerError>>,
     {
-        let info = delivery.info().ok();
-        let delivered = info.as_ref().map_or(1, |info| info.delivered);
+        let delivered = delivery.delivered();
         // The message's id, only needed for deduplication.
         let id = match &self.dedup {
             Some(_) => delivery
@@ -43,8 +42,8 @@ impl Shared {
                 .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
                 .map(|v| v.as_str().to_owned())
                 .or_else(|| {
-                    info.as_ref()
-                        .map(|info| format!("{}:{}", info.stream, info.stream_sequence))
+                    let info = delivery.info().ok()?;
+                    Some(format!("{}:{}", info.stream, info.stream_sequence))
                 })
                 .unwrap_or_default(),
             None => String::new(),
