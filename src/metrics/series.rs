@@ -241,7 +241,8 @@ impl Default for OpSeriesCache {
 thread_local! {
     /// The (bound) series this thread looked up last, with its cache's id: a
     /// publisher sending to one template again and again finds it with one
-    /// comparison, without hashing the key or taking the map's lock.
+    /// comparison, without hashing the key or taking the map's lock. It keeps at
+    /// most one series per thread alive after its connection is gone.
     static LAST_SERIES: RefCell<Option<(u64, Arc<OpSeries>)>> = const { RefCell::new(None) };
 }
 
