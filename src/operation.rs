@@ -215,6 +215,9 @@ impl Processing {
 pub(crate) struct Start<'a> {
     pub(crate) parent: Option<&'a Context>,
     pub(crate) links: Vec<Link>,
+    /// A link added only once the span records: one that samplers need not see
+    /// (the parent's own span context).
+    pub(crate) late_link: Option<SpanContext>,
     pub(crate) time: Option<SystemTime>,
     pub(crate) room: usize,
     /// The operation's metric series, when its caller keeps it (else looked up).
@@ -228,6 +231,7 @@ impl Default for Start<'_> {
         Self {
             parent: None,
             links: Vec::new(),
+            late_link: None,
             time: None,
             room: 4,
             series: None,
@@ -257,6 +261,13 @@ impl<'a> Start<'a> {
     /// Linking `links`.
     pub(crate) fn with_links(mut self, links: Vec<Link>) -> Self {
         self.links = links;
+        self
+    }
+
+    /// Linking `span_context` too, once the span records (the sampler does not
+    /// see it: for a link that repeats the parent, which it does see).
+    pub(crate) fn with_late_link(mut self, span_context: Option<SpanContext>) -> Self {
+        self.late_link = span_context;
         self
     }
 

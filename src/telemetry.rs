@@ -264,6 +264,9 @@ impl Telemetry {
         let span = cx.span();
         let records = span.is_recording();
         if records {
+            if let Some(link) = start.late_link {
+                span.add_link(link, Vec::new());
+            }
             set_attributes(&span, |attributes| {
                 if let Some(node) = &self.node {
                     let node = node.attributes();
@@ -451,6 +454,7 @@ impl Telemetry {
         }
         let producer_span = producer.span().span_context().clone();
         let mut links = Vec::new();
+        let mut late_link = None;
         let root;
         let parent = match self.inst.parenting() {
             ProcessParenting::ChildAndLink => {
@@ -463,9 +467,17 @@ impl Telemetry {
                         (sc.is_valid() && sc.span_id() != producer_span.span_id())
                             .then(|| sc.clone())
                     });
-                    links.reserve_exact(1 + usize::from(surrounding.is_some()));
-                    links.push(Link::with_context(producer_span));
-                    links.extend(surrounding.map(Link::with_context));
+                    match surrounding {
+                        Some(surrounding) => {
+                            links.reserve_exact(2);
+                            links.push(Link::with_context(producer_span));
+                            links.push(Link::with_context(surrounding));
+                        }
+                        // The link repeats the parent, which the sampler sees:
+                        // added only if the span records (no allocation for an
+                        // unsampled message).
+                        None => late_link = Some(producer_span),
+                    }
                 }
                 &producer
             }
@@ -490,7 +502,10 @@ impl Telemetry {
                 &root
             }
         };
-        let start = Start::under(parent).with_links(links).with_room(room);
+        let start = Start::under(parent)
+            .with_links(links)
+            .with_late_link(late_link)
+            .with_room(room);
         let (cx, records) = self.span(PROCESS, target, start, |attributes| {
             recording(attributes);
             if let Some(message) = message {
