@@ -379,7 +379,7 @@ mod tests {
                 Some("send"),
                 template,
                 None,
-                || vec![KeyValue::new("server.port", port)],
+                || vec![KeyValue::new(crate::semconv::SERVER_PORT, port)],
             )
         };
         let port = |series: &OpSeries| series.attributes[0].value.clone();
