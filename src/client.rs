@@ -193,7 +193,7 @@ impl Client {
         if self.passthrough_publish(subject.as_str()) {
             return self.inner.publish(subject, payload).await;
         }
-        Box::pin(self.send(subject, None, None, payload)).await
+        self.send(subject, None, None, payload).await
     }
 
     /// Publishes with headers; trace context is added to them.
@@ -210,7 +210,7 @@ impl Client {
                 .publish_with_headers(subject, headers, payload)
                 .await;
         }
-        Box::pin(self.send(subject, None, Some(headers), payload)).await
+        self.send(subject, None, Some(headers), payload).await
     }
 
     /// Publishes with a reply subject, without waiting for a response.
@@ -223,12 +223,12 @@ impl Client {
         if self.passthrough() {
             return self.inner.publish_with_reply(subject, reply, payload).await;
         }
-        Box::pin(self.send(
+        self.send(
             subject.to_subject(),
             Some(reply.to_subject()),
             None,
             payload,
-        ))
+        )
         .await
     }
 
@@ -246,12 +246,12 @@ impl Client {
                 .publish_with_reply_and_headers(subject, reply, headers, payload)
                 .await;
         }
-        Box::pin(self.send(
+        self.send(
             subject.to_subject(),
             Some(reply.to_subject()),
             Some(headers),
             payload,
-        ))
+        )
         .await
     }
 
@@ -413,17 +413,35 @@ impl Client {
         ))
     }
 
-    /// The traced publish: the span is started and the headers are built
-    /// synchronously, so the returned future holds only the async-nats publish and
-    /// the operation. Keeping it small matters: it is boxed per message, and
-    /// allocations above ~1 KiB miss the allocator's per-thread cache.
-    fn send(
+    /// A publish with something of this crate's to do. The span is started and
+    /// the headers are built before anything is awaited. When the operation has
+    /// nothing left to record (an unsampled span, metrics off), it ends there and
+    /// the message goes out like an untraced one; otherwise the publish and the
+    /// operation are boxed together (see [`traced`](Self::traced)).
+    async fn send(
         &self,
         subject: Subject,
         reply: Option<Subject>,
         headers: Option<HeaderMap>,
         payload: Bytes,
-    ) -> impl Future<Output = Result<(), PublishError>> + Send + '_ {
+    ) -> Result<(), PublishError> {
+        let (message, op) = self.prepare(subject, reply, headers, payload);
+        if op.is_inert() {
+            drop(op);
+            return Publisher::publish_message(&self.inner, message).await;
+        }
+        Box::pin(self.traced(message, op)).await
+    }
+
+    /// The span (and timer) of a publish of `payload` to `subject`, and the
+    /// message carrying its context.
+    fn prepare(
+        &self,
+        subject: Subject,
+        reply: Option<Subject>,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> (OutboundMessage, Operation) {
         let telemetry = &self.telemetry;
         let headers = self.with_publish_time(headers);
         let (headers, payload, compressed): Prepared = self.outgoing.prepare(headers, payload);
@@ -443,17 +461,25 @@ impl Client {
             }
             None => headers,
         };
-        let publish = Publisher::publish_message(
-            &self.inner,
-            OutboundMessage {
-                subject,
-                reply,
-                payload,
-                headers,
-            },
-        );
+        let message = OutboundMessage {
+            subject,
+            reply,
+            payload,
+            headers,
+        };
+        (message, op)
+    }
+
+    /// The publish of `message`, ending `op` with its outcome. Boxed per message
+    /// by [`send`](Self::send): keep it small, since allocations above ~1 KiB miss
+    /// the allocator's per-thread cache.
+    fn traced(
+        &self,
+        message: OutboundMessage,
+        op: Operation,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send + '_ {
         // `map`, not an async block: a block would hold the publish future twice.
-        publish.map(move |result| {
+        Publisher::publish_message(&self.inner, message).map(move |result| {
             op.finish(&result, |err| error_type(&err.kind()));
             result
         })
@@ -483,7 +509,8 @@ mod tests {
             .await
             .expect("connect with retry returns at once");
         let client = super::Client::new(raw, crate::Instrumentation::builder().build());
-        let publish = client.send("a".into(), None, None, bytes::Bytes::new());
+        let (message, op) = client.prepare("a".into(), None, None, bytes::Bytes::new());
+        let publish = client.traced(message, op);
         assert!(
             std::mem::size_of_val(&publish) <= PER_THREAD_CACHE_LIMIT,
             "core publish future is {} bytes",

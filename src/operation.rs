@@ -386,6 +386,13 @@ impl Operation {
         }
     }
 
+    /// Whether ending this operation would record nothing: no recording span,
+    /// no metric, no exception log. Such an operation can be dropped as soon as
+    /// its context has been injected.
+    pub(crate) fn is_inert(&self) -> bool {
+        !self.records && self.timer.is_none() && self.exceptions.is_none()
+    }
+
     /// The span's context, when tracing.
     pub(crate) fn context(&self) -> Option<&Context> {
         self.cx.as_ref()
