@@ -3,9 +3,9 @@
 //! the pending count and when the stream stored the message.
 //!
 //! async-nats's `Message::info` reads the same subject into an `Info` with a
-//! `time::OffsetDateTime`; this reads only the numbers (no 128-bit parse and
-//! date conversion per message), a third of the cost of metrics on a consumed
-//! message by instruction count.
+//! `time::OffsetDateTime` (about 1,500 instructions, half of what metrics cost a
+//! consumed message); this reads only the numbers, with no 128-bit parse or date
+//! conversion (about 550).
 
 /// Where a delivered message sits, read from its reply subject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
