@@ -37,18 +37,19 @@ pub struct Message {
 }
 
 impl Message {
+    /// Stream sequence and delivery count: from the delivery's parse when there
+    /// was one, else read from the reply subject now.
+    pub(crate) fn stream_position(&self) -> Option<(u64, i64)> {
+        self.sequence.or_else(|| {
+            let info = super::reply::parse(self.inner.reply.as_deref()?)?;
+            Some((info.stream_sequence, info.delivered))
+        })
+    }
+
     /// How many times the server has delivered this message (1 when its reply
-    /// subject does not say): from the delivery's parse when there was one.
+    /// subject does not say).
     pub(crate) fn delivered(&self) -> i64 {
-        match self.sequence {
-            Some((_, delivered)) => delivered,
-            None => self
-                .inner
-                .reply
-                .as_deref()
-                .and_then(super::reply::parse)
-                .map_or(1, |info| info.delivered),
-        }
+        self.stream_position().map_or(1, |(_, delivered)| delivered)
     }
 }
 
@@ -186,11 +187,7 @@ impl ConsumerShared {
                     semconv::MESSAGING_NATS_STREAM,
                     self.stream_value.clone(),
                 ));
-                let sequence = message.sequence.or_else(|| {
-                    let info = super::reply::parse(message.inner.reply.as_deref()?)?;
-                    Some((info.stream_sequence, info.delivered))
-                });
-                if let Some((stream, delivered)) = sequence {
+                if let Some((stream, delivered)) = message.stream_position() {
                     a.push(KeyValue::new(
                         semconv::MESSAGING_NATS_STREAM_SEQUENCE,
                         clamp(stream),
