@@ -353,9 +353,11 @@ impl Instrumentation {
     }
 
     /// Starts a span from `builder` under `parent` with this instrumentation's tracer.
-    pub(crate) fn start_span(&self, builder: SpanBuilder, parent: &Context) -> Context {
+    pub(crate) fn start_span(&self, builder: SpanBuilder, parent: &Context) -> (Context, bool) {
         let span = self.inner.tracer.build_with_context(builder, parent);
-        parent.with_span(span)
+        // Asked of the span itself: once in a context, it sits behind a mutex.
+        let records = opentelemetry::trace::Span::is_recording(&span);
+        (parent.with_span(span), records)
     }
 
     /// The current context if it carries a valid span (used to keep propagating a

@@ -128,7 +128,10 @@ thread_local! {
 /// has seen it: spares the mapper and the template lookup on every publish.
 pub(crate) fn cached(id: u64, operation: &'static str, subject: &str) -> Option<SpanName> {
     if let Ok(Some((last_id, last_op, name, split))) = LAST.try_with(std::cell::Cell::get) {
-        if last_id == id && last_op == operation && &name[split..] == subject {
+        if last_id == id
+            && (std::ptr::eq(last_op, operation) || last_op == operation)
+            && name.get(split..) == Some(subject)
+        {
             return Some(SpanName {
                 name: Cow::Borrowed(name),
                 split,

@@ -242,6 +242,7 @@ impl Default for Start<'_> {
 
 impl<'a> Start<'a> {
     /// Under `parent` instead of the current context.
+    #[inline]
     pub(crate) fn under(parent: &'a Context) -> Self {
         Self {
             parent: Some(parent),
@@ -253,12 +254,14 @@ impl<'a> Start<'a> {
     /// included), so a recording span does not grow its attribute buffer. An
     /// unsampled span allocates the room too: keep it tight (the buffer should stay
     /// under the allocator's 1 KiB per-thread cache).
+    #[inline]
     pub(crate) fn with_room(mut self, n: usize) -> Self {
         self.room = n;
         self
     }
 
     /// Linking `links`.
+    #[inline]
     pub(crate) fn with_links(mut self, links: Vec<Link>) -> Self {
         self.links = links;
         self
@@ -266,18 +269,21 @@ impl<'a> Start<'a> {
 
     /// Linking `span_context` too, once the span records (the sampler does not
     /// see it: for a link that repeats the parent, which it does see).
+    #[inline]
     pub(crate) fn with_late_link(mut self, span_context: Option<SpanContext>) -> Self {
         self.late_link = span_context;
         self
     }
 
     /// With the message's `headers` (what a span predicate sees).
+    #[inline]
     pub(crate) fn with_headers(mut self, headers: Option<&'a async_nats::HeaderMap>) -> Self {
         self.headers = headers;
         self
     }
 
     /// Recording its metrics in `series` (kept by the caller).
+    #[inline]
     pub(crate) fn in_series(mut self, series: Option<Arc<OpSeries>>) -> Self {
         self.series = series;
         self

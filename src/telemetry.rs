@@ -257,13 +257,12 @@ impl Telemetry {
         if let Some(time) = start.time {
             builder = builder.with_start_time(time);
         }
-        let cx = match start.parent {
+        let (cx, records) = match start.parent {
             Some(parent) => self.inst.start_span(builder, parent),
             None => Context::map_current(|parent| self.inst.start_span(builder, parent)),
         };
-        let span = cx.span();
-        let records = span.is_recording();
         if records {
+            let span = cx.span();
             if let Some(link) = start.late_link {
                 span.add_link(link, Vec::new());
             }
