@@ -126,9 +126,12 @@ impl Context {
         }
     }
 
-    /// A pipeline keeping at most `max_in_flight` publishes awaiting their ack.
+    /// A pipeline keeping at most `max_in_flight` publishes awaiting their ack
+    /// (at least 1; at most `u32::MAX`, where larger values are capped).
     pub fn pipeline(&self, max_in_flight: usize) -> Pipeline {
-        let max_in_flight = max_in_flight.max(1);
+        let max_in_flight = max_in_flight
+            .clamp(1, u32::MAX as usize)
+            .min(Semaphore::MAX_PERMITS);
         Pipeline {
             js: self.clone(),
             permits: Arc::new(Semaphore::new(max_in_flight)),
@@ -237,8 +240,10 @@ async fn drive(queue: Arc<Queue>) {
         if let Some((ack, permit, reply)) = pending.pop_front() {
             // Publishes meanwhile queue their acks without waking this task.
             let result = ack.await;
-            drop(permit);
+            // The handle has its result before the room is given back: once all
+            // room is back (see `flush`), every handle has one.
             let _ = reply.send(result);
+            drop(permit);
             continue;
         }
         queue.idle.store(true, Ordering::Release);
@@ -293,6 +298,32 @@ impl Pipeline {
         });
         self.max_in_flight
             .saturating_sub(self.permits.available_permits() + stashed)
+    }
+
+    /// Waits until no publish of this pipeline awaits its ack: every span has
+    /// ended and every handle has its result, dropped handles included. The way
+    /// to know a pipeline whose handles are not kept is done (before a shutdown,
+    /// say). Publishes that start meanwhile wait until it returns.
+    pub async fn flush(&self) {
+        // Room stashed by a publish is not in flight: set aside, then given back.
+        let stashed = self.stash.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let held = stashed
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits);
+        let wanted = u32::try_from(self.max_in_flight - held).unwrap_or(u32::MAX);
+        // Every permit back means every ack taken (the background task frees a
+        // permit after the span has ended). An error means the semaphore closed,
+        // which never happens: nothing is left to wait for then either.
+        if let Ok(all) = self.permits.acquire_many(wanted).await {
+            drop(all);
+        }
+        if let Some(stashed) = stashed {
+            let mut stash = self.stash.lock().unwrap_or_else(|p| p.into_inner());
+            match stash.as_mut() {
+                Some(current) => current.merge(stashed),
+                None => *stash = Some(stashed),
+            }
+        }
     }
 
     /// Room for one publish: from the stash, else free room, else (waiting) a

@@ -478,6 +478,80 @@ async fn pipelined_acks_are_awaited_even_when_nobody_awaits_the_handles() {
 }
 
 #[tokio::test]
+async fn a_pipeline_flush_returns_once_every_dropped_handles_ack_is_in() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    orders_consumer(&js, "").await;
+
+    const N: usize = 300;
+    let pipeline = js.pipeline(16);
+    for i in 0..N {
+        drop(
+            pipeline
+                .publish("orders.flushed", format!("{i}").into())
+                .await
+                .unwrap(),
+        );
+    }
+    pipeline.flush().await;
+    assert_eq!(pipeline.in_flight(), 0);
+    // Every span ended at its ack before `flush` returned: no waiting here.
+    let acked = telemetry
+        .spans()
+        .iter()
+        .filter(|s| s.name == "publish orders.flushed")
+        .filter(|s| attr(s, semconv::MESSAGING_NATS_STREAM_SEQUENCE).is_some())
+        .count();
+    assert_eq!(acked, N);
+    let mut stream = js.inner().get_stream("ORDERS").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, N as u64);
+    // The pipeline is usable after a flush, and a flush with nothing in flight
+    // returns at once.
+    let handle = pipeline
+        .publish("orders.flushed", "last".into())
+        .await
+        .unwrap();
+    pipeline.flush().await;
+    assert_eq!(handle.await.unwrap().sequence, N as u64 + 1);
+    pipeline.flush().await;
+}
+
+#[tokio::test]
+async fn a_pipeline_with_tracing_off_flushes_and_caps_an_absurd_window() {
+    let server = NatsServer::start();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let client = nats_otel::Client::new(
+        raw,
+        nats_otel::Instrumentation::builder()
+            .with_tracing(false)
+            .with_metrics(false)
+            .build(),
+    );
+    let js = nats_otel::jetstream::new(&client);
+    orders_consumer(&js, "").await;
+
+    // More than a semaphore holds: capped, not a panic.
+    let pipeline = js.pipeline(usize::MAX);
+    let mut kept = Vec::new();
+    for i in 0..50 {
+        let handle = pipeline.publish("orders.plain", "x".into()).await.unwrap();
+        if i % 2 == 0 {
+            kept.push(handle);
+        }
+    }
+    pipeline.flush().await;
+    assert_eq!(pipeline.in_flight(), 0);
+    // Kept handles have their results at once.
+    let mut sequences = Vec::new();
+    for handle in kept {
+        sequences.push(handle.await.unwrap().sequence);
+    }
+    assert_eq!(sequences, (1..=50).step_by(2).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
 async fn publish_retry_keeps_the_message_id_and_gives_up_after_its_attempts() {
     let server = NatsServer::start();
     let telemetry = Telemetry::new();
