@@ -440,6 +440,33 @@ async fn a_pipeline_with_tracing_and_metrics_off_stays_bounded_and_acks_every_pu
     assert!(stored.headers.get("traceparent").is_none());
 }
 
+/// Publishes `n` messages to `subject` through `pipeline`, dropping each handle.
+async fn publish_dropping_handles(
+    pipeline: &nats_otel::jetstream::Pipeline,
+    subject: &str,
+    n: usize,
+) {
+    for i in 0..n {
+        drop(
+            pipeline
+                .publish(subject.to_owned(), format!("{i}").into())
+                .await
+                .unwrap(),
+        );
+    }
+}
+
+/// How many `publish {subject}` spans ended with their ack (a stream sequence).
+fn publishes_ended_with_ack(telemetry: &Telemetry, subject: &str) -> usize {
+    let name = format!("publish {subject}");
+    telemetry
+        .spans()
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| attr(s, semconv::MESSAGING_NATS_STREAM_SEQUENCE).is_some())
+        .count()
+}
+
 #[tokio::test]
 async fn pipelined_acks_are_awaited_even_when_nobody_awaits_the_handles() {
     let server = NatsServer::start();
@@ -450,24 +477,10 @@ async fn pipelined_acks_are_awaited_even_when_nobody_awaits_the_handles() {
 
     const N: usize = 200;
     let pipeline = js.pipeline(16);
-    for i in 0..N {
-        // Handles dropped at once: the background task still awaits every ack.
-        drop(
-            pipeline
-                .publish("orders.unawaited", format!("{i}").into())
-                .await
-                .unwrap(),
-        );
-    }
+    // Handles dropped at once: the background task still awaits every ack.
+    publish_dropping_handles(&pipeline, "orders.unawaited", N).await;
     drop(pipeline);
-    let ended_with_ack = || {
-        telemetry
-            .spans()
-            .iter()
-            .filter(|s| s.name == "publish orders.unawaited")
-            .filter(|s| attr(s, semconv::MESSAGING_NATS_STREAM_SEQUENCE).is_some())
-            .count()
-    };
+    let ended_with_ack = || publishes_ended_with_ack(&telemetry, "orders.unawaited");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while ended_with_ack() < N && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -487,24 +500,11 @@ async fn a_pipeline_flush_returns_once_every_dropped_handles_ack_is_in() {
 
     const N: usize = 300;
     let pipeline = js.pipeline(16);
-    for i in 0..N {
-        drop(
-            pipeline
-                .publish("orders.flushed", format!("{i}").into())
-                .await
-                .unwrap(),
-        );
-    }
+    publish_dropping_handles(&pipeline, "orders.flushed", N).await;
     pipeline.flush().await;
     assert_eq!(pipeline.in_flight(), 0);
     // Every span ended at its ack before `flush` returned: no waiting here.
-    let acked = telemetry
-        .spans()
-        .iter()
-        .filter(|s| s.name == "publish orders.flushed")
-        .filter(|s| attr(s, semconv::MESSAGING_NATS_STREAM_SEQUENCE).is_some())
-        .count();
-    assert_eq!(acked, N);
+    assert_eq!(publishes_ended_with_ack(&telemetry, "orders.flushed"), N);
     let mut stream = js.inner().get_stream("ORDERS").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, N as u64);
     // The pipeline is usable after a flush, and a flush with nothing in flight
