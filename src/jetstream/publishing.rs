@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -177,12 +177,25 @@ type Job = (
 /// Acks handed to the background task, and whether it waits for one.
 #[derive(Default)]
 struct Queue {
-    jobs: Mutex<Vec<Job>>,
+    /// The queued acks, and how many were ever queued (for `flush`).
+    jobs: Mutex<(Vec<Job>, u64)>,
     /// The task has no ack to await and waits on `wake`.
     idle: AtomicBool,
     /// No pipeline clone is left.
     closed: AtomicBool,
     wake: Notify,
+    progress: Progress,
+    flushed: Notify,
+}
+
+/// Acks taken so far (in queue order) and flushes waiting on `Queue::flushed`
+/// (the task notifies only when there are some). A cache line of its own: the
+/// task writes it per ack, publishes never touch it.
+#[derive(Default)]
+#[repr(align(64))]
+struct Progress {
+    taken: AtomicU64,
+    flushes: AtomicUsize,
 }
 
 impl fmt::Debug for Queue {
@@ -193,10 +206,14 @@ impl fmt::Debug for Queue {
 
 impl Queue {
     fn push(&self, job: Job) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(job);
+        {
+            let mut jobs = self
+                .jobs
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            jobs.0.push(job);
+            jobs.1 += 1;
+        }
         // A task awaiting an earlier ack picks this one up after it; an idle one
         // needs waking.
         if self.idle.swap(false, Ordering::AcqRel) {
@@ -210,7 +227,7 @@ impl Queue {
             .jobs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        std::mem::swap(&mut *jobs, into);
+        std::mem::swap(&mut jobs.0, into);
     }
 }
 
@@ -240,15 +257,17 @@ async fn drive(queue: Arc<Queue>) {
         if let Some((ack, permit, reply)) = pending.pop_front() {
             // Publishes meanwhile queue their acks without waking this task.
             let result = ack.await;
-            // The handle has its result before the room is given back: once all
-            // room is back (see `flush`), every handle has one.
-            let _ = reply.send(result);
             drop(permit);
+            let _ = reply.send(result);
+            queue.progress.taken.fetch_add(1, Ordering::SeqCst);
+            if queue.progress.flushes.load(Ordering::SeqCst) > 0 {
+                queue.flushed.notify_waiters();
+            }
             continue;
         }
         queue.idle.store(true, Ordering::Release);
         // A job pushed before `idle` was set did not wake us: look again.
-        if !queue.jobs.lock().map_or(true, |jobs| jobs.is_empty()) {
+        if !queue.jobs.lock().map_or(true, |jobs| jobs.0.is_empty()) {
             queue.idle.store(false, Ordering::Release);
             continue;
         }
@@ -300,29 +319,40 @@ impl Pipeline {
             .saturating_sub(self.permits.available_permits() + stashed)
     }
 
-    /// Waits until no publish of this pipeline awaits its ack: every span has
-    /// ended and every handle has its result, dropped handles included. The way
-    /// to know a pipeline whose handles are not kept is done (before a shutdown,
-    /// say). Publishes that start meanwhile wait until it returns.
+    /// Waits until every publish this pipeline has returned a handle for has its
+    /// ack: its span has ended and its handle has its result, dropped handles
+    /// included. The way to know a pipeline whose handles are not kept is done
+    /// (before a shutdown, say). Publishes made meanwhile are not waited for.
     pub async fn flush(&self) {
-        // Room stashed by a publish is not in flight: set aside, then given back.
-        let stashed = self.stash.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let held = stashed
-            .as_ref()
-            .map_or(0, OwnedSemaphorePermit::num_permits);
-        let wanted = u32::try_from(self.max_in_flight - held).unwrap_or(u32::MAX);
-        // Every permit back means every ack taken (the background task frees a
-        // permit after the span has ended). An error means the semaphore closed,
-        // which never happens: nothing is left to wait for then either.
-        if let Ok(all) = self.permits.acquire_many(wanted).await {
-            drop(all);
+        let queue = &self.queue;
+        let target = queue
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1;
+        let progress = &queue.progress;
+        if progress.taken.load(Ordering::SeqCst) >= target {
+            return;
         }
-        if let Some(stashed) = stashed {
-            let mut stash = self.stash.lock().unwrap_or_else(|p| p.into_inner());
-            match stash.as_mut() {
-                Some(current) => current.merge(stashed),
-                None => *stash = Some(stashed),
+        /// Counts this flush among the waiting ones until it ends or is dropped.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
             }
+        }
+        progress.flushes.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&progress.flushes);
+        loop {
+            let notified = queue.flushed.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read: a notification in between
+            // is not missed.
+            notified.as_mut().enable();
+            if progress.taken.load(Ordering::SeqCst) >= target {
+                return;
+            }
+            notified.await;
         }
     }
 

@@ -519,6 +519,43 @@ async fn a_pipeline_flush_returns_once_every_dropped_handles_ack_is_in() {
 }
 
 #[tokio::test]
+async fn a_pipeline_flush_waits_for_earlier_publishes_not_for_a_busy_clone() {
+    let server = NatsServer::start();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let client = nats_otel::Client::new(raw, nats_otel::Instrumentation::builder().build());
+    let js = nats_otel::jetstream::new(&client);
+    orders_consumer(&js, "").await;
+
+    let pipeline = js.pipeline(64);
+    // A clone keeps publishing (and keeps room set aside for its next publishes)
+    // while this task flushes.
+    let busy = {
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move { publish_dropping_handles(&pipeline, "orders.busy", 2000).await })
+    };
+    let mut kept = Vec::new();
+    for _ in 0..10 {
+        kept.push(pipeline.publish("orders.mine", "x".into()).await.unwrap());
+    }
+    // A guard against a hang, not a wait: `flush` has an event to return on.
+    tokio::time::timeout(Duration::from_secs(30), pipeline.flush())
+        .await
+        .expect("flush returns while a clone keeps publishing");
+    for handle in kept {
+        use futures_util::FutureExt as _;
+        let ack = handle.now_or_never().expect("ready after flush").unwrap();
+        assert_eq!(ack.stream, "ORDERS");
+    }
+    busy.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), pipeline.flush())
+        .await
+        .expect("flush returns once the clone is done");
+    assert_eq!(pipeline.in_flight(), 0);
+    let mut stream = js.inner().get_stream("ORDERS").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 2010);
+}
+
+#[tokio::test]
 async fn a_pipeline_with_tracing_off_flushes_and_caps_an_absurd_window() {
     let server = NatsServer::start();
     let raw = async_nats::connect(server.url()).await.unwrap();
