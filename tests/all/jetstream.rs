@@ -403,11 +403,8 @@ async fn pipelined_publishes_stay_bounded_and_each_span_ends_at_its_own_ack() {
         .all(|s| attr(s, semconv::MESSAGING_NATS_STREAM_SEQUENCE).is_some()));
 }
 
-#[tokio::test]
-async fn a_pipeline_with_tracing_and_metrics_off_stays_bounded_and_acks_every_publish() {
-    // Nothing of this crate's to do per message: publishes go straight to
-    // async-nats, with the same window and acks.
-    let server = NatsServer::start();
+/// A JetStream context with tracing and metrics off, and the ORDERS stream.
+async fn untraced_orders(server: &NatsServer) -> nats_otel::jetstream::Context {
     let raw = async_nats::connect(server.url()).await.unwrap();
     let client = nats_otel::Client::new(
         raw,
@@ -418,6 +415,15 @@ async fn a_pipeline_with_tracing_and_metrics_off_stays_bounded_and_acks_every_pu
     );
     let js = nats_otel::jetstream::new(&client);
     orders_consumer(&js, "").await;
+    js
+}
+
+#[tokio::test]
+async fn a_pipeline_with_tracing_and_metrics_off_stays_bounded_and_acks_every_publish() {
+    // Nothing of this crate's to do per message: publishes go straight to
+    // async-nats, with the same window and acks.
+    let server = NatsServer::start();
+    let js = untraced_orders(&server).await;
 
     const N: usize = 500;
     const MAX: usize = 16;
@@ -558,16 +564,7 @@ async fn a_pipeline_flush_waits_for_earlier_publishes_not_for_a_busy_clone() {
 #[tokio::test]
 async fn a_pipeline_with_tracing_off_flushes_and_caps_an_absurd_window() {
     let server = NatsServer::start();
-    let raw = async_nats::connect(server.url()).await.unwrap();
-    let client = nats_otel::Client::new(
-        raw,
-        nats_otel::Instrumentation::builder()
-            .with_tracing(false)
-            .with_metrics(false)
-            .build(),
-    );
-    let js = nats_otel::jetstream::new(&client);
-    orders_consumer(&js, "").await;
+    let js = untraced_orders(&server).await;
 
     // More than a semaphore holds: capped, not a panic.
     let pipeline = js.pipeline(usize::MAX);
