@@ -218,9 +218,25 @@ pub(crate) async fn pub_sub(
     }
 }
 
-/// Sequential request/reply latencies (µs).
-pub(crate) async fn request_reply(url: &str, tracing: Tracing) -> Vec<f64> {
-    let telemetry = telemetry(tracing);
+/// One variant's requests in one request/reply round.
+#[derive(Default)]
+pub(crate) struct RequestRound {
+    /// Latencies in µs, sorted.
+    pub(crate) latencies: Vec<f64>,
+    /// CPU (client and server) spent on these requests, in seconds.
+    pub(crate) cpu: Cpu,
+}
+
+/// One round of sequential request/reply, per variant.
+///
+/// Every variant shares one connection, one responder and this stretch of the
+/// machine's time: the requests run in blocks of [`RR_BLOCK`], block `b` going
+/// to variant `(b + b / n) % n` of `variants` (each cycle starts one variant
+/// later, so none always follows the same one), with the CPU read between
+/// blocks. A round trip here is mostly wake-ups (client, server, responder on
+/// 2 cores): rounds run one variant after another drifted by more than the cost
+/// measured.
+pub(crate) async fn request_reply(url: &str, variants: &[Tracing]) -> Vec<RequestRound> {
     let raw = async_nats::connect(url).await.expect("connect");
     let responder_conn = async_nats::connect(url).await.expect("connect");
     let mut service = responder_conn
@@ -235,57 +251,92 @@ pub(crate) async fn request_reply(url: &str, tracing: Tracing) -> Vec<f64> {
             }
         }
     });
-    let client = nats_otel::Client::new(raw.clone(), instrumentation(tracing, &telemetry));
-    let tracer = telemetry
-        .as_ref()
-        .map(|t| t.provider.tracer("hand-written"));
+    let telemetries: Vec<Option<Telemetry>> = variants.iter().map(|v| telemetry(*v)).collect();
+    let clients: Vec<nats_otel::Client> = variants
+        .iter()
+        .zip(&telemetries)
+        .map(|(v, t)| nats_otel::Client::new(raw.clone(), instrumentation(*v, t)))
+        .collect();
+    let tracers: Vec<_> = telemetries
+        .iter()
+        .map(|t| t.as_ref().map(|t| t.provider.tracer("hand-written")))
+        .collect();
     let propagator = TraceContextPropagator::new();
-    let mut latencies = Vec::with_capacity(REQUESTS);
-    for _ in 0..REQUESTS {
-        let started = Instant::now();
-        let ok = match tracing {
-            Tracing::Raw => raw.request("bench.rr", "ping".into()).await.is_ok(),
-            Tracing::HandWritten => {
-                let tracer = tracer.as_ref().expect("sampled telemetry");
-                let span = tracer
-                    .span_builder("request bench.rr")
-                    .with_kind(SpanKind::Client)
-                    .with_attributes([
-                        KeyValue::new("messaging.system", "nats"),
-                        KeyValue::new("messaging.operation.type", "send"),
-                        KeyValue::new("messaging.destination.name", "bench.rr"),
-                    ])
-                    .start(tracer);
-                let cx = opentelemetry::Context::current_with_span(span);
-                let mut headers = async_nats::HeaderMap::new();
-                propagator.inject_context(&cx, &mut HandInjector(&mut headers));
-                let ok = raw
-                    .request_with_headers("bench.rr", headers, "ping".into())
-                    .await
-                    .is_ok();
-                cx.span().end();
-                ok
+    let request = |i: usize| {
+        let (raw, client, tracer, propagator) = (&raw, &clients[i], &tracers[i], &propagator);
+        async move {
+            match variants[i] {
+                Tracing::Raw => raw.request("bench.rr", "ping".into()).await.is_ok(),
+                Tracing::HandWritten => {
+                    let tracer = tracer.as_ref().expect("sampled telemetry");
+                    let span = tracer
+                        .span_builder("request bench.rr")
+                        .with_kind(SpanKind::Client)
+                        .with_attributes([
+                            KeyValue::new("messaging.system", "nats"),
+                            KeyValue::new("messaging.operation.type", "send"),
+                            KeyValue::new("messaging.destination.name", "bench.rr"),
+                        ])
+                        .start(tracer);
+                    let cx = opentelemetry::Context::current_with_span(span);
+                    let mut headers = async_nats::HeaderMap::new();
+                    propagator.inject_context(&cx, &mut HandInjector(&mut headers));
+                    let ok = raw
+                        .request_with_headers("bench.rr", headers, "ping".into())
+                        .await
+                        .is_ok();
+                    cx.span().end();
+                    ok
+                }
+                Tracing::HeaderOnly => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(
+                        "traceparent",
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    );
+                    raw.request_with_headers("bench.rr", headers, "ping".into())
+                        .await
+                        .is_ok()
+                }
+                _ => client.request("bench.rr", "ping".into()).await.is_ok(),
             }
-            Tracing::HeaderOnly => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(
-                    "traceparent",
-                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                );
-                raw.request_with_headers("bench.rr", headers, "ping".into())
-                    .await
-                    .is_ok()
-            }
-            _ => client.request("bench.rr", "ping".into()).await.is_ok(),
-        };
-        if ok {
-            latencies.push(started.elapsed().as_secs_f64() * 1e6);
         }
+    };
+    let n = variants.len();
+    // Untimed warm-up: connections, inbox subscription, first spans.
+    for j in 0..RR_BLOCK * n {
+        request(j % n).await;
+    }
+    // What reading the CPU costs this process, taken off every block.
+    let first = cpu_seconds();
+    for _ in 0..9 {
+        cpu_seconds();
+    }
+    let reading = (cpu_seconds() - first) / 10.0;
+    let mut rounds: Vec<RequestRound> = variants.iter().map(|_| RequestRound::default()).collect();
+    let mut before = cpu_seconds();
+    for b in 0..REQUESTS.div_ceil(RR_BLOCK) * n {
+        let i = (b + b / n) % n;
+        let round = &mut rounds[i];
+        for _ in 0..RR_BLOCK {
+            let started = Instant::now();
+            if request(i).await {
+                round.latencies.push(started.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        let after = cpu_seconds();
+        round.cpu = round.cpu + (after - before) - reading;
+        before = after;
     }
     responder.abort();
-    finish(telemetry);
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    latencies
+    drop(clients);
+    for t in telemetries {
+        finish(t);
+    }
+    for round in &mut rounds {
+        round.latencies.sort_by(|a, b| a.total_cmp(b));
+    }
+    rounds
 }
 
 /// Publishes `n` messages of `size` bytes with no subscriber, then waits for a
@@ -532,38 +583,48 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); rr_variants.len()];
     let mut round_p50s: Vec<Vec<f64>> = vec![Vec::new(); rr_variants.len()];
     let rounds = if selected("Request/reply") { ROUNDS } else { 0 };
+    let mut cpus: Vec<Vec<Cpu>> = vec![Vec::new(); rr_variants.len()];
     for _ in 0..rounds {
-        for (i, variant) in rr_variants.iter().enumerate() {
-            let mut round = request_reply(url, *variant).await;
-            round.sort_by(|a, b| a.total_cmp(b));
-            round_p50s[i].push(percentile(&round, 0.5));
-            latencies[i].extend(round);
+        let round = request_reply(url, &rr_variants).await;
+        for (i, variant) in round.into_iter().enumerate() {
+            round_p50s[i].push(percentile(&variant.latencies, 0.5));
+            cpus[i].push(variant.cpu / variant.latencies.len().max(1) as f64 * 1e6);
+            latencies[i].extend(variant.latencies);
         }
     }
     if rounds > 0 {
         let _ = writeln!(
             out,
-            "\n### Request/reply latency, {REQUESTS} sequential requests × {ROUNDS} rounds\n"
+            "\n### Request/reply latency, {REQUESTS} sequential requests per variant × {ROUNDS} rounds, variants interleaved in blocks of {RR_BLOCK}\n"
         );
         let _ = writeln!(
             out,
-            "| variant | p50 µs (median of the rounds' p50s; min–max) | p99 µs | p99.9 µs | p50 overhead µs |"
+            "| variant | p50 µs (median of the rounds' p50s; min–max) | p99 µs | p99.9 µs | p50 overhead µs | client CPU µs/request | server CPU µs/request |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
         let p50s: Vec<f64> = round_p50s.iter_mut().map(|p| median(p)).collect();
+        let cpu: Vec<Cpu> = cpus
+            .iter_mut()
+            .map(|c| Cpu {
+                client: median(&mut c.iter().map(|c| c.client).collect::<Vec<_>>()),
+                server: median(&mut c.iter().map(|c| c.server).collect::<Vec<_>>()),
+            })
+            .collect();
         for (i, (variant, samples)) in rr_variants.iter().zip(latencies.iter_mut()).enumerate() {
             samples.sort_by(|a, b| a.total_cmp(b));
             let rounds = &round_p50s[i];
             let _ = writeln!(
                 out,
-                "| {} | {:.1} ({:.0}–{:.0}) | {:.0} | {:.0} | {:+.1} |",
+                "| {} | {:.1} ({:.0}–{:.0}) | {:.0} | {:.0} | {:+.1} | {:.2} | {:.2} |",
                 variant.name(),
                 p50s[i],
                 rounds.iter().cloned().fold(f64::INFINITY, f64::min),
                 rounds.iter().cloned().fold(0.0, f64::max),
                 percentile(samples, 0.99),
                 percentile(samples, 0.999),
-                p50s[i] - p50s[0]
+                p50s[i] - p50s[0],
+                cpu[i].client,
+                cpu[i].server,
             );
         }
         // Rows: raw 0, header-only 1, off 2, sampled 3.

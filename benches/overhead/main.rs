@@ -10,6 +10,9 @@ pub(crate) const ROUNDS: usize = 5;
 pub(crate) const CORE_MESSAGES: u64 = 200_000;
 pub(crate) const PUBLISH_MESSAGES: u64 = 500_000;
 pub(crate) const REQUESTS: usize = 5_000;
+/// Requests per block of one variant in a request/reply round (CPU is read
+/// between blocks).
+pub(crate) const RR_BLOCK: usize = 250;
 pub(crate) const JS_MESSAGES: u64 = 50_000;
 pub(crate) const JS_SEQUENTIAL: u64 = 5_000;
 pub(crate) const JS_WINDOW: usize = 256;

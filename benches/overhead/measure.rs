@@ -5,13 +5,22 @@ use std::time::{Duration, Instant};
 
 use crate::*;
 
-/// This process's user+system CPU seconds.
 /// CPU seconds used so far by this process (`client`) and by the benchmark's
 /// nats-server (`server`).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Cpu {
     pub(crate) client: f64,
     pub(crate) server: f64,
+}
+
+impl std::ops::Add for Cpu {
+    type Output = Cpu;
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            client: self.client + other.client,
+            server: self.server + other.server,
+        }
+    }
 }
 
 impl std::ops::Sub for Cpu {
