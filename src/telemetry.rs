@@ -248,15 +248,24 @@ impl Telemetry {
         start: Start<'_>,
         recording: impl FnOnce(&mut Vec<KeyValue>),
     ) -> (Context, bool) {
-        let mut builder = SpanBuilder::from_name(target.name.name())
-            .with_kind(op.kind())
-            .with_attributes(self.sampler_attributes(op, target, start.room));
-        if !start.links.is_empty() {
-            builder = builder.with_links(start.links);
-        }
-        if let Some(time) = start.time {
-            builder = builder.with_start_time(time);
-        }
+        // Built in place: each `with_*` moves the whole builder, and
+        // `with_attributes` collects the vector again.
+        let links = match start.links.is_empty() {
+            true => None,
+            false => {
+                let mut links = start.links;
+                links.retain(|l| l.span_context.is_valid());
+                Some(links)
+            }
+        };
+        let builder = SpanBuilder {
+            name: target.name.name(),
+            span_kind: Some(op.kind()),
+            attributes: Some(self.sampler_attributes(op, target, start.room)),
+            links,
+            start_time: start.time,
+            ..SpanBuilder::default()
+        };
         let (cx, records) = match start.parent {
             Some(parent) => self.inst.start_span(builder, parent),
             None => Context::map_current(|parent| self.inst.start_span(builder, parent)),

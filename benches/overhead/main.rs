@@ -6,10 +6,10 @@
 //! `BENCHMARKS.md`. Client CPU per message comes from this process's CPU time
 //! (`/proc/self/stat`), so it includes the async-nats connection task.
 
-pub(crate) const ROUNDS: usize = 5;
+pub(crate) const ROUNDS: usize = 7;
 pub(crate) const CORE_MESSAGES: u64 = 200_000;
 pub(crate) const PUBLISH_MESSAGES: u64 = 500_000;
-pub(crate) const REQUESTS: usize = 5_000;
+pub(crate) const REQUESTS: usize = 10_000;
 /// Requests per block of one variant in a request/reply round (CPU is read
 /// between blocks).
 pub(crate) const RR_BLOCK: usize = 250;
@@ -108,7 +108,11 @@ async fn main() {
          Rows run with metrics off, except the \"metrics\" rows: an SDK meter provider with a \
          periodic reader (every 1 s) exporting to memory, as an application's would. \
          The first table measures the SDK alone; the \"Ceiling\" lines under the traced tables \
-         use it to bound what any instrumentation built on the SDK can reach on this machine.\n"
+         use it to bound what any instrumentation built on the SDK can reach on this machine. \
+         A round runs each variant of a table once, one after another: the comparisons in the \
+         lines under a table (CPU added, shares of a row or of the ceiling) are the median over \
+         rounds of each round's own comparison, so what drifts between rounds cancels; they need \
+         not equal the same comparison of the table's medians.\n"
     );
     let report = header + &out;
     println!("{report}");

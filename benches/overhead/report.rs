@@ -14,6 +14,40 @@ impl Row {
     pub(crate) fn median(&self, value: impl Fn(&Sample) -> f64) -> f64 {
         median(&mut self.samples.iter().map(value).collect::<Vec<_>>())
     }
+
+    /// A sample of this row's medians (rate, client and server CPU).
+    fn median_sample(&self) -> Sample {
+        Sample {
+            per_second: self.median(|s| s.per_second),
+            cpu_us: Cpu {
+                client: self.median(|s| s.cpu_us.client),
+                server: self.median(|s| s.cpu_us.server),
+            },
+            dropped: 0,
+        }
+    }
+}
+
+/// `f` of the rows' samples round by round, then the median over rounds. Every
+/// round runs each variant once, one after another, so what drifts from one
+/// round to the next (the machine's other load, which CPU a thread lands on)
+/// moves a round's rows together and cancels in a comparison within the round.
+/// Rows that did not run the same rounds: `f` of their medians.
+pub(crate) fn per_round(rows: &[&Row], f: impl Fn(&[Sample]) -> f64) -> f64 {
+    let n = rows.first().map_or(0, |r| r.samples.len());
+    if n > 0 && rows.iter().all(|r| r.samples.len() == n) {
+        let mut values: Vec<f64> = (0..n)
+            .map(|i| f(&rows.iter().map(|r| r.samples[i]).collect::<Vec<_>>()))
+            .collect();
+        return median(&mut values);
+    }
+    f(&rows.iter().map(|r| r.median_sample()).collect::<Vec<_>>())
+}
+
+/// How much more client CPU per message `row` spends than `other`: the median
+/// of the rounds' differences (see [`per_round`]).
+pub(crate) fn client_over(row: &Row, other: &Row) -> f64 {
+    per_round(&[row, other], |s| s[0].cpu_us.client - s[1].cpu_us.client)
 }
 
 pub(crate) fn table(out: &mut String, title: &str, rows: &[Row]) {
@@ -79,6 +113,19 @@ where
     table(out, title, &rows);
     out.push_str(&crate::charts::draw(title, &rows));
     eprint!("{}", &out[before..]);
+    // Each round's client CPU per message, to the log only: how far rounds drift.
+    for row in rows.iter().filter(|row| !row.samples.is_empty()) {
+        let rounds: Vec<String> = row
+            .samples
+            .iter()
+            .map(|s| format!("{:.2}", s.cpu_us.client))
+            .collect();
+        eprintln!(
+            "rounds, client CPU µs/msg: {}: {}",
+            row.name,
+            rounds.join(" ")
+        );
+    }
     rows
 }
 
@@ -117,14 +164,14 @@ pub(crate) fn filter_cost(rows: &[Row]) -> String {
         return String::new();
     };
     let cpu = |r: &Row| r.median(|s| s.cpu_us.client);
-    let filtered = cpu(out) - cpu(off);
+    let filtered = client_over(out, off);
     format!(
         "\nSpan filters: \"{}\" spends {:.2} µs client CPU per message against {:.2} µs without a \
          filter ({:+.2} µs); \"{}\" spends {:+.2} µs over \"{}\" (target ≤ 0.3 µs: {}).\n",
         all.name,
         cpu(all),
         cpu(sampled),
-        cpu(all) - cpu(sampled),
+        client_over(all, sampled),
         out.name,
         filtered,
         off.name,
@@ -141,13 +188,13 @@ pub(crate) fn idle_opt_in_cost(rows: &[Row]) -> String {
         return String::new();
     };
     let cpu = |r: &Row| r.median(|s| s.cpu_us.client);
-    let added = cpu(idle) - cpu(sampled);
+    let added = client_over(idle, sampled);
     let node = row(Tracing::ServerNode).map_or(String::new(), |node| {
         format!(
             "\nServer node attributes (opt-in): \"{}\" adds {:+.2} µs client CPU per message \
              (two recording spans) over \"{}\".\n",
             node.name,
-            cpu(node) - cpu(sampled),
+            client_over(node, sampled),
             sampled.name
         )
     });
@@ -165,8 +212,9 @@ pub(crate) fn idle_opt_in_cost(rows: &[Row]) -> String {
 
 /// What metrics cost in `rows`: the "metrics only" row's client CPU per message
 /// over "tracing off" (against `target_us`, if a number), and "all sampled +
-/// metrics" throughput as a share of "all sampled" (target ≥ 0.90).
-pub(crate) fn metrics_cost(rows: &[Row], target_us: f64) -> String {
+/// metrics" throughput as a share of "all sampled" (target ≥ 0.90), with
+/// `profile` when the CPU target is not met.
+pub(crate) fn metrics_cost(rows: &[Row], target_us: f64, profile: &str) -> String {
     let row = |tracing: Tracing| rows.iter().find(|r| r.name == tracing.name());
     let (Some(off), Some(metrics), Some(sampled), Some(both)) = (
         row(Tracing::Off),
@@ -176,8 +224,8 @@ pub(crate) fn metrics_cost(rows: &[Row], target_us: f64) -> String {
     ) else {
         return String::new();
     };
-    let added = metrics.median(|s| s.cpu_us.client) - off.median(|s| s.cpu_us.client);
-    let share = both.median(|s| s.per_second) / sampled.median(|s| s.per_second);
+    let added = client_over(metrics, off);
+    let share = per_round(&[both, sampled], |s| s[0].per_second / s[1].per_second);
     let verdict = |met: bool| if met { "met" } else { "not met" };
     let cpu_target = if target_us.is_nan() {
         String::new()
@@ -189,11 +237,12 @@ pub(crate) fn metrics_cost(rows: &[Row], target_us: f64) -> String {
     };
     format!(
         "\nMetrics: \"{}\" adds {added:+.2} µs client CPU per message over \"{}\"{cpu_target}; \
-         \"{}\" runs at {share:.2}× of \"{}\" (target ≥ 0.90: {}).\n",
+         \"{}\" runs at {share:.2}× of \"{}\" (target ≥ 0.90: {}).{}\n",
         metrics.name,
         off.name,
         both.name,
         sampled.name,
         verdict(share >= 0.90),
+        if added > target_us { profile } else { "" },
     )
 }

@@ -78,13 +78,17 @@ pub(crate) fn own_cpu(rows: &[Row], sampled: usize, baseline: usize, sdk: f64) -
     };
     let sampled_cpu = s.median(|x| x.cpu_us.client);
     let baseline_cpu = b.median(|x| x.cpu_us.client);
+    let own = match row_of(rows, Tracing::SdkSpans) {
+        Some(i) => per_round(&[s, b, &rows[i]], |x| {
+            x[0].cpu_us.client - x[1].cpu_us.client - x[2].cpu_us.client
+        }),
+        None => client_over(s, b) - sdk,
+    };
     format!(
         "\nnats-otel's own CPU per message: \"{}\" {sampled_cpu:.2} µs client − \"{}\" \
          {baseline_cpu:.2} µs − the SDK's own spans {sdk:.2} µs (measured in this table's rounds) \
          = {:+.2} µs.\n",
-        s.name,
-        b.name,
-        sampled_cpu - baseline_cpu - sdk,
+        s.name, b.name, own,
     )
 }
 
@@ -119,19 +123,20 @@ pub(crate) fn unsampled(
     let ours = dropped.median(|s| s.cpu_us.client);
     let alone = propagation.median(|s| s.cpu_us.client);
     let budget = alone + spans * sdk + 0.3;
+    let over = client_over(dropped, propagation) - spans * sdk - 0.3;
     let mut sentence = format!(
         "\nUnsampled: \"{}\" spends {ours:.2} µs client CPU per message; propagation alone \
          {alone:.2} µs, plus the SDK's {spans:.0} dropped span(s) at {sdk:.2} µs and 0.3 µs, \
          allows {budget:.2} µs: {} ({:+.2} µs).",
         dropped.name,
-        if ours <= budget { "met" } else { "NOT met" },
-        ours - budget,
+        if over <= 0.0 { "met" } else { "NOT met" },
+        over,
     );
     if let Some(hand) = hand
         .and_then(|i| rows.get(i))
         .filter(|r| !r.samples.is_empty())
     {
-        let by_hand = hand.median(|s| s.cpu_us.client);
+        let by_hand = client_over(hand, propagation);
         let _ = write!(
             sentence,
             " The same {spans:.0} dropped span(s) made by hand on raw async-nats with the same \
@@ -139,9 +144,9 @@ pub(crate) fn unsampled(
              {sdk:.2} µs in the SDK table's loop), which leaves nats-otel's own unsampled cost \
              at {:+.2} µs per message.",
             hand.name,
-            by_hand - alone,
-            (by_hand - alone) / spans,
-            ours - by_hand,
+            by_hand,
+            by_hand / spans,
+            client_over(dropped, hand),
         );
     }
     sentence.push('\n');
@@ -183,8 +188,19 @@ pub(crate) fn ceiling(
     let wanted = target.ratio * reference.median(|s| s.per_second);
     // CPU per message the box can spend at the target rate, minus the baseline's.
     let budget = rate * total / wanted - total;
+    let sdk_row = row_of(rows, Tracing::SdkSpans).map(|i| &rows[i]);
     let share = rows.get(target.sampled).map_or(String::new(), |sampled| {
-        let share = sampled.median(|s| s.per_second) / best;
+        // Round by round: the sampled row's rate over that round's ceiling.
+        let share = match sdk_row {
+            Some(sdk) => per_round(&[sampled, row, sdk], |x| {
+                let total = x[1].cpu_us.client + x[1].cpu_us.server;
+                x[0].per_second * (total + x[2].cpu_us.client) / (x[1].per_second * total)
+            }),
+            None => per_round(&[sampled, row], |x| {
+                let total = x[1].cpu_us.client + x[1].cpu_us.server;
+                x[0].per_second * (total + spans_us) / (x[1].per_second * total)
+            }),
+        };
         format!(
             " \"{}\" runs at {share:.3}× of this ceiling (target ≥ 0.85: {}).",
             sampled.name,
