@@ -165,6 +165,11 @@ impl<S> Messages<S> {
     pub(crate) fn new(inner: S, shared: Arc<ConsumerShared>) -> Self {
         Self { inner, shared }
     }
+
+    /// The async-nats stream the deliveries come from.
+    pub(crate) fn source(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S, E> Stream for Messages<S>

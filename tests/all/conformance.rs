@@ -415,6 +415,7 @@ async fn worker(js: &nats_otel::jetstream::Context) {
     for outcome in ["ok", "transient", "fatal", "panic"] {
         js_publish(js, &format!("conf.work.{outcome}")).await;
     }
+    #[cfg_attr(not(feature = "compression"), allow(unused_mut))]
     let mut dead = 3;
     #[cfg(feature = "compression")]
     {
@@ -613,6 +614,7 @@ async fn every_span_and_metric_point_follows_the_documented_contract() {
                 .push(error_type);
         }
     }
+    #[cfg_attr(not(feature = "compression"), allow(unused_mut))]
     let mut expected: BTreeMap<(String, String), Vec<String>> = [
         (
             ("request conf.nobody", "conf.nobody"),

@@ -9,7 +9,7 @@ use nats_otel::semconv;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::trace::SpanData;
 
-use crate::support::{attr, attr_str, NatsServer, Telemetry};
+use crate::support::{attr, attr_str, next, NatsServer, Telemetry};
 
 /// A stream `JOBS` on `jobs.>`, `n` messages published to `jobs.run`, and a
 /// durable pull consumer `runner` configured by `configure`.
@@ -248,4 +248,134 @@ async fn pull_errors_are_async_nats_typed_errors_and_fail_the_receive_span() {
     assert_eq!(info.num_pending, 1);
     assert_eq!(consumer.cached_info().name, "runner");
     assert_eq!(consumer.get_info().await.unwrap().num_pending, 1);
+}
+
+/// Polls the consumer's state until `done` says so (the server pushes no event
+/// for it), failing the test after 10 s.
+async fn until_consumer(
+    consumer: &nats_otel::jetstream::PullConsumer,
+    done: impl Fn(&async_nats::jetstream::consumer::Info) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = consumer.get_info().await.unwrap();
+        if done(&info) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer never got there: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A continuous stream whose pull the server no longer holds (its batch was
+/// dropped by a full subscription: async-nats still counts it as coming) is
+/// restarted within seconds, not after async-nats's own `expires` + 5 s.
+#[tokio::test]
+async fn a_stalled_pull_stream_is_restarted_when_the_server_holds_no_pull() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry
+        .builder()
+        .build()
+        .connect(
+            server.url(),
+            nats_otel::ConnectOptions::new().subscription_capacity(32),
+        )
+        .await
+        .unwrap();
+    let js = nats_otel::jetstream::new(&client);
+    // A first batch of 200 overflows the subscription; the 32 after it fit.
+    let consumer = jobs(&js, 232, |c| pull::Config {
+        ack_wait: Duration::from_secs(300),
+        ..c
+    })
+    .await;
+    // async-nats alone would wait `expires` + 5 s = 305 s before pulling again.
+    let mut stream = consumer
+        .stream()
+        .max_messages_per_batch(200)
+        .expires(Duration::from_secs(300))
+        .messages()
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let first = next(&mut stream).await.unwrap();
+    seen.insert(first.info().unwrap().stream_sequence);
+    first.ack().await.unwrap();
+    // The whole first batch is delivered while nobody reads: the subscription
+    // keeps 32 and drops the rest.
+    until_consumer(&consumer, |info| info.delivered.consumer_sequence == 200).await;
+    while !(201..=232).all(|seq| seen.contains(&seq)) {
+        let delivery = next(&mut stream).await.unwrap();
+        seen.insert(delivery.info().unwrap().stream_sequence);
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(stream.restarts(), 1);
+    assert_eq!(stream.stall_checks(), 1);
+    // What the full subscription dropped is still owed (redelivered after
+    // `ack_wait`), not lost.
+    let dropped = 200 - (seen.len() - 32);
+    assert!(
+        dropped > 0,
+        "the subscription dropped nothing: no stall was made"
+    );
+    until_consumer(&consumer, |info| {
+        info.num_pending == 0 && info.num_ack_pending == dropped
+    })
+    .await;
+}
+
+/// A stream waiting on a pull the server holds (here: `max_ack_pending`
+/// reached) is checked once and left alone.
+#[tokio::test]
+async fn a_pull_stream_the_server_holds_a_pull_for_is_not_restarted() {
+    let server = NatsServer::start();
+    let telemetry = Telemetry::new();
+    let client = telemetry.client(&server).await;
+    let js = nats_otel::jetstream::new(&client);
+    let consumer = jobs(&js, 20, |c| pull::Config {
+        max_ack_pending: 5,
+        ..c
+    })
+    .await;
+    let mut stream = consumer
+        .stream()
+        .stall_check(Some(Duration::from_millis(100)))
+        .messages()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(next(&mut stream).await.unwrap());
+    }
+    // Nothing more comes until these are acked: wait for the check itself.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        std::future::poll_fn(|cx| {
+            use futures_util::StreamExt;
+            match stream.poll_next_unpin(cx) {
+                std::task::Poll::Ready(item) => panic!("unexpected item: {item:?}"),
+                std::task::Poll::Pending if stream.stall_checks() >= 1 => {
+                    std::task::Poll::Ready(())
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        }),
+    )
+    .await
+    .expect("a stall check within 10 s");
+    for delivery in held {
+        delivery.ack().await.unwrap();
+    }
+    for _ in 0..15 {
+        next(&mut stream).await.unwrap().ack().await.unwrap();
+    }
+    assert_eq!(stream.restarts(), 0);
+    until_consumer(&consumer, |info| {
+        info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
 }
