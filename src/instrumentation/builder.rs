@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::global;
+
+use crate::instrumentation::{SpanStarter, Typed};
 use opentelemetry::metrics::{Meter, MeterProvider};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{Tracer, TracerProvider};
@@ -25,7 +27,7 @@ use crate::filter::{
 /// Builder for [`Instrumentation`].
 #[must_use]
 pub struct InstrumentationBuilder {
-    tracer: Option<BoxedTracer>,
+    tracer: Option<Arc<dyn SpanStarter>>,
     tracing: bool,
     meter: Option<Meter>,
     metrics: bool,
@@ -104,9 +106,7 @@ impl InstrumentationBuilder {
         P::Tracer: Send + Sync + 'static,
         <P::Tracer as Tracer>::Span: Send + Sync + 'static,
     {
-        self.tracer = Some(BoxedTracer::new(Box::new(
-            provider.tracer_with_scope(scope()),
-        )));
+        self.tracer = Some(Arc::new(Typed(provider.tracer_with_scope(scope()))));
         self
     }
 
@@ -373,7 +373,7 @@ impl InstrumentationBuilder {
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 tracer: self
                     .tracer
-                    .unwrap_or_else(|| global::tracer_with_scope(scope())),
+                    .unwrap_or_else(|| Arc::new(Typed(global::tracer_with_scope(scope())))),
                 tracing: self.tracing,
                 meter,
                 instruments,
