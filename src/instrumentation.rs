@@ -384,8 +384,9 @@ fn is_printable(subject: &str) -> bool {
 /// Starts spans of one tracer straight into a context.
 ///
 /// A `BoxedTracer` boxes each span, and `Context::with_span` boxes it again:
-/// kept typed, a provider's spans are boxed once (one allocation fewer per span,
-/// sampled or not). The global provider's tracer is only had boxed.
+/// kept typed, a provider's recording spans are boxed once. A span that does not
+/// record (the sampler dropped it) is not boxed: the context keeps its span
+/// context only.
 pub(crate) trait SpanStarter: Send + Sync {
     /// Builds the span from `builder` under `parent`; returns its context and
     /// whether it records.
@@ -403,7 +404,14 @@ where
     fn start_in(&self, builder: SpanBuilder, parent: &Context) -> (Context, bool) {
         let span = self.0.build_with_context(builder, parent);
         // Asked of the span itself: once in a context, it sits behind a mutex.
-        let records = opentelemetry::trace::Span::is_recording(&span);
-        (parent.with_span(span), records)
+        if opentelemetry::trace::Span::is_recording(&span) {
+            return (parent.with_span(span), true);
+        }
+        // A span that does not record does nothing when ended: only its span
+        // context is kept (what propagation and children read), so it is not
+        // boxed at all.
+        let span_context = opentelemetry::trace::Span::span_context(&span).clone();
+        drop(span);
+        (parent.with_remote_span_context(span_context), false)
     }
 }
