@@ -250,26 +250,6 @@ async fn pull_errors_are_async_nats_typed_errors_and_fail_the_receive_span() {
     assert_eq!(consumer.get_info().await.unwrap().num_pending, 1);
 }
 
-/// Polls the consumer's state until `done` says so (the server pushes no event
-/// for it), failing the test after 10 s.
-async fn until_consumer(
-    consumer: &nats_otel::jetstream::PullConsumer,
-    done: impl Fn(&async_nats::jetstream::consumer::Info) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = consumer.get_info().await.unwrap();
-        if done(&info) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "consumer never got there: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// A continuous stream whose pull the server no longer holds (its batch was
 /// dropped by a full subscription: async-nats still counts it as coming) is
 /// restarted within seconds, not after async-nats's own `expires` + 5 s.
@@ -282,10 +262,16 @@ async fn a_stalled_pull_stream_is_restarted_when_the_server_holds_no_pull() {
         .build()
         .connect(
             server.url(),
-            nats_otel::ConnectOptions::new().subscription_capacity(32),
+            nats_otel::ConnectOptions::new()
+                .subscription_capacity(32)
+                .custom_inbox_prefix("_STALL"),
         )
         .await
         .unwrap();
+    // A second connection sees what the server delivers to the stream's inbox.
+    let monitor = async_nats::connect(server.url()).await.unwrap();
+    let mut delivered = monitor.subscribe("_STALL.>").await.unwrap();
+    crate::support::sync(&monitor).await;
     let js = nats_otel::jetstream::new(&client);
     // A first batch of 200 overflows the subscription; the 32 after it fit.
     let consumer = jobs(&js, 232, |c| pull::Config {
@@ -306,12 +292,24 @@ async fn a_stalled_pull_stream_is_restarted_when_the_server_holds_no_pull() {
     seen.insert(first.info().unwrap().stream_sequence);
     first.ack().await.unwrap();
     // The whole first batch is delivered while nobody reads: the subscription
-    // keeps 32 and drops the rest.
-    until_consumer(&consumer, |info| info.delivered.consumer_sequence == 200).await;
+    // keeps 32 and drops the rest. Seen by the monitor, then a round trip on the
+    // client's connection: every delivery before it has been read (and dropped).
+    let mut batch = 0;
+    while batch < 200 {
+        let message = next(&mut delivered).await;
+        if message
+            .reply
+            .is_some_and(|reply| reply.starts_with("$JS.ACK."))
+        {
+            batch += 1;
+        }
+    }
+    crate::support::sync(client.inner()).await;
     while !(201..=232).all(|seq| seen.contains(&seq)) {
         let delivery = next(&mut stream).await.unwrap();
         seen.insert(delivery.info().unwrap().stream_sequence);
-        delivery.ack().await.unwrap();
+        // Acknowledged by the server before the next: the counts below are exact.
+        delivery.double_ack().await.unwrap();
     }
     assert_eq!(stream.restarts(), 1);
     assert_eq!(stream.stall_checks(), 1);
@@ -322,10 +320,9 @@ async fn a_stalled_pull_stream_is_restarted_when_the_server_holds_no_pull() {
         dropped > 0,
         "the subscription dropped nothing: no stall was made"
     );
-    until_consumer(&consumer, |info| {
-        info.num_pending == 0 && info.num_ack_pending == dropped
-    })
-    .await;
+    let info = consumer.get_info().await.unwrap();
+    assert_eq!(info.num_pending, 0);
+    assert_eq!(info.num_ack_pending, dropped);
 }
 
 /// A stream waiting on a pull the server holds (here: `max_ack_pending`
@@ -368,14 +365,13 @@ async fn a_pull_stream_the_server_holds_a_pull_for_is_not_restarted() {
     .await
     .expect("a stall check within 10 s");
     for delivery in held {
-        delivery.ack().await.unwrap();
+        delivery.double_ack().await.unwrap();
     }
     for _ in 0..15 {
-        next(&mut stream).await.unwrap().ack().await.unwrap();
+        next(&mut stream).await.unwrap().double_ack().await.unwrap();
     }
     assert_eq!(stream.restarts(), 0);
-    until_consumer(&consumer, |info| {
-        info.num_ack_pending == 0 && info.num_pending == 0
-    })
-    .await;
+    let info = consumer.get_info().await.unwrap();
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.num_pending, 0);
 }
