@@ -228,11 +228,6 @@ pub(crate) fn age_of(unix_nanos: i128) -> Option<Duration> {
 /// enabled with `InstrumentationBuilder::with_publish_time_header`.
 pub const PUBLISHED_HEADER: &str = "Nats-Otel-Published";
 
-/// [`PUBLISHED_HEADER`] as a header name, built without allocating.
-pub(crate) fn published_header() -> async_nats::HeaderName {
-    async_nats::HeaderName::from_static(PUBLISHED_HEADER)
-}
-
 /// Now as Unix nanoseconds.
 pub(crate) fn now_unix_nanos() -> i128 {
     SystemTime::now()

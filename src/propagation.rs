@@ -75,6 +75,30 @@ fn header_name(key: &str) -> Option<HeaderName> {
     }
 }
 
+/// The first value of the header `key` in `headers`: an exact name match, else
+/// the first case-insensitive one.
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, key: &str) -> Option<&'a str> {
+    // One pass over the (few) headers, no hashing: an exact match wins, else
+    // the first case-insensitive one. A hashed lookup costs more than the
+    // scan for the handful of headers a message carries, and a miss (no
+    // `tracestate`, the common case) needed the scan anyway. (It also never
+    // meets `HeaderMap::get(&str)`'s assertion on invalid names.)
+    let mut folded = None;
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if name.len() != key.len() {
+            continue;
+        }
+        if name == key {
+            return values.first().map(HeaderValue::as_str);
+        }
+        if folded.is_none() && name.eq_ignore_ascii_case(key) {
+            folded = values.first();
+        }
+    }
+    folded.map(HeaderValue::as_str)
+}
+
 /// Reads propagation fields from a NATS [`HeaderMap`].
 ///
 /// Lookups try the exact key first and then a case-insensitive match, so a
@@ -84,25 +108,7 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        // One pass over the (few) headers, no hashing: an exact match wins, else
-        // the first case-insensitive one. A hashed lookup costs more than the
-        // scan for the handful of headers a message carries, and a miss (no
-        // `tracestate`, the common case) needed the scan anyway. (It also never
-        // meets `HeaderMap::get(&str)`'s assertion on invalid names.)
-        let mut folded = None;
-        for (name, values) in self.0.iter() {
-            let name: &str = name.as_ref();
-            if name.len() != key.len() {
-                continue;
-            }
-            if name == key {
-                return values.first().map(HeaderValue::as_str);
-            }
-            if folded.is_none() && name.eq_ignore_ascii_case(key) {
-                folded = values.first();
-            }
-        }
-        folded.map(HeaderValue::as_str)
+        header_str(self.0, key)
     }
 
     fn keys(&self) -> Vec<&str> {

@@ -27,7 +27,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::Stream;
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::KeyValue;
 
 use crate::delivery::{Delivery, ProcessSpan};
 use crate::operation::{Body, Processing};
@@ -211,7 +211,7 @@ impl ServiceRef {
     ) -> Endpoint {
         let shared = &self.shared;
         let telemetry = &shared.telemetry;
-        let queue_group = Value::from(Arc::<str>::from(queue_group));
+        let queue_group = crate::names::attribute_value(queue_group);
         let processing =
             telemetry.processing(&telemetry.inst().template(subject), Some(queue_group));
         let mut attributes = vec![

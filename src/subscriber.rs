@@ -8,7 +8,7 @@ use std::task::{Context as TaskContext, Poll};
 use async_nats::Message;
 use async_nats::UnsubscribeError;
 use futures_util::Stream;
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::KeyValue;
 
 use crate::compression::decode_in_place;
 use crate::delivery::Delivery;
@@ -49,7 +49,7 @@ impl Subscriber {
         telemetry: Telemetry,
         events: Option<&Arc<EventCounters>>,
     ) -> Self {
-        let group_value = group.as_deref().map(|g| Value::from(Arc::<str>::from(g)));
+        let group_value = group.as_deref().map(crate::names::attribute_value);
         let template = telemetry.inst().template(subject);
         let active =
             ActiveSubscription::start(&telemetry, events, &inner, &template, group_value.as_ref());
@@ -116,8 +116,9 @@ impl Subscriber {
             .metrics_enabled()
             .then_some(message.headers.as_ref())
             .flatten()
-            .and_then(|h| h.get(crate::metrics::published_header()))
-            .and_then(|v| v.as_str().parse::<i128>().ok())
+            // One pass over the few headers, no hashing (as for `traceparent`).
+            .and_then(|h| crate::propagation::header_str(h, crate::metrics::PUBLISHED_HEADER))
+            .and_then(|v| v.parse::<i128>().ok())
             .and_then(crate::metrics::age_of);
         let span = telemetry
             .start_process(

@@ -111,26 +111,26 @@ pub(crate) fn node_attributes(info: &ServerInfo) -> Vec<KeyValue> {
     if info.client_id != 0 {
         attributes.push(KeyValue::new(
             semconv::MESSAGING_CLIENT_ID,
-            Arc::<str>::from(info.client_id.to_string()),
+            crate::names::attribute_value(&info.client_id.to_string()),
         ));
     }
     if !info.server_name.is_empty() {
         attributes.push(KeyValue::new(
             semconv::MESSAGING_NATS_SERVER_NAME,
-            Arc::<str>::from(info.server_name.as_str()),
+            crate::names::attribute_value(&info.server_name),
         ));
     }
     if !info.server_id.is_empty() {
         attributes.push(KeyValue::new(
             semconv::MESSAGING_NATS_SERVER_ID,
-            Arc::<str>::from(info.server_id.as_str()),
+            crate::names::attribute_value(&info.server_id),
         ));
     }
     if let Ok(ip) = info.host.parse::<IpAddr>() {
         if !ip.is_unspecified() && info.port != 0 {
             attributes.push(KeyValue::new(
                 semconv::NETWORK_PEER_ADDRESS,
-                Arc::<str>::from(ip.to_string()),
+                crate::names::attribute_value(&ip.to_string()),
             ));
             attributes.push(KeyValue::new(
                 semconv::NETWORK_PEER_PORT,

@@ -77,7 +77,7 @@ impl ConsumerShared {
             Some(subject) => telemetry.inst().template(subject),
             None => Cow::Borrowed(info.stream_name.as_str()),
         };
-        let consumer_value = Value::from(Arc::<str>::from(info.name.as_str()));
+        let consumer_value = crate::names::attribute_value(&info.name);
         let processing = telemetry.processing(&template, Some(consumer_value.clone()));
         let mut health: Vec<KeyValue> = telemetry.connection().to_vec();
         health.push(KeyValue::new(
@@ -111,7 +111,7 @@ impl ConsumerShared {
             health,
             stream: info.stream_name.clone(),
             consumer: info.name.clone(),
-            stream_value: Arc::<str>::from(info.stream_name.as_str()).into(),
+            stream_value: crate::names::attribute_value(&info.stream_name),
             consumer_value,
         })
     }
