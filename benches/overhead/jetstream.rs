@@ -6,6 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{
+    Span as _, SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 use crate::*;
 
@@ -86,6 +92,43 @@ pub(crate) async fn js_publish(url: &str, tracing: Tracing, mode: JsPublish, n: 
             }
             for ack in pending {
                 let _ = ack.await;
+            }
+        }
+        (Tracing::HandWritten, _) => {
+            // What a user writes by hand: a producer span per publish, its context
+            // injected, ended when the ack comes (as nats-otel's).
+            let provider = &telemetry.as_ref().expect("sampled telemetry").provider;
+            let tracer = provider.tracer("hand-written");
+            let propagator = TraceContextPropagator::new();
+            let mut pending = VecDeque::with_capacity(JS_WINDOW);
+            for _ in 0..n {
+                if pending.len() == JS_WINDOW {
+                    let (ack, cx): (async_nats::jetstream::context::PublishAckFuture, Context) =
+                        pending.pop_front().expect("pending");
+                    let _ = ack.await;
+                    cx.span().end();
+                }
+                let span = tracer
+                    .span_builder("publish BENCH_PUB")
+                    .with_kind(SpanKind::Producer)
+                    .with_attributes([
+                        KeyValue::new("messaging.system", "nats"),
+                        KeyValue::new("messaging.operation.type", "send"),
+                        KeyValue::new("messaging.destination.name", subject.clone()),
+                        KeyValue::new("messaging.message.body.size", 1_i64),
+                    ])
+                    .start(&tracer);
+                let cx = Context::current_with_span(span);
+                let mut headers = async_nats::HeaderMap::new();
+                propagator.inject_context(&cx, &mut HandInjector(&mut headers));
+                let ack = raw_js
+                    .publish_with_headers(subject.clone(), headers, "x".into())
+                    .await;
+                pending.push_back((ack.expect("publish"), cx));
+            }
+            for (ack, cx) in pending {
+                let _ = ack.await;
+                cx.span().end();
             }
         }
         (_, JsPublish::Window) => {
@@ -182,6 +225,47 @@ pub(crate) async fn js_consume(url: &str, tracing: Tracing, mode: JsConsume, n: 
                 }
             }
         }
+        (Tracing::HandWritten, _) => {
+            // What a user writes by hand: a process span per message (child of
+            // the producer's context when there is one) and an ack span in it.
+            let provider = &telemetry.as_ref().expect("sampled telemetry").provider;
+            let tracer = provider.tracer("hand-written");
+            let propagator = TraceContextPropagator::new();
+            let mut messages = consumer.messages().await.expect("messages");
+            let mut received = 0;
+            while received < n {
+                let Ok(message) = messages.next().await.expect("message") else {
+                    continue;
+                };
+                let parent = match &message.headers {
+                    Some(headers) => propagator.extract(&HandExtractor(headers)),
+                    None => Context::new(),
+                };
+                let span = tracer
+                    .span_builder("process BENCH_CONSUME")
+                    .with_kind(SpanKind::Consumer)
+                    .with_attributes([
+                        KeyValue::new("messaging.system", "nats"),
+                        KeyValue::new("messaging.operation.type", "process"),
+                        KeyValue::new("messaging.destination.name", message.subject.to_string()),
+                        KeyValue::new("messaging.consumer.group.name", "bench"),
+                    ])
+                    .start_with_context(&tracer, &parent);
+                let cx = parent.with_span(span);
+                let mut ack = tracer
+                    .span_builder("ack BENCH_CONSUME")
+                    .with_kind(SpanKind::Client)
+                    .with_attributes([
+                        KeyValue::new("messaging.system", "nats"),
+                        KeyValue::new("messaging.operation.type", "settle"),
+                    ])
+                    .start_with_context(&tracer, &cx);
+                let _ = message.ack().await;
+                ack.end();
+                cx.span().end();
+                received += 1;
+            }
+        }
         (_, JsConsume::Loop) => {
             let consumer = js.pull_consumer(consumer);
             let mut messages = consumer.messages().await.expect("messages");
@@ -267,37 +351,6 @@ fn pipeline_cost(rows: &[Row]) -> String {
     )
 }
 
-/// Where a `Pipeline` publish's time goes (profiled with callgrind and the
-/// software clock).
-const PIPELINE_PROFILE: &str = " Profile (callgrind and the software clock, 20000 \
-    to 50000 messages, handles kept as here): the `Pipeline` executes about 2,400 \
-    instructions per message more than the windowed loop (the allocator's slow paths for the \
-    result kept per handle, about 700; the background task's queue, about 400; a oneshot per \
-    handle; the ack future wrapper, 120); awaiting the kept handles at the end costs 0.13 µs \
-    per message; context switches per message are alike (0.06–0.07 against 0.04–0.07). A \
-    variant without the background task when nothing records (acks taken by a publish \
-    waiting for room or by an awaited handle, results in a slab: all on the publisher's \
-    thread) executed 1,940 (990 with handles dropped) but did not move client CPU per message \
-    beyond the round-to-round spread (+0.8 µs in 18 interleaved rounds, as now), so it was not \
-    adopted; the rest is not located (no hardware counters on these machines).";
-
-/// Where the metrics of a pull consume + ack go (profiled with callgrind).
-const PULL_METRICS_PROFILE: &str = " Profile (callgrind, 10000 to 20000 messages, the \
-    difference of two runs, metrics only against tracing off): metrics execute about 2,000 \
-    instructions per message: reading the ack subject for the stored timestamp and pending \
-    count, about 680 (it feeds queue wait, lag and pending; tracing reads it anyway for the \
-    span's attributes); the SDK's bound instruments, about 600 for four histogram records \
-    (queue wait, process duration, end-to-end, the ack's operation duration) and 20 for the \
-    gauges and the counter; three clock readings, about 300; nats-otel's timers and series, \
-    about 350. Instruments and attribute sets are bound once per consumer and operation, so \
-    nothing is hashed or allocated per message. With tracing on, the same metrics add about \
-    1,160 instructions to the 37,600 a sampled message executes (3 %). Reading only the two \
-    numbers the metrics need would save an estimated 300 instructions (about 0.1 µs); the \
-    smallest change that would meet the target is to drop the per-message queue-wait \
-    histogram and the ack-subject reading it needs when tracing is off (about 900 \
-    instructions, 45 % of what metrics add): the conventions do not define it, but users read \
-    it, so it stays.";
-
 /// JetStream tables: publish, consume, the `Worker`.
 pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
     let js = named(&[Tracing::Raw, Tracing::Off, Tracing::Sampled]);
@@ -327,6 +380,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         windowed(Tracing::MetricsOnly),
         windowed(Tracing::SampledMetrics),
         windowed(Tracing::SdkSpans),
+        windowed(Tracing::HandWritten),
     ];
     let names: Vec<(String, Tracing)> = pipelined
         .iter()
@@ -347,7 +401,10 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         },
     )
     .await;
-    note(out, metrics_cost(&rows, f64::NAN, ""));
+    note(
+        out,
+        metrics_cost(&rows, f64::NAN, JS_PUBLISH_METRICS_PROFILE),
+    );
     note(out, pipeline_cost(&rows));
     if let Some(sdk) = sdk {
         let spans = sdk_cost_in(&rows, sdk.plain);
@@ -365,6 +422,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
                     label: "raw",
                     sampled: 3,
                 },
+                JS_PUBLISH_PROFILE,
             ),
         );
     }
@@ -375,6 +433,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
         Tracing::MetricsOnly,
         Tracing::SampledMetrics,
         Tracing::SdkSpans,
+        Tracing::HandWritten,
     ]);
     let rows = section(
         out,
@@ -409,6 +468,7 @@ pub(crate) async fn run(out: &mut String, url: &str, sdk: Option<SdkCost>) {
                     label: "raw",
                     sampled: 2,
                 },
+                PULL_PROFILE,
             ),
         );
     }

@@ -28,41 +28,16 @@ mod core;
 mod jetstream;
 mod measure;
 mod outage;
+mod profiles;
 mod report;
 mod sdk;
 mod variants;
 
 pub(crate) use measure::*;
+pub(crate) use profiles::*;
 pub(crate) use report::*;
 pub(crate) use sdk::*;
 pub(crate) use variants::*;
-
-/// Where nats-otel's own unsampled cost goes, for the runs where an "Unsampled"
-/// line is not met (profiled with callgrind: instruction counts do not depend on
-/// the machine's load, unlike the tables).
-const UNSAMPLED_PROFILE: &str = "\n### Where the unsampled cost goes\n\n\
-    Callgrind, core pub→sub 16 B, a parent-based sampler that drops, 20000 messages counted \
-    as the difference of two runs: nats-otel executes about 1,450 instructions per message \
-    (publish and process span together) more than the hand-written variant \
-    (\"hand-written: propagation + SDK spans on raw async-nats, sampler drops\"), about \
-    20,900 instructions per message in all (21,400 before a dropped span stopped being \
-    boxed: its context now keeps only the span context, where the hand-written variant \
-    boxes it twice through a `BoxedTracer`). Where: moving futures and deliveries, about \
-    570 in `memcpy` (the publish future is 1,128 bytes and is moved when awaited; a \
-    `Delivery` is moved on its way out of the subscriber, whose own code is 420); the \
-    attributes samplers see (`messaging.system`, `server.address`, `server.port`, operation \
-    name and type, destination name and template), about 720 for the two spans against \
-    about 180 for the hand-written variant's nine constant attributes; starting the \
-    publish through the one choke point (template lookup, span filter, the operation \
-    guard), about 340; preparing the publish, 164; the span-name cache, about 70. \
-    Smallest change that would help: building the sampler attributes from a \
-    per-destination prototype (estimate from these counts: about 500 instructions, 0.06 µs \
-    per message here). That does not close the gaps in the lines above that are not met: \
-    0.2–0.3 µs is about as many instructions as all of nats-otel's own unsampled work. \
-    Meeting them everywhere needs an unsampled path about as lean as the hand-written one \
-    (no template, no filter, constant attributes), or a cheaper dropped span in the SDK: \
-    where it is made, a dropped span costs 0.2–0.4 µs, against 0.2 µs in the SDK table's \
-    loop, which is what the target allows for it.\n";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

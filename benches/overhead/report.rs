@@ -213,7 +213,7 @@ pub(crate) fn idle_opt_in_cost(rows: &[Row]) -> String {
 /// What metrics cost in `rows`: the "metrics only" row's client CPU per message
 /// over "tracing off" (against `target_us`, if a number), and "all sampled +
 /// metrics" throughput as a share of "all sampled" (target ≥ 0.90), with
-/// `profile` when the CPU target is not met.
+/// `profile` when a target is not met.
 pub(crate) fn metrics_cost(rows: &[Row], target_us: f64, profile: &str) -> String {
     let row = |tracing: Tracing| rows.iter().find(|r| r.name == tracing.name());
     let (Some(off), Some(metrics), Some(sampled), Some(both)) = (
@@ -243,6 +243,10 @@ pub(crate) fn metrics_cost(rows: &[Row], target_us: f64, profile: &str) -> Strin
         both.name,
         sampled.name,
         verdict(share >= 0.90),
-        if added > target_us { profile } else { "" },
+        if added > target_us || share < 0.90 {
+            profile
+        } else {
+            ""
+        },
     )
 }

@@ -166,14 +166,16 @@ pub(crate) struct Target {
 /// measured baseline row: while the box's CPUs are saturated, throughput is
 /// inversely proportional to the CPU (client + server) spent per message, and
 /// instrumentation adds at least the SDK's own cost of its spans. Also states
-/// how much CPU per message `target` leaves for instrumentation. Returns
-/// sentences for the report.
+/// how much CPU per message `target` leaves for instrumentation, how a
+/// hand-written instrumentation's row compares, and `profile` when the target
+/// is not met. Returns sentences for the report.
 pub(crate) fn ceiling(
     rows: &[Row],
     baseline: usize,
     spans_us: f64,
     spans: &str,
     target: Target,
+    profile: &str,
 ) -> String {
     let (Some(row), Some(reference)) = (rows.get(baseline), rows.get(target.of)) else {
         return String::new();
@@ -189,24 +191,73 @@ pub(crate) fn ceiling(
     // CPU per message the box can spend at the target rate, minus the baseline's.
     let budget = rate * total / wanted - total;
     let sdk_row = row_of(rows, Tracing::SdkSpans).map(|i| &rows[i]);
-    let share = rows.get(target.sampled).map_or(String::new(), |sampled| {
-        // Round by round: the sampled row's rate over that round's ceiling.
-        let share = match sdk_row {
-            Some(sdk) => per_round(&[sampled, row, sdk], |x| {
-                let total = x[1].cpu_us.client + x[1].cpu_us.server;
-                x[0].per_second * (total + x[2].cpu_us.client) / (x[1].per_second * total)
-            }),
-            None => per_round(&[sampled, row], |x| {
-                let total = x[1].cpu_us.client + x[1].cpu_us.server;
-                x[0].per_second * (total + spans_us) / (x[1].per_second * total)
-            }),
-        };
-        format!(
+    // Round by round: a row's rate over that round's ceiling.
+    let share_of = |traced: &Row| match sdk_row {
+        Some(sdk) => per_round(&[traced, row, sdk], |x| {
+            let total = x[1].cpu_us.client + x[1].cpu_us.server;
+            x[0].per_second * (total + x[2].cpu_us.client) / (x[1].per_second * total)
+        }),
+        None => per_round(&[traced, row], |x| {
+            let total = x[1].cpu_us.client + x[1].cpu_us.server;
+            x[0].per_second * (total + spans_us) / (x[1].per_second * total)
+        }),
+    };
+    let sampled_share = rows.get(target.sampled).map(share_of);
+    let met = sampled_share.is_none_or(|share| share >= 0.85);
+    let mut share = match (rows.get(target.sampled), sampled_share) {
+        (Some(sampled), Some(share)) => format!(
             " \"{}\" runs at {share:.3}× of this ceiling (target ≥ 0.85: {}).",
             sampled.name,
-            if share >= 0.85 { "met" } else { "not met" }
-        )
-    });
+            if met { "met" } else { "not met" }
+        ),
+        _ => String::new(),
+    };
+    // The same spans made by hand on raw async-nats: what the SDK costs where
+    // the spans are made, which the "SDK alone" loop does not show.
+    if let (Some(hand), Some(sampled), Some(current)) = (
+        row_of(rows, Tracing::HandWritten).map(|i| &rows[i]),
+        rows.get(target.sampled),
+        sampled_share,
+    ) {
+        let _ = write!(
+            share,
+            " \"{}\" runs at {:.3}× of it; \"{}\" spends {:+.2} µs client CPU per message \
+             over it.",
+            hand.name,
+            share_of(hand),
+            sampled.name,
+            client_over(sampled, hand),
+        );
+        let in_situ = client_over(hand, row);
+        let excess = in_situ - spans_us;
+        let total = sampled.median(|x| x.cpu_us.client + x.cpu_us.server);
+        if !met && excess > 0.0 && excess < total {
+            let _ = write!(
+                share,
+                " Where they are made, the hand-written row's spans cost {in_situ:.2} µs client \
+                 CPU per message over \"{}\", against {spans_us:.2} µs in the \"SDK alone\" loop: \
+                 were they to cost there what they cost in the loop, \"{}\" would run at about \
+                 {:.2}× of this ceiling (throughput taken as inversely proportional to client + \
+                 server CPU per message).",
+                row.name,
+                sampled.name,
+                current * total / (total - excess),
+            );
+        }
+    }
+    if let (false, Some(sampled), Some(current)) = (met, rows.get(target.sampled), sampled_share) {
+        let total = sampled.median(|x| x.cpu_us.client + x.cpu_us.server);
+        let _ = write!(
+            share,
+            " Meeting the target needs about {:.2} µs less client + server CPU per message \
+             on \"{}\" ({:.1} % more throughput, taken as inversely proportional to CPU per \
+             message).",
+            total * (1.0 - current / 0.85),
+            sampled.name,
+            (0.85 / current - 1.0) * 100.0,
+        );
+        share.push_str(profile);
+    }
     let verdict = if budget <= 0.0 {
         "nothing: the baseline row alone is slower than the target".to_owned()
     } else {
