@@ -190,14 +190,29 @@ pub(crate) fn static_str(value: &str) -> Option<&'static str> {
     )
 }
 
-/// `value` as an attribute value whose copies touch no reference count: from
-/// the bounded global set, or shared (an `Arc<str>`) once that set is full.
+/// How many distinct attribute values are ever leaked (stream, consumer and
+/// server names and ids: low-cardinality, but ephemeral consumers and client ids
+/// after reconnects add new ones over a process's life). A budget apart from
+/// span names', so running out here never costs a name its interning.
+pub(crate) const MAX_ATTRIBUTE_VALUES: usize = 1024;
+
+static ATTRIBUTE_VALUES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+
+/// `value` as an attribute value whose copies touch no reference count: from a
+/// bounded global set, or shared (an `Arc<str>`) once that set is full.
 ///
-/// Per span, an attribute value is copied on the thread that starts the span
-/// and dropped on the exporter's: a shared reference count moves between the
-/// two CPUs twice per copy, which costs more than the rest of the attribute.
+/// A span's copy of an attribute value is made on the thread that starts the
+/// span and dropped on the exporter's: a shared reference count would move
+/// between the two CPUs for each copy.
 pub(crate) fn attribute_value(value: &str) -> Value {
-    match static_str(value) {
+    let mut set = ATTRIBUTE_VALUES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match intern_in(
+        set.get_or_insert_with(HashSet::new),
+        MAX_ATTRIBUTE_VALUES,
+        value.to_owned(),
+    ) {
         Some(value) => Value::from(value),
         None => Value::from(std::sync::Arc::<str>::from(value)),
     }
